@@ -1,0 +1,120 @@
+//! The supervised consumer loop shared by every consuming process.
+//!
+//! It (re)connects, sets the prefetch, consumes, and hands each message to a
+//! handler running concurrently up to the prefetch. The handler owns the
+//! message and must ack or nack it on the message's own channel. A lost
+//! connection or a broken channel restarts the loop after a pause and a log
+//! line; it is never a silent stall. On cancellation the loop cancels its
+//! consumer, waits for in-flight handlers, then returns.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::Broker;
+
+/// What to consume and how much at once.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Queue to consume.
+    pub queue: String,
+    /// Unacked messages this consumer may hold: the bound on in-flight work.
+    pub prefetch: u16,
+}
+
+/// Longest pause between reconnect attempts.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// Runs a consumer until `cancel` fires, restarting it after any error.
+pub async fn run<H, F>(
+    broker: Arc<Broker>,
+    spec: ConsumerSpec,
+    cancel: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut pause = Duration::from_millis(500);
+    while !cancel.is_cancelled() {
+        match consume_once(&broker, &spec, &cancel, handler.clone()).await {
+            Ok(()) => return,
+            Err(err) => {
+                metrics::counter!("herald_consumer_restarts_total", "queue" => spec.queue.clone())
+                    .increment(1);
+                tracing::warn!(queue = %spec.queue, error = %err, pause_ms = pause.as_millis() as u64,
+                    "consumer stopped; reconnecting after a pause");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
+async fn consume_once<H, F>(
+    broker: &Broker,
+    spec: &ConsumerSpec,
+    cancel: &CancellationToken,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let channel = broker.channel().await?;
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{}-{}", spec.queue, uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            spec.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
+    let tracker = TaskTracker::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                // Stop taking work; messages already here are finished below
+                // and anything unacked is requeued when the channel closes.
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                break Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let acker = delivery.acker.clone();
+                    let handler = handler.clone();
+                    let queue = spec.queue.clone();
+                    tracker.spawn(async move {
+                        let task = tokio::spawn(handler(delivery));
+                        if let Err(err) = task.await {
+                            // A panicking handler must not strand its message:
+                            // requeue it, and let the delivery limit catch poison.
+                            tracing::error!(queue = %queue, error = %err, "handler panicked; requeueing");
+                            let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        }
+                    });
+                }
+                Some(Err(err)) => break Err(err.into()),
+                None => break Err(anyhow::anyhow!("consumer stream ended (channel closed)")),
+            }
+        }
+    };
+    tracker.close();
+    tracker.wait().await;
+    let _ = channel.close(200, "consumer stopped".into()).await;
+    outcome
+}

@@ -1,0 +1,83 @@
+//! RabbitMQ: one connection per process, the topology, a confirming
+//! publisher and a supervised consumer loop.
+
+pub mod consumer;
+mod headers;
+pub mod publisher;
+pub mod topology;
+
+use std::sync::Arc;
+
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+pub use headers::{Headers, header_i64, header_str};
+pub use publisher::{Outgoing, PublishError, Publisher};
+pub use topology::Names;
+
+/// A lazily (re)connected handle on the broker. Cheap to share; every
+/// publisher and consumer of a process goes through the same connection.
+pub struct Broker {
+    url: String,
+    names: Names,
+    conn: Mutex<Option<Arc<Connection>>>,
+}
+
+impl Broker {
+    /// A handle that connects on first use.
+    pub fn new(url: impl Into<String>, names: Names) -> Arc<Self> {
+        Arc::new(Self {
+            url: url.into(),
+            names,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// Exchange and queue names of this deployment.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The live connection, reconnecting if the last one was lost.
+    pub async fn connection(&self) -> lapin::Result<Arc<Connection>> {
+        let mut guard = self.conn.lock().await;
+        if let Some(conn) = guard.as_ref()
+            && conn.status().connected()
+        {
+            return Ok(conn.clone());
+        }
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("herald-{}", std::process::id()).into());
+        let conn = Arc::new(Connection::connect(&self.url, props).await?);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A new channel on the live connection.
+    pub async fn channel(&self) -> lapin::Result<Channel> {
+        self.connection().await?.create_channel().await
+    }
+
+    /// Whether the broker answers: opens (and closes) a channel.
+    pub async fn ping(&self) -> lapin::Result<()> {
+        let channel = self.channel().await?;
+        channel.close(200, "ping".into()).await
+    }
+
+    /// Connects and declares the whole topology (idempotent).
+    pub async fn declare_topology(
+        &self,
+        schedule: &crate::config::RetrySchedule,
+    ) -> lapin::Result<()> {
+        let channel = self.channel().await?;
+        topology::declare(&channel, &self.names, schedule).await?;
+        channel.close(200, "declared".into()).await
+    }
+
+    /// Closes the connection, if any (on shutdown).
+    pub async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close(200, "shutdown".into()).await;
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Publishing with confirms. Every message is `mandatory` and persistent; a
+//! message is published only when the broker confirmed it *and* did not
+//! return it as unroutable (a returned message is still acked by the broker).
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use tokio::sync::Mutex;
+
+use super::{Broker, Headers};
+
+/// How long a confirm may take before the publish counts as failed. A broker
+/// under a memory or disk alarm blocks publishers; the caller must get an
+/// answer (503) rather than hang.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a publish did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for exchange `{exchange}` key `{key}`")]
+    Unroutable { exchange: String, key: String },
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub headers: Headers,
+    /// Stable id of the message (dead-letter dedupe and tracing).
+    pub message_id: String,
+}
+
+impl Outgoing {
+    /// A JSON message with a fresh message id.
+    pub fn json(
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+        body: Vec<u8>,
+        headers: Headers,
+    ) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            body,
+            headers,
+            message_id: uuid::Uuid::now_v7().to_string(),
+        }
+    }
+
+    fn properties(&self) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(self.message_id.as_str().into())
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            .with_headers(self.headers.clone().into_table())
+    }
+}
+
+/// A confirm-mode channel, reopened when it breaks. Clone freely: clones
+/// share the channel, and confirms of concurrent publishes are in flight
+/// together rather than one round trip each.
+#[derive(Clone)]
+pub struct Publisher {
+    broker: Arc<Broker>,
+    channel: Arc<Mutex<Option<Channel>>>,
+}
+
+impl Publisher {
+    /// A publisher on the broker's connection; the channel opens on first use.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self {
+            broker,
+            channel: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The broker this publisher uses.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut guard = self.channel.lock().await;
+        if let Some(ch) = guard.as_ref()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        let open = async {
+            let ch = self.broker.channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(ch)
+        };
+        let ch = tokio::time::timeout(CONFIRM_TIMEOUT, open)
+            .await
+            .map_err(|_| PublishError::Unavailable("connect timed out".into()))?
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        *guard = Some(ch.clone());
+        Ok(ch)
+    }
+
+    async fn forget(&self) {
+        *self.channel.lock().await = None;
+    }
+
+    /// Publishes one message and waits for its confirm.
+    pub async fn publish(&self, msg: &Outgoing) -> Result<(), PublishError> {
+        let ch = self.channel().await?;
+        let result = tokio::time::timeout(CONFIRM_TIMEOUT, publish_on(&ch, msg))
+            .await
+            .unwrap_or_else(|_| Err(PublishError::Unavailable("confirm timed out".into())));
+        if matches!(result, Err(PublishError::Unavailable(_))) {
+            self.forget().await;
+        }
+        result
+    }
+
+    /// Publishes many messages with their confirms in flight together; one
+    /// result per message, in order.
+    pub async fn publish_all(&self, msgs: &[Outgoing]) -> Vec<Result<(), PublishError>> {
+        let ch = match self.channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                return msgs
+                    .iter()
+                    .map(|_| Err(PublishError::Unavailable(e.to_string())))
+                    .collect();
+            }
+        };
+        let results = join_all(msgs.iter().map(|m| async {
+            tokio::time::timeout(CONFIRM_TIMEOUT, publish_on(&ch, m))
+                .await
+                .unwrap_or_else(|_| Err(PublishError::Unavailable("confirm timed out".into())))
+        }))
+        .await;
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(PublishError::Unavailable(_))))
+        {
+            self.forget().await;
+        }
+        results
+    }
+}
+
+async fn publish_on(ch: &Channel, msg: &Outgoing) -> Result<(), PublishError> {
+    let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+    let confirm = ch
+        .basic_publish(
+            msg.exchange.as_str().into(),
+            msg.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &msg.body,
+            msg.properties(),
+        )
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    match confirm {
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+            exchange: msg.exchange.clone(),
+            key: msg.routing_key.clone(),
+        }),
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::NotRequested => Err(PublishError::Unavailable(
+            "channel is not in confirm mode".into(),
+        )),
+    }
+}

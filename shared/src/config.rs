@@ -1,0 +1,168 @@
+//! Configuration shared by every binary: environment variables, each mirrored
+//! by a flag (`DATABASE_URL` / `--database-url`). Binary-specific settings live
+//! next to the code that uses them and flatten [`CommonConfig`] in.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+/// Settings every process needs: where the broker and database are, how to log.
+#[derive(clap::Args, Clone)]
+pub struct CommonConfig {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/herald"
+    )]
+    pub database_url: String,
+
+    /// Most PostgreSQL connections this process opens.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// RabbitMQ connection URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue name. Lets several deployments
+    /// (or tests) share one vhost without touching each other.
+    #[arg(long, env = "BROKER_PREFIX", default_value = "herald")]
+    pub broker_prefix: String,
+
+    /// Delays between delivery attempts, one retry tier each.
+    #[arg(long, env = "RETRY_SCHEDULE", default_value = RetrySchedule::DEFAULT)]
+    pub retry_schedule: RetrySchedule,
+
+    /// `json` or `pretty`; default: pretty on a terminal, JSON otherwise.
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("broker_prefix", &self.broker_prefix)
+            .field("retry_schedule", &self.retry_schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hides the password of a URL so configuration can be logged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable, for terminals.
+    Pretty,
+}
+
+/// The delays between delivery attempts: one retry tier per entry, so its
+/// length is the number of retries and attempts are `len + 1`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RetrySchedule(Vec<Duration>);
+
+impl RetrySchedule {
+    /// Eight attempts over about two hours: quick retries catch blips, the
+    /// long tail rides out a provider outage.
+    pub const DEFAULT: &'static str = "10s,1m,5m,10m,20m,30m,55m";
+
+    /// The delays, in order.
+    pub fn delays(&self) -> &[Duration] {
+        &self.0
+    }
+
+    /// Builds a schedule from delays (tests use sub-second ones).
+    pub fn from_delays(delays: Vec<Duration>) -> Self {
+        Self(delays)
+    }
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        Self::DEFAULT.parse().expect("default schedule parses")
+    }
+}
+
+impl fmt::Debug for RetrySchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string())
+    }
+}
+
+impl fmt::Display for RetrySchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for RetrySchedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let delays = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| humantime::parse_duration(p).map_err(|e| format!("`{p}`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.iter().any(|d| d.is_zero()) {
+            return Err("retry delays must be greater than zero".into());
+        }
+        // RabbitMQ's x-message-ttl is a 32-bit count of milliseconds.
+        if delays.iter().any(|d| d.as_millis() > u32::MAX as u128) {
+            return Err("retry delays must be under 49 days".into());
+        }
+        Ok(Self(delays))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_parses_and_prints() {
+        let s: RetrySchedule = "5s, 30s,2m".parse().unwrap();
+        assert_eq!(s.delays().len(), 3);
+        assert_eq!(s.to_string(), "5s,30s,2m");
+        assert!("5s,0s".parse::<RetrySchedule>().is_err());
+        assert!("soon".parse::<RetrySchedule>().is_err());
+        let total: Duration = RetrySchedule::default().delays().iter().sum();
+        assert!(total > Duration::from_secs(7000) && total < Duration::from_secs(7500));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/herald"),
+            "postgres://postgres@127.0.0.1/herald"
+        );
+    }
+}

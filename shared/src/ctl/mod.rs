@@ -1,0 +1,310 @@
+//! `heraldctl`: migrations, broker topology, tenants, API keys, dead letters
+//! and pipeline stats. Scriptable: results on stdout (`--json` where a listing
+//! is printed), the reason of a failure on stderr, non-zero exit on failure.
+
+mod dlq;
+mod output;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lapin::{options::QueueDeclareOptions, types::FieldTable};
+
+use crate::{
+    broker::{Broker, Names},
+    config::CommonConfig,
+    db::{self, keys::Scope},
+    model::{Category, TenantId},
+};
+
+/// Herald's operator CLI.
+#[derive(Parser, Debug)]
+#[command(name = "heraldctl", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    common: CommonConfig,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply database migrations and create upcoming delivery partitions.
+    Migrate,
+    /// Declare every exchange and queue (idempotent).
+    Topology,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenants(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeyCommand),
+    /// Search, inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Queue depths and consumers of every queue.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCommand {
+    /// Create a tenant (no-op if it exists).
+    Create {
+        #[arg(long)]
+        id: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the categories that ignore opt-outs (security, legal ...).
+    SetRequired {
+        #[arg(long)]
+        id: String,
+        /// Comma-separated categories; empty to clear.
+        #[arg(long, value_delimiter = ',')]
+        categories: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Create a key and print it alone on stdout (the only time it is shown).
+    /// Creates the tenant if it does not exist yet.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: send, manage.
+        #[arg(long, value_delimiter = ',', default_value = "send")]
+        scopes: Vec<Scope>,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        #[arg(long)]
+        id: uuid::Uuid,
+    },
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit code.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heraldctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn pool(common: &CommonConfig) -> anyhow::Result<sqlx::PgPool> {
+    let pool = db::connect_lazy(&common.database_url, 4)?;
+    db::ping(&pool).await.with_context(|| {
+        format!(
+            "cannot reach the database at {}",
+            crate::config::redact_url(&common.database_url)
+        )
+    })?;
+    Ok(pool)
+}
+
+fn broker(common: &CommonConfig) -> std::sync::Arc<Broker> {
+    Broker::new(&common.amqp_url, Names::new(&common.broker_prefix))
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let common = &cli.common;
+    match cli.command {
+        Command::Migrate => {
+            let pool = pool(common).await?;
+            db::migrate(&pool).await.context("migration failed")?;
+            eprintln!("database is up to date");
+        }
+        Command::Topology => {
+            broker(common)
+                .declare_topology(&common.retry_schedule)
+                .await
+                .context("cannot declare the topology")?;
+            eprintln!("topology declared under prefix `{}`", common.broker_prefix);
+        }
+        Command::Tenants(cmd) => tenants(common, cmd).await?,
+        Command::Keys(cmd) => keys(common, cmd).await?,
+        Command::Dlq(cmd) => dlq::run(common, &pool(common).await?, cmd).await?,
+        Command::Stats { json } => stats(common, json).await?,
+    }
+    Ok(())
+}
+
+async fn tenants(common: &CommonConfig, cmd: TenantCommand) -> anyhow::Result<()> {
+    let pool = pool(common).await?;
+    match cmd {
+        TenantCommand::Create { id, name } => {
+            let id = TenantId::parse(id).context("invalid tenant id")?;
+            let created =
+                db::tenants::ensure(&pool, &id, name.as_deref().unwrap_or(id.as_str())).await?;
+            eprintln!(
+                "tenant `{id}` {}",
+                if created { "created" } else { "already exists" }
+            );
+        }
+        TenantCommand::List { json } => {
+            let rows = db::tenants::list(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                output::table(
+                    &["ID", "NAME", "REQUIRED CATEGORIES", "CREATED"],
+                    rows.iter().map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.required_categories.join(","),
+                            output::time(t.created_at),
+                        ]
+                    }),
+                );
+            }
+        }
+        TenantCommand::SetRequired { id, categories } => {
+            let id = TenantId::parse(id).context("invalid tenant id")?;
+            let categories = categories
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    Category::parse(c.clone()).with_context(|| format!("invalid category `{c}`"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if !db::tenants::set_required_categories(&pool, &id, &categories).await? {
+                anyhow::bail!("no tenant `{id}`");
+            }
+            eprintln!("tenant `{id}` required categories set");
+        }
+    }
+    Ok(())
+}
+
+async fn keys(common: &CommonConfig, cmd: KeyCommand) -> anyhow::Result<()> {
+    let pool = pool(common).await?;
+    match cmd {
+        KeyCommand::Create { tenant, scopes } => {
+            let tenant = TenantId::parse(tenant).context("invalid tenant id")?;
+            if scopes.is_empty() {
+                anyhow::bail!("give at least one scope: send, manage");
+            }
+            if db::tenants::ensure(&pool, &tenant, tenant.as_str()).await? {
+                eprintln!("tenant `{tenant}` created");
+            }
+            let key = db::keys::create(&pool, &tenant, &scopes).await?;
+            println!("{key}");
+        }
+        KeyCommand::List { tenant, json } => {
+            let rows = db::keys::list(&pool, tenant.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                output::table(
+                    &["ID", "TENANT", "PREFIX", "SCOPES", "CREATED", "REVOKED"],
+                    rows.iter().map(|k| {
+                        vec![
+                            k.id.to_string(),
+                            k.tenant_id.clone(),
+                            k.key_prefix.clone(),
+                            k.scopes.join(","),
+                            output::time(k.created_at),
+                            k.revoked_at.map(output::time).unwrap_or_default(),
+                        ]
+                    }),
+                );
+            }
+        }
+        KeyCommand::Revoke { id } => {
+            if !db::keys::revoke(&pool, id).await? {
+                anyhow::bail!("no live key with id {id}");
+            }
+            eprintln!("key {id} revoked (effective within 30 s)");
+        }
+    }
+    Ok(())
+}
+
+/// One queue's depth and consumers.
+#[derive(Debug, serde::Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// Depth and consumer count of every Herald queue (passive declares).
+pub async fn queue_stats(
+    broker: &Broker,
+    common: &CommonConfig,
+) -> anyhow::Result<Vec<QueueStats>> {
+    let mut out = Vec::new();
+    for queue in broker.names().all_queues(&common.retry_schedule) {
+        // A passive declare of a missing queue closes the channel: one each.
+        let channel = broker.channel().await.context("cannot reach the broker")?;
+        match channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(q) => out.push(QueueStats {
+                queue,
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            }),
+            Err(_) => out.push(QueueStats {
+                queue,
+                messages: 0,
+                consumers: 0,
+            }),
+        }
+        let _ = channel.close(200, "stats".into()).await;
+    }
+    Ok(out)
+}
+
+async fn stats(common: &CommonConfig, json: bool) -> anyhow::Result<()> {
+    let broker = broker(common);
+    let stats = queue_stats(&broker, common).await?;
+    broker.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        output::table(
+            &["QUEUE", "MESSAGES", "CONSUMERS"],
+            stats.iter().map(|s| {
+                vec![
+                    s.queue.clone(),
+                    s.messages.to_string(),
+                    s.consumers.to_string(),
+                ]
+            }),
+        );
+    }
+    Ok(())
+}

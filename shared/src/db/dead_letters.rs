@@ -1,0 +1,159 @@
+//! The dead-letter store: what the archiver moved off the broker.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+/// A dead letter to store.
+#[derive(Debug, Clone)]
+pub struct NewDeadLetter {
+    pub message_key: String,
+    pub source: String,
+    pub tenant_id: Option<String>,
+    pub channel: Option<String>,
+    pub lane: Option<String>,
+    pub notification_id: Option<Uuid>,
+    pub delivery_id: Option<Uuid>,
+    pub error_class: String,
+    pub last_error: String,
+    pub attempts: i32,
+    pub exchange: String,
+    pub routing_key: String,
+    pub headers: serde_json::Value,
+    pub payload: Vec<u8>,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Stores a dead letter once: a second insert of the same message key (the
+/// archiver crashed between commit and ack) is a no-op. True if stored now.
+pub async fn insert(pool: &PgPool, d: &NewDeadLetter) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO dead_letters (id, message_key, source, tenant_id, channel, lane, notification_id,
+             delivery_id, error_class, last_error, attempts, exchange, routing_key, headers, payload, failed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (message_key) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&d.message_key)
+    .bind(&d.source)
+    .bind(&d.tenant_id)
+    .bind(&d.channel)
+    .bind(&d.lane)
+    .bind(d.notification_id)
+    .bind(d.delivery_id)
+    .bind(&d.error_class)
+    .bind(&d.last_error)
+    .bind(d.attempts)
+    .bind(&d.exchange)
+    .bind(&d.routing_key)
+    .bind(&d.headers)
+    .bind(&d.payload)
+    .bind(d.failed_at)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub source: String,
+    #[serde(rename = "tenant")]
+    pub tenant_id: Option<String>,
+    pub channel: Option<String>,
+    pub lane: Option<String>,
+    pub notification_id: Option<Uuid>,
+    pub delivery_id: Option<Uuid>,
+    pub error_class: String,
+    pub last_error: String,
+    pub attempts: i32,
+    pub exchange: String,
+    pub routing_key: String,
+    pub headers: serde_json::Value,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    pub failed_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub replay_count: i32,
+}
+
+/// Which dead letters to select. Every field narrows; none selects all.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub id: Option<Uuid>,
+    pub tenant: Option<String>,
+    pub channel: Option<String>,
+    pub error_class: Option<String>,
+    pub notification_id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Leave out records already replayed.
+    pub only_unreplayed: bool,
+}
+
+fn push_filter<'a>(q: &mut QueryBuilder<Postgres>, f: &'a Filter) {
+    q.push(" WHERE true");
+    if let Some(id) = f.id {
+        q.push(" AND id = ").push_bind(id);
+    }
+    if let Some(t) = &f.tenant {
+        q.push(" AND tenant_id = ").push_bind(t);
+    }
+    if let Some(c) = &f.channel {
+        q.push(" AND channel = ").push_bind(c);
+    }
+    if let Some(e) = &f.error_class {
+        q.push(" AND error_class = ").push_bind(e);
+    }
+    if let Some(n) = f.notification_id {
+        q.push(" AND notification_id = ").push_bind(n);
+    }
+    if let Some(s) = f.since {
+        q.push(" AND failed_at >= ").push_bind(s);
+    }
+    if let Some(u) = f.until {
+        q.push(" AND failed_at < ").push_bind(u);
+    }
+    if f.only_unreplayed {
+        q.push(" AND replayed_at IS NULL");
+    }
+}
+
+/// Dead letters matching `filter`, newest first, at most `limit`.
+pub async fn list(
+    pool: &PgPool,
+    filter: &Filter,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT * FROM dead_letters");
+    push_filter(&mut q, filter);
+    q.push(" ORDER BY failed_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
+    q.build_query_as().fetch_all(pool).await
+}
+
+/// Number of dead letters matching `filter`.
+pub async fn count(pool: &PgPool, filter: &Filter) -> Result<i64, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT count(*) FROM dead_letters");
+    push_filter(&mut q, filter);
+    q.build_query_scalar().fetch_one(pool).await
+}
+
+/// Marks a record replayed.
+pub async fn mark_replayed(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE dead_letters SET replayed_at = now(), replay_count = replay_count + 1 WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Deletes dead letters matching `filter`; returns how many.
+pub async fn purge(pool: &PgPool, filter: &Filter) -> Result<u64, sqlx::Error> {
+    let mut q = QueryBuilder::new("DELETE FROM dead_letters");
+    push_filter(&mut q, filter);
+    Ok(q.build().execute(pool).await?.rows_affected())
+}

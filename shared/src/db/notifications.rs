@@ -1,0 +1,186 @@
+//! Notifications and the delivery views the status API answers from.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+/// A notification to insert.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub category: String,
+    pub priority: String,
+    pub request: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Inserts notifications in one statement (UNNEST), inside the caller's transaction.
+pub async fn insert_many(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[NewNotification],
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut tenants = Vec::with_capacity(rows.len());
+    let mut categories = Vec::with_capacity(rows.len());
+    let mut priorities = Vec::with_capacity(rows.len());
+    let mut requests = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
+    let mut created = Vec::with_capacity(rows.len());
+    for r in rows {
+        ids.push(r.id);
+        tenants.push(r.tenant_id.as_str());
+        categories.push(r.category.as_str());
+        priorities.push(r.priority.as_str());
+        requests.push(r.request.clone());
+        keys.push(r.idempotency_key.as_deref());
+        created.push(r.created_at);
+    }
+    sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, category, priority, request, idempotency_key, created_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[])",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&categories)
+    .bind(&priorities)
+    .bind(&requests)
+    .bind(&keys)
+    .bind(&created)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records that the broker confirmed these notifications' routing messages.
+/// Committed asynchronously: if the mark is lost in a database crash the relay
+/// merely republishes, and the router's fan-out key absorbs the duplicate.
+pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE notifications SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Withdraws notifications whose routing message could not be published.
+pub async fn delete(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM notifications WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// What the router needs to route, and the relay to republish.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NotificationRow {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub category: String,
+    pub priority: String,
+    pub status: String,
+    pub request: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub routed_at: Option<DateTime<Utc>>,
+    pub route_cursor: Option<String>,
+}
+
+const COLUMNS: &str = "id, tenant_id, category, priority, status, request, created_at, updated_at, routed_at, route_cursor";
+
+/// One notification of a tenant.
+pub async fn get(
+    pool: &PgPool,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<NotificationRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM notifications WHERE id = $1 AND tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Notifications committed but never confirmed by the broker for `grace`,
+/// locked for this relay pass (other replicas skip them).
+pub async fn lock_unpublished(
+    tx: &mut Transaction<'_, Postgres>,
+    grace: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<NotificationRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM notifications
+         WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )))
+    .bind(grace.as_secs_f64())
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Delivery counts of a notification by status.
+pub async fn delivery_counts(
+    pool: &PgPool,
+    id: Uuid,
+    created_at: DateTime<Utc>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, count(*) FROM deliveries WHERE created_at = $1 AND notification_id = $2
+         GROUP BY status ORDER BY status",
+    )
+    .bind(created_at)
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// One delivery as the status API shows it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub user_id: String,
+    pub channel: String,
+    pub lane: String,
+    pub destination: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    pub error_class: Option<String>,
+    pub last_error: Option<String>,
+    pub not_before: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of a notification's deliveries after `cursor` (a delivery id).
+pub async fn deliveries_page(
+    pool: &PgPool,
+    id: Uuid,
+    created_at: DateTime<Utc>,
+    cursor: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeliveryView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, user_id, channel, lane, destination, status, reason, attempts, error_class,
+                last_error, not_before, sent_at, updated_at
+         FROM deliveries WHERE created_at = $1 AND notification_id = $2 AND ($3::uuid IS NULL OR id > $3)
+         ORDER BY id LIMIT $4",
+    )
+    .bind(created_at)
+    .bind(id)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

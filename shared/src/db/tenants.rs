@@ -1,0 +1,60 @@
+//! Tenants.
+
+use sqlx::{PgPool, Postgres};
+
+use crate::model::{Category, TenantId};
+
+/// Creates a tenant if it does not exist; true if it was created.
+pub async fn ensure(pool: &PgPool, id: &TenantId, name: &str) -> Result<bool, sqlx::Error> {
+    let created =
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(id.as_str())
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    Ok(created == 1)
+}
+
+/// Whether a tenant exists.
+pub async fn exists<'e>(
+    db: impl sqlx::Executor<'e, Database = Postgres>,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+        .bind(id)
+        .fetch_one(db)
+        .await
+}
+
+/// Sets the categories that ignore opt-outs; false if the tenant is unknown.
+pub async fn set_required_categories(
+    pool: &PgPool,
+    id: &TenantId,
+    categories: &[Category],
+) -> Result<bool, sqlx::Error> {
+    let names: Vec<&str> = categories.iter().map(Category::as_str).collect();
+    let updated = sqlx::query("UPDATE tenants SET required_categories = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(&names)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(updated == 1)
+}
+
+/// A tenant as listed by `heraldctl tenants list`.
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub required_categories: Vec<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every tenant, by id.
+pub async fn list(pool: &PgPool) -> Result<Vec<TenantRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, required_categories, created_at FROM tenants ORDER BY id")
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,197 @@
+//! The archiver: moves every message of the dead-letter queue into the
+//! `dead_letters` table. The broker message is acked only after the row is
+//! committed, and the row is keyed by the message, so a crash between the two
+//! stores it once, not twice.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{TimeZone, Utc};
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+    types::{AMQPValue, FieldTable},
+};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{
+        Broker, Headers,
+        consumer::{self, ConsumerSpec},
+        header_i64, header_str,
+    },
+    db::dead_letters::{self, NewDeadLetter},
+};
+
+/// Dead letters archived at once.
+const PREFETCH: u16 = 32;
+
+/// Runs the archiver until cancelled.
+pub async fn run(broker: Arc<Broker>, pool: PgPool, cancel: CancellationToken) {
+    let spec = ConsumerSpec {
+        queue: broker.names().dead_queue(),
+        prefetch: PREFETCH,
+    };
+    consumer::run(broker, spec, cancel, move |delivery| {
+        let pool = pool.clone();
+        async move { handle(&pool, delivery).await }
+    })
+    .await;
+}
+
+async fn handle(pool: &PgPool, delivery: Delivery) {
+    let record = to_record(&delivery);
+    match dead_letters::insert(pool, &record).await {
+        Ok(stored) => {
+            if stored {
+                metrics::counter!("herald_dead_letters_archived_total",
+                    "source" => record.source.clone(), "error_class" => record.error_class.clone())
+                .increment(1);
+                tracing::info!(source = %record.source, error_class = %record.error_class,
+                    tenant = record.tenant_id.as_deref().unwrap_or(""), "dead letter archived");
+            }
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not archive dead letter; requeueing");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+/// The first `x-death` entry RabbitMQ adds when it dead-letters by itself
+/// (delivery limit, expiry, rejection).
+fn x_death(headers: Option<&FieldTable>) -> Option<&FieldTable> {
+    match headers?.inner().get("x-death")? {
+        AMQPValue::FieldArray(entries) => match entries.as_slice().first()? {
+            AMQPValue::FieldTable(t) => Some(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Turns a dead-letter queue message into a store record.
+pub fn to_record(delivery: &Delivery) -> NewDeadLetter {
+    let headers = delivery.properties.headers().as_ref();
+    let death = x_death(headers);
+    let get = |k: &str| header_str(headers, k);
+    // A message Herald dead-lettered itself carries its reason in headers;
+    // one the broker dead-lettered carries x-death (e.g. delivery_limit).
+    let (source, error_class, last_error) = match get(Headers::ERROR_CLASS) {
+        Some(class) => (
+            get(Headers::SOURCE).unwrap_or_else(|| "unknown".into()),
+            class,
+            get(Headers::ERROR).unwrap_or_default(),
+        ),
+        None => {
+            let reason = header_str(death, "reason").unwrap_or_else(|| "unknown".into());
+            let queue = header_str(death, "queue").unwrap_or_default();
+            let class = if reason == "delivery_limit" {
+                "poison"
+            } else {
+                "broker"
+            };
+            (
+                "broker".into(),
+                class.into(),
+                format!("dead-lettered by the broker from `{queue}`: {reason}"),
+            )
+        }
+    };
+    let (exchange, routing_key) = match (get(Headers::ORIGINAL_EXCHANGE), death) {
+        (Some(ex), _) => (ex, get(Headers::ORIGINAL_ROUTING_KEY).unwrap_or_default()),
+        (None, Some(d)) => (
+            header_str(Some(d), "exchange").unwrap_or_default(),
+            match d.inner().get("routing-keys") {
+                Some(AMQPValue::FieldArray(keys)) => match keys.as_slice().first() {
+                    Some(AMQPValue::LongString(s)) => {
+                        String::from_utf8_lossy(s.as_bytes()).into_owned()
+                    }
+                    Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            },
+        ),
+        (None, None) => (
+            delivery.exchange.to_string(),
+            delivery.routing_key.to_string(),
+        ),
+    };
+    let message_key = match delivery.properties.message_id() {
+        Some(id) => format!("{id}:{}", header_i64(death, "count").unwrap_or(0)),
+        None => {
+            // Without a message id (some external publishers), the content
+            // identifies the message.
+            let mut h = Sha256::new();
+            h.update(&delivery.data);
+            h.update(format!("{headers:?}").as_bytes());
+            hex::encode(h.finalize())
+        }
+    };
+    let failed_at = delivery
+        .properties
+        .timestamp()
+        .and_then(|t| Utc.timestamp_opt(t as i64, 0).single())
+        .filter(|_| get(Headers::ERROR_CLASS).is_some())
+        .unwrap_or_else(Utc::now);
+    NewDeadLetter {
+        message_key,
+        source,
+        tenant_id: get(Headers::TENANT),
+        channel: get(Headers::CHANNEL),
+        lane: get(Headers::LANE),
+        notification_id: get(Headers::NOTIFICATION).and_then(|s| s.parse().ok()),
+        delivery_id: get(Headers::DELIVERY).and_then(|s| s.parse().ok()),
+        error_class,
+        last_error,
+        attempts: header_i64(headers, Headers::ATTEMPTS).unwrap_or(0) as i32,
+        exchange,
+        routing_key,
+        headers: headers_json(headers),
+        payload: delivery.data.clone(),
+        failed_at,
+    }
+}
+
+fn value_json(v: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::FieldTable(t) => headers_json(Some(t)),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
+        other => header_i64(
+            Some(&FieldTable::from(std::collections::BTreeMap::from([(
+                "v".into(),
+                other.clone(),
+            )]))),
+            "v",
+        )
+        .map_or_else(|| Value::String(format!("{other:?}")), Value::from),
+    }
+}
+
+/// An AMQP header table as JSON, for the store and the operator's view.
+pub fn headers_json(headers: Option<&FieldTable>) -> serde_json::Value {
+    let map = headers
+        .map(|t| {
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), value_json(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::Value::Object(map)
+}

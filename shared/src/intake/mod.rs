@@ -1,0 +1,317 @@
+//! Accepting notifications, from HTTP and from `herald.ingest` alike.
+//!
+//! Durability is a transactional outbox with an eager publish: the
+//! notification (and its idempotency record) commit in PostgreSQL, then its
+//! routing message is published with a confirm, and only then is it accepted
+//! (202). If ingest dies between the commit and the confirm, the relay
+//! ([`relay`]) republishes the committed row; the router's fan-out key makes
+//! the possible duplicate harmless. If the publish fails, the row is withdrawn
+//! and the caller gets 503, so a 202 always means "in PostgreSQL and on the
+//! broker". See docs/ingest.md for the trade-off.
+
+pub mod amqp;
+pub mod relay;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    broker::{Headers, Names, Outgoing, PublishError, Publisher},
+    db::{
+        self,
+        idempotency::{self, Claim},
+        notifications::NewNotification,
+    },
+    model::{FieldError, IdempotencyKey, notification::NotificationRequest},
+};
+
+/// How long a committed notification may stay unconfirmed before the relay
+/// takes it over. Long enough that the eager publish always wins normally.
+pub const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("invalid notification")]
+    Invalid(Vec<FieldError>),
+    #[error("the idempotency key was used with a different request")]
+    KeyReused,
+    #[error("a request with this idempotency key is still in progress")]
+    KeyInProgress,
+    #[error("cannot make the request durable now: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for IntakeError {
+    fn from(e: sqlx::Error) -> Self {
+        IntakeError::Unavailable(format!("database: {e}"))
+    }
+}
+
+/// What one item of a batch came to. Stored as the idempotent response of a
+/// batch, so a replay answers exactly the same items.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum ItemOutcome {
+    Accepted { id: Uuid },
+    Invalid { errors: Vec<FieldError> },
+}
+
+/// An accepted request.
+#[derive(Debug, Clone)]
+pub struct Accepted<T> {
+    /// The notification id, or the batch's item outcomes.
+    pub value: T,
+    /// True when this is the stored answer of an earlier request with the
+    /// same idempotency key.
+    pub replayed: bool,
+}
+
+/// The routing message of a notification: small, since the router reads the
+/// request itself from PostgreSQL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteMessage {
+    pub notification_id: Uuid,
+    pub tenant_id: String,
+}
+
+/// Builds the routing message of a notification, sent to its lane.
+pub fn route_message(
+    names: &Names,
+    id: Uuid,
+    tenant: &str,
+    lane: &str,
+    accepted_at: DateTime<Utc>,
+) -> Outgoing {
+    let body = serde_json::to_vec(&RouteMessage {
+        notification_id: id,
+        tenant_id: tenant.to_owned(),
+    })
+    .expect("serialisable");
+    let headers = Headers::default()
+        .str(Headers::TENANT, tenant)
+        .str(Headers::NOTIFICATION, id.to_string())
+        .int(Headers::ACCEPTED_AT_MS, accepted_at.timestamp_millis());
+    let mut msg = Outgoing::json(names.notifications_exchange(), lane, body, headers);
+    // One message id per notification, however often it is (re)published.
+    msg.message_id = id.to_string();
+    msg
+}
+
+/// Accepts notification requests for a tenant.
+#[derive(Clone)]
+pub struct Intake {
+    pool: PgPool,
+    publisher: Publisher,
+}
+
+struct Prepared {
+    row: NewNotification,
+    lane: String,
+}
+
+fn request_hash(body: &Value) -> Vec<u8> {
+    // serde_json's map is ordered by key, so this is a canonical form:
+    // the same JSON with keys in another order hashes the same.
+    Sha256::digest(body.to_string().as_bytes()).to_vec()
+}
+
+fn prepare(
+    tenant: &str,
+    req: NotificationRequest,
+    key: Option<&IdempotencyKey>,
+    now: DateTime<Utc>,
+) -> Prepared {
+    let lane = req.priority.as_str().to_owned();
+    Prepared {
+        row: NewNotification {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.to_owned(),
+            category: req.category.as_str().to_owned(),
+            priority: lane.clone(),
+            request: serde_json::to_value(&req).expect("serialisable"),
+            idempotency_key: key.map(|k| k.as_str().to_owned()),
+            created_at: now,
+        },
+        lane,
+    }
+}
+
+impl Intake {
+    /// An intake writing to `pool` and publishing with `publisher`.
+    pub fn new(pool: PgPool, publisher: Publisher) -> Self {
+        Self { pool, publisher }
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Validates and accepts one notification.
+    pub async fn accept(
+        &self,
+        tenant: &str,
+        body: Value,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Accepted<Uuid>, IntakeError> {
+        let now = Utc::now();
+        let hash = request_hash(&body);
+        let req = NotificationRequest::parse(body, now).map_err(IntakeError::Invalid)?;
+        let prepared = prepare(tenant, req, key.as_ref(), now);
+        let id = prepared.row.id;
+        let response = serde_json::json!({ "id": id });
+        match self
+            .commit(tenant, key.as_ref(), &hash, 202, &response, &[&prepared])
+            .await?
+        {
+            Some(existing) => {
+                let id = existing["id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| IntakeError::Unavailable("corrupt idempotency record".into()))?;
+                Ok(Accepted {
+                    value: id,
+                    replayed: true,
+                })
+            }
+            None => {
+                self.publish(tenant, key.as_ref(), &[&prepared]).await?;
+                Ok(Accepted {
+                    value: id,
+                    replayed: false,
+                })
+            }
+        }
+    }
+
+    /// Validates and accepts a batch: valid items are accepted together,
+    /// invalid ones answered with their errors.
+    pub async fn accept_batch(
+        &self,
+        tenant: &str,
+        items: Vec<Value>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Accepted<Vec<ItemOutcome>>, IntakeError> {
+        let now = Utc::now();
+        let hash = request_hash(&Value::Array(items.clone()));
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut prepared = Vec::new();
+        for item in items {
+            match NotificationRequest::parse(item, now) {
+                Ok(req) => {
+                    let p = prepare(tenant, req, key.as_ref(), now);
+                    outcomes.push(ItemOutcome::Accepted { id: p.row.id });
+                    prepared.push(p);
+                }
+                Err(errors) => outcomes.push(ItemOutcome::Invalid { errors }),
+            }
+        }
+        let response = serde_json::to_value(&outcomes).expect("serialisable");
+        let refs: Vec<&Prepared> = prepared.iter().collect();
+        if let Some(existing) = self
+            .commit(tenant, key.as_ref(), &hash, 200, &response, &refs)
+            .await?
+        {
+            let outcomes = serde_json::from_value(existing)
+                .map_err(|_| IntakeError::Unavailable("corrupt idempotency record".into()))?;
+            return Ok(Accepted {
+                value: outcomes,
+                replayed: true,
+            });
+        }
+        if !refs.is_empty() {
+            self.publish(tenant, key.as_ref(), &refs).await?;
+        }
+        Ok(Accepted {
+            value: outcomes,
+            replayed: false,
+        })
+    }
+
+    /// Commits the notifications and the idempotency record together.
+    /// Returns the stored response when the key was already used for the same body.
+    async fn commit(
+        &self,
+        tenant: &str,
+        key: Option<&IdempotencyKey>,
+        hash: &[u8],
+        status: i32,
+        response: &Value,
+        items: &[&Prepared],
+    ) -> Result<Option<Value>, IntakeError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            match idempotency::claim(&mut tx, tenant, key.as_str(), hash, status, response).await? {
+                Claim::Fresh => {}
+                Claim::Taken(existing) if existing.request_hash != hash => {
+                    return Err(IntakeError::KeyReused);
+                }
+                Claim::Taken(existing) => {
+                    // Answer the stored response only once the first request
+                    // is durable (or old enough that the relay owns it).
+                    let settled = existing.completed_at.is_some()
+                        || Utc::now() - existing.created_at
+                            > chrono::Duration::from_std(RELAY_GRACE).expect("small");
+                    return if settled {
+                        Ok(Some(existing.response_body))
+                    } else {
+                        Err(IntakeError::KeyInProgress)
+                    };
+                }
+            }
+        }
+        if !items.is_empty() {
+            let rows: Vec<NewNotification> = items.iter().map(|p| p.row.clone()).collect();
+            db::notifications::insert_many(&mut tx, &rows).await?;
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// Publishes the routing messages; on failure withdraws the notifications.
+    async fn publish(
+        &self,
+        tenant: &str,
+        key: Option<&IdempotencyKey>,
+        items: &[&Prepared],
+    ) -> Result<(), IntakeError> {
+        let names = self.publisher.broker().names();
+        let msgs: Vec<Outgoing> = items
+            .iter()
+            .map(|p| route_message(names, p.row.id, tenant, &p.lane, p.row.created_at))
+            .collect();
+        let results = self.publisher.publish_all(&msgs).await;
+        let ids: Vec<Uuid> = items.iter().map(|p| p.row.id).collect();
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            metrics::counter!("herald_ingest_publish_failures_total").increment(1);
+            // Withdraw: the caller gets 503 and may retry. If the withdrawal
+            // fails too, the relay publishes the rows later and a retry with
+            // the same idempotency key is answered as accepted.
+            if let Err(e) = db::notifications::delete(&self.pool, &ids).await {
+                tracing::warn!(error = %e, "could not withdraw unpublished notifications; the relay will publish them");
+            } else if let Some(key) = key {
+                let _ = idempotency::release(&self.pool, tenant, key.as_str()).await;
+            }
+            return Err(match err {
+                PublishError::Unavailable(e) => IntakeError::Unavailable(format!("broker: {e}")),
+                other => IntakeError::Unavailable(other.to_string()),
+            });
+        }
+        if let Err(e) = db::notifications::mark_published(&self.pool, &ids).await {
+            // Only costs a harmless republish by the relay.
+            tracing::warn!(error = %e, "could not mark notifications published");
+        }
+        if let Some(key) = key
+            && let Err(e) = idempotency::complete(&self.pool, tenant, key.as_str()).await
+        {
+            tracing::warn!(error = %e, "could not complete idempotency record");
+        }
+        metrics::counter!("herald_notifications_accepted_total").increment(ids.len() as u64);
+        Ok(())
+    }
+}

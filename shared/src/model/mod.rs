@@ -1,0 +1,14 @@
+//! Domain types shared by every process. Values here are parsed at the edge
+//! (HTTP or AMQP) so that an invalid one cannot travel further.
+
+mod channel;
+mod field;
+mod ids;
+pub mod notification;
+pub mod preferences;
+pub mod template;
+pub mod user;
+
+pub use channel::{Channel, Lane};
+pub use field::{FieldError, FieldErrors};
+pub use ids::{Category, IdempotencyKey, TenantId, TopicName, UserId};
