@@ -1,1 +1,419 @@
+//! Test harness: every test gets its own PostgreSQL database (cloned from a
+//! migrated template) and its own broker prefix, so tests run in parallel
+//! against the one real RabbitMQ and PostgreSQL without seeing each other.
+//! Both are removed when the test ends, pass or fail.
 
+pub mod fakes;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use herald::{
+    broker::{Broker, Names},
+    config::{CommonConfig, LogFormat, RetrySchedule},
+    db::{self, keys::Scope},
+    model::TenantId,
+};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Server of the tests' databases (no database name).
+pub fn pg_server() -> String {
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// The tests' broker.
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One test's isolated database and broker prefix.
+pub struct TestEnv {
+    pub db_name: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub prefix: String,
+    pub schedule: RetrySchedule,
+}
+
+fn migrations_hash() -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(std::fs::read(f).expect("read migration"));
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
+/// Makes sure the migrated template database exists, building it once
+/// (under an advisory lock: nextest runs every test in its own process).
+async fn template() -> String {
+    let name = format!("herald_tmpl_{}", migrations_hash());
+    let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server()))
+        .await
+        .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/services starts it)");
+    admin
+        .execute("SELECT pg_advisory_lock(424242)")
+        .await
+        .expect("lock");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .expect("query");
+    if !exists {
+        let building = format!("{name}_building");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {building} WITH (FORCE)"
+            )))
+            .await
+            .expect("drop");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {building}")))
+            .await
+            .expect("create template");
+        let pool = PgPool::connect(&format!("{}/{building}", pg_server()))
+            .await
+            .expect("connect");
+        db::migrate(&pool).await.expect("migrate template");
+        pool.close().await;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {building} RENAME TO {name}"
+            )))
+            .await
+            .expect("rename template");
+    }
+    admin
+        .execute("SELECT pg_advisory_unlock(424242)")
+        .await
+        .expect("unlock");
+    name
+}
+
+impl TestEnv {
+    /// A fresh database and prefix, with a quick retry schedule.
+    pub async fn new() -> Self {
+        Self::with_schedule("300ms,600ms").await
+    }
+
+    /// A fresh environment whose retry tiers are `schedule`.
+    pub async fn with_schedule(schedule: &str) -> Self {
+        let template = template().await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("herald_t_{}", &id[..16]);
+        let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server()))
+            .await
+            .expect("connect");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {db_name} TEMPLATE {template}"
+            )))
+            .await
+            .expect("create test database");
+        let database_url = format!("{}/{db_name}", pg_server());
+        let pool = PgPool::connect(&database_url)
+            .await
+            .expect("connect test database");
+        db::ensure_partitions(&pool).await.expect("partitions");
+        Self {
+            db_name,
+            database_url,
+            pool,
+            prefix: format!("t{}", &id[..12]),
+            schedule: schedule.parse().expect("schedule"),
+        }
+    }
+
+    /// Configuration pointing at this environment.
+    pub fn common(&self) -> CommonConfig {
+        CommonConfig {
+            database_url: self.database_url.clone(),
+            database_max_connections: 8,
+            amqp_url: amqp_url(),
+            broker_prefix: self.prefix.clone(),
+            retry_schedule: self.schedule.clone(),
+            log_format: Some(LogFormat::Pretty),
+        }
+    }
+
+    /// The environment's exchange and queue names.
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix)
+    }
+
+    /// A broker handle with the topology declared.
+    pub async fn broker(&self) -> Arc<Broker> {
+        let broker = Broker::new(amqp_url(), self.names());
+        broker
+            .declare_topology(&self.schedule)
+            .await
+            .expect("RabbitMQ must run on 127.0.0.1:5672");
+        broker
+    }
+
+    /// Creates a tenant and an API key with `scopes`.
+    pub async fn key(&self, tenant: &str, scopes: &[Scope]) -> String {
+        let tenant = TenantId::parse(tenant).expect("tenant id");
+        db::tenants::ensure(&self.pool, &tenant, tenant.as_str())
+            .await
+            .expect("tenant");
+        db::keys::create(&self.pool, &tenant, scopes)
+            .await
+            .expect("key")
+    }
+
+    /// Starts the real ingest in this process on a free port.
+    pub async fn spawn_ingest(&self) -> Spawned {
+        self.spawn_ingest_with(|_| {}).await
+    }
+
+    /// Starts ingest after `tweak` adjusted its configuration.
+    pub async fn spawn_ingest_with(
+        &self,
+        tweak: impl FnOnce(&mut herald::api::IngestConfig),
+    ) -> Spawned {
+        let mut config = herald::api::IngestConfig {
+            common: self.common(),
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            api_key_rate_per_sec: 0,
+        };
+        tweak(&mut config);
+        Spawned::start(config.http_addr, |listener, cancel| {
+            herald::api::run(config, listener, cancel)
+        })
+        .await
+    }
+
+    /// Starts the real router in this process.
+    pub async fn spawn_router(&self) -> Spawned {
+        self.spawn_router_with(|_| {}).await
+    }
+
+    /// Starts the router after `tweak` adjusted its configuration.
+    pub async fn spawn_router_with(
+        &self,
+        tweak: impl FnOnce(&mut herald::routing::RouterConfig),
+    ) -> Spawned {
+        let mut config = herald::routing::RouterConfig {
+            common: self.common(),
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+        };
+        tweak(&mut config);
+        Spawned::start(config.http_addr, |listener, cancel| {
+            herald::routing::run(config, listener, cancel)
+        })
+        .await
+    }
+
+    /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+    pub async fn eventually<T, F, Fut>(&self, timeout: Duration, mut check: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return Some(v);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages waiting in a queue.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let broker = Broker::new(amqp_url(), self.names());
+        let ch = broker.channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("queue exists");
+        broker.close().await;
+        q.message_count()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let db_name = self.db_name.clone();
+        let names = self.names();
+        let schedule = self.schedule.clone();
+        let pool = self.pool.clone();
+        // Async cleanup from a sync Drop: a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut admin) =
+                    PgConnection::connect(&format!("{}/postgres", pg_server())).await
+                {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+                let broker = Broker::new(amqp_url(), names.clone());
+                if let Ok(ch) = broker.channel().await {
+                    for q in names.all_queues(&schedule) {
+                        let _ = ch
+                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for x in names.all_exchanges() {
+                        let _ = ch
+                            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                }
+                broker.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A process component started in-process on a free port.
+pub struct Spawned {
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Spawned {
+    async fn start<F, Fut>(addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(run(listener, cancel.clone()));
+        let spawned = Self {
+            addr,
+            cancel,
+            handle: Some(handle),
+        };
+        spawned.wait_ready().await;
+        spawned
+    }
+
+    /// Base URL, `http://127.0.0.1:port`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("component at {} never became ready", self.addr);
+    }
+
+    /// Graceful shutdown, as on SIGTERM; fails the test if the component errored.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("component drains within 30 s")
+                .expect("component task")
+                .expect("component exits cleanly");
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Path of a workspace binary, built by `cargo build --bins` before the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// An HTTP client with a bearer key.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: String,
+}
+
+impl Client {
+    /// A client of `app` using `key`.
+    pub fn new(app: &Spawned, key: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: app.url(""),
+            key: key.to_owned(),
+        }
+    }
+
+    /// A request with the key set.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+    }
+
+    /// Sends JSON and returns status and parsed body (Null if none).
+    pub async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.req(method, path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}

@@ -1,0 +1,152 @@
+//! Provider clients: plain protocol clients that take a rendered message and
+//! a destination and answer an [`Outcome`]. They know nothing of RabbitMQ,
+//! the database or each other, so each is tested alone against its fake.
+
+pub mod log;
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{Lane, user::Platform};
+
+/// A push notification, rendered for one recipient.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushMessage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// An email, rendered for one recipient.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmailMessage {
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+}
+
+/// An SMS, rendered for one recipient.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SmsMessage {
+    pub text: String,
+}
+
+/// A message rendered for one recipient on one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "lowercase")]
+pub enum Rendered {
+    Push(PushMessage),
+    Email(EmailMessage),
+    Sms(SmsMessage),
+}
+
+/// Where a message goes: a device token (with its platform), an email
+/// address or an E.164 number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+/// What a provider may use beyond the message: ids for idempotency and
+/// collapse keys, the lane for priority, the expiry for TTL headers.
+#[derive(Debug, Clone)]
+pub struct SendContext {
+    pub delivery_id: Uuid,
+    pub notification_id: Uuid,
+    pub lane: Lane,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A filterable class of failure, stored with the delivery and dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// No answer in time.
+    Timeout,
+    /// Could not connect, or the connection broke.
+    Connection,
+    /// The provider failed (5xx, SMTP 4xx).
+    Server,
+    /// The provider throttled us (429, quota).
+    RateLimited,
+    /// The address or number is not valid for the provider.
+    InvalidAddress,
+    /// The device token is no longer registered.
+    Unregistered,
+    /// The provider refused this message (content, size, policy).
+    Rejected,
+    /// Our credentials were refused.
+    Auth,
+    /// Herald is misconfigured for this provider.
+    Config,
+}
+
+impl ErrorClass {
+    /// Snake-case name, as stored and filtered on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Connection => "connection",
+            ErrorClass::Server => "server",
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::InvalidAddress => "invalid_address",
+            ErrorClass::Unregistered => "unregistered",
+            ErrorClass::Rejected => "rejected",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Config => "config",
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What came of one send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Accepted by the provider.
+    Sent { provider_id: Option<String> },
+    /// Worth trying again, no sooner than `after` if the provider said so
+    /// (`Retry-After`).
+    Retry {
+        class: ErrorClass,
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Will never succeed as is. `deactivate` asks the engine to deactivate
+    /// the device token (unregistered).
+    Permanent {
+        class: ErrorClass,
+        reason: String,
+        deactivate: bool,
+    },
+}
+
+/// A provider client.
+pub trait Provider: Send + Sync {
+    /// Short name for logs and metrics (`fcm`, `apns`, `smtp`, `twilio`, `log`).
+    fn name(&self) -> &'static str;
+
+    /// Sends one message. Never panics on a provider answer; every failure is
+    /// an [`Outcome`].
+    fn send<'a>(
+        &'a self,
+        message: &'a Rendered,
+        to: &'a Destination,
+        ctx: &'a SendContext,
+    ) -> BoxFuture<'a, Outcome>;
+}

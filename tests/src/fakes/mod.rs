@@ -1,0 +1,1 @@
+//! Fake providers on loopback that speak each provider's real wire protocol.

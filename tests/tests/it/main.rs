@@ -1,0 +1,5 @@
+//! Herald's black-box integration tests, one binary: real RabbitMQ and
+//! PostgreSQL, an isolated database and broker prefix per test.
+
+mod api;
+mod ingest;
