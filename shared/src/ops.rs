@@ -37,6 +37,7 @@ async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
         Err(_) => Err("timed out".into()),
     };
     let broker = match broker {
+        Ok(Ok(())) if !r.broker.topology_declared() => Err("topology not declared yet".into()),
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".into()),
@@ -126,6 +127,8 @@ pub struct Service {
 impl Service {
     /// Opens the pool (lazily) and the broker handle.
     pub fn start(common: &crate::config::CommonConfig) -> anyhow::Result<Self> {
+        // Install the recorder before anything counts.
+        telemetry::metrics();
         let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
         let broker = Broker::new(
             &common.amqp_url,

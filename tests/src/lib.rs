@@ -109,6 +109,14 @@ impl TestEnv {
 
     /// A fresh environment whose retry tiers are `schedule`.
     pub async fn with_schedule(schedule: &str) -> Self {
+        // Logs go through the test writer, so they show only for failing tests.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".into()),
+            )
+            .try_init();
         let template = template().await;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("herald_t_{}", &id[..16]);
@@ -195,6 +203,26 @@ impl TestEnv {
         .await
     }
 
+    /// Starts ingest without waiting for it to be ready (its broker or
+    /// database may be down on purpose).
+    pub async fn spawn_ingest_unready(
+        &self,
+        tweak: impl FnOnce(&mut herald::api::IngestConfig),
+    ) -> Spawned {
+        let mut config = herald::api::IngestConfig {
+            common: self.common(),
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            api_key_rate_per_sec: 0,
+        };
+        tweak(&mut config);
+        Spawned::launch(
+            config.http_addr,
+            |listener, cancel| herald::api::run(config, listener, cancel),
+            false,
+        )
+        .await
+    }
+
     /// Starts the real router in this process.
     pub async fn spawn_router(&self) -> Spawned {
         self.spawn_router_with(|_| {}).await
@@ -259,7 +287,6 @@ impl Drop for TestEnv {
         let db_name = self.db_name.clone();
         let names = self.names();
         let schedule = self.schedule.clone();
-        let pool = self.pool.clone();
         // Async cleanup from a sync Drop: a thread with its own runtime.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -267,30 +294,47 @@ impl Drop for TestEnv {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                pool.close().await;
-                if let Ok(mut admin) =
-                    PgConnection::connect(&format!("{}/postgres", pg_server())).await
-                {
-                    let _ = admin
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-                let broker = Broker::new(amqp_url(), names.clone());
-                if let Ok(ch) = broker.channel().await {
-                    for q in names.all_queues(&schedule) {
-                        let _ = ch
-                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                // The pool is not closed here: its connections belong to the
+                // test's runtime, blocked on this thread. FORCE ends them.
+                let cleanup = async {
+                    if let Ok(mut admin) =
+                        PgConnection::connect(&format!("{}/postgres", pg_server())).await
+                    {
+                        let _ = admin
+                            .execute(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                            )))
                             .await;
+                    }
+                    let broker = Broker::new(amqp_url(), names.clone());
+                    // A delete of something missing closes the channel: one each.
+                    for q in names.all_queues(&schedule) {
+                        if let Ok(ch) = broker.channel().await {
+                            let _ = ch
+                                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                            let _ = ch.close(200, "cleanup".into()).await;
+                        }
                     }
                     for x in names.all_exchanges() {
-                        let _ = ch
-                            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                            .await;
+                        if let Ok(ch) = broker.channel().await {
+                            let _ = ch
+                                .exchange_delete(
+                                    x.as_str().into(),
+                                    ExchangeDeleteOptions::default(),
+                                )
+                                .await;
+                            let _ = ch.close(200, "cleanup".into()).await;
+                        }
                     }
+                    broker.close().await;
+                };
+                if tokio::time::timeout(Duration::from_secs(30), cleanup)
+                    .await
+                    .is_err()
+                {
+                    eprintln!("cleanup of {db_name} timed out");
                 }
-                broker.close().await;
             });
         })
         .join();
@@ -305,7 +349,16 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    async fn start<F, Fut>(addr: SocketAddr, run: F) -> Self
+    /// Starts a component and waits until its `/readyz` answers 200.
+    pub async fn start<F, Fut>(addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self::launch(addr, run, true).await
+    }
+
+    async fn launch<F, Fut>(addr: SocketAddr, run: F, ready: bool) -> Self
     where
         F: FnOnce(TcpListener, CancellationToken) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -319,7 +372,9 @@ impl Spawned {
             cancel,
             handle: Some(handle),
         };
-        spawned.wait_ready().await;
+        spawned
+            .wait_for(if ready { "/readyz" } else { "/healthz" })
+            .await;
         spawned
     }
 
@@ -328,10 +383,10 @@ impl Spawned {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_for(&self, path: &str) {
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await
+            if let Ok(r) = client.get(self.url(path)).send().await
                 && r.status().is_success()
             {
                 return;

@@ -153,6 +153,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let common = &config.common;
+    // Install the recorder before anything counts.
+    crate::telemetry::metrics();
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
     let broker = Broker::new(&common.amqp_url, Names::new(&common.broker_prefix));
     let publisher = Publisher::new(broker.clone());

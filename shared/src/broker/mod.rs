@@ -6,7 +6,10 @@ mod headers;
 pub mod publisher;
 pub mod topology;
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
@@ -21,6 +24,7 @@ pub struct Broker {
     url: String,
     names: Names,
     conn: Mutex<Option<Arc<Connection>>>,
+    declared: AtomicBool,
 }
 
 impl Broker {
@@ -30,6 +34,7 @@ impl Broker {
             url: url.into(),
             names,
             conn: Mutex::new(None),
+            declared: AtomicBool::new(false),
         })
     }
 
@@ -71,7 +76,14 @@ impl Broker {
     ) -> lapin::Result<()> {
         let channel = self.channel().await?;
         topology::declare(&channel, &self.names, schedule).await?;
+        self.declared.store(true, Ordering::Release);
         channel.close(200, "declared".into()).await
+    }
+
+    /// Whether this process has declared the topology: until then it is not
+    /// ready, since its first publish could find no exchange.
+    pub fn topology_declared(&self) -> bool {
+        self.declared.load(Ordering::Acquire)
     }
 
     /// Closes the connection, if any (on shutdown).
