@@ -1,1 +1,379 @@
-//! Ingest tests.
+//! Durability of ingest, event-driven ingest and dead letters, the outbox
+//! relay, the CLI and the binaries' lifecycle.
+
+use std::{process::Stdio, time::Duration};
+
+use herald::{
+    broker::{Headers, Outgoing, Publisher},
+    db::keys::Scope,
+    model::Lane,
+};
+use herald_tests::{Client, TestEnv, binary};
+use lapin::options::BasicGetOptions;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+fn notification() -> Value {
+    json!({
+        "category": "security",
+        "to": {"users": ["u-1"]},
+        "priority": "high",
+        "content": {"sms": {"text": "Your code is {{code}}"}},
+        "data": {"code": "123456"}
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process with this environment's configuration.
+fn command(env: &TestEnv, name: &str) -> Command {
+    let mut cmd = Command::new(binary(name));
+    cmd.env("DATABASE_URL", &env.database_url)
+        .env("AMQP_URL", herald_tests::amqp_url())
+        .env("BROKER_PREFIX", &env.prefix)
+        .env("RETRY_SCHEDULE", env.schedule.to_string())
+        .env("LOG_FORMAT", "json")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn wait_ready(port: u16) {
+    for _ in 0..300 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("process on port {port} never became ready");
+}
+
+#[tokio::test]
+async fn accepted_notification_survives_ingest_being_killed() {
+    let env = TestEnv::new().await;
+    let key = env.key("acme", &[Scope::Send]).await;
+    let port = free_port();
+    let mut ingest = command(&env, "ingest")
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(port).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/notifications"))
+        .bearer_auth(&key)
+        .json(&notification())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    // SIGKILL: no graceful anything.
+    ingest.start_kill().unwrap();
+    ingest.wait().await.unwrap();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let broker = env.broker().await;
+    let ch = broker.channel().await.unwrap();
+    let msg = ch
+        .basic_get(
+            env.names().route_queue(Lane::High).as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("the accepted notification is on the broker");
+    let body: Value = serde_json::from_slice(&msg.delivery.data).unwrap();
+    assert_eq!(body["notification_id"], id);
+    assert_eq!(body["tenant_id"], "acme");
+    let headers = msg.delivery.properties.headers().as_ref();
+    assert_eq!(
+        herald::broker::header_str(headers, Headers::NOTIFICATION).as_deref(),
+        Some(id.as_str())
+    );
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn relay_republishes_committed_but_unconfirmed_notifications() {
+    let env = TestEnv::new().await;
+    env.key("acme", &[Scope::Send]).await;
+    // As if ingest died between commit and confirm.
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, category, priority, request, created_at)
+         VALUES ($1, 'acme', 'x', 'bulk', '{}', now() - interval '1 minute')",
+    )
+    .bind(id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let broker = env.broker().await;
+    let publisher = Publisher::new(broker.clone());
+    let n = herald::intake::relay::pass(&env.pool, &publisher, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        env.queue_depth(&env.names().route_queue(Lane::Bulk)).await,
+        1
+    );
+    let published: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT published_at FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(published.is_some());
+    // A second pass finds nothing; a fresh unconfirmed row is left to its own publish.
+    assert_eq!(
+        herald::intake::relay::pass(&env.pool, &publisher, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        0
+    );
+    broker.close().await;
+}
+
+async fn publish_ingest(
+    env: &TestEnv,
+    publisher: &Publisher,
+    tenant: &str,
+    body: &[u8],
+    key: Option<&str>,
+) {
+    let mut headers = Headers::default();
+    if let Some(key) = key {
+        headers = headers.str(Headers::IDEMPOTENCY_KEY, key);
+    }
+    let msg = Outgoing::json(
+        env.names().ingest_exchange(),
+        tenant,
+        body.to_vec(),
+        headers,
+    );
+    publisher.publish(&msg).await.unwrap();
+}
+
+#[tokio::test]
+async fn amqp_ingest_accepts_valid_and_dead_letters_invalid_with_reason() {
+    let env = TestEnv::new().await;
+    env.key("acme", &[Scope::Send]).await;
+    let ingest = env.spawn_ingest().await;
+    // The router runs the archiver that moves dead letters into PostgreSQL.
+    let router = env.spawn_router().await;
+    let broker = env.broker().await;
+    let publisher = Publisher::new(broker.clone());
+
+    let valid = serde_json::to_vec(&notification()).unwrap();
+    publish_ingest(&env, &publisher, "acme", &valid, Some("evt-1")).await;
+    publish_ingest(&env, &publisher, "acme", &valid, Some("evt-1")).await; // duplicate event
+    publish_ingest(
+        &env,
+        &publisher,
+        "acme",
+        br#"{"category": "x", "to": {"users": ["a b"]}}"#,
+        None,
+    )
+    .await;
+    publish_ingest(&env, &publisher, "acme", b"not json at all", None).await;
+    publish_ingest(&env, &publisher, "nobody", &valid, None).await;
+
+    let rows = env
+        .eventually(Duration::from_secs(20), || async {
+            let rows: Vec<(String, String, String, Option<String>, Vec<u8>)> = sqlx::query_as(
+                "SELECT source, error_class, last_error, tenant_id, payload FROM dead_letters ORDER BY last_error",
+            )
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+            (rows.len() >= 3).then_some(rows)
+        })
+        .await
+        .expect("three dead letters archived");
+    assert_eq!(rows.len(), 3);
+    let errors: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("to.users[0]") && e.contains("content")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("not valid JSON")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("unknown tenant `nobody`")),
+        "{errors:?}"
+    );
+    for (source, class, _, _, payload) in &rows {
+        assert_eq!(source, "ingest");
+        assert_eq!(class, "invalid");
+        assert!(!payload.is_empty(), "the original payload is kept");
+    }
+
+    // The valid event was accepted once, despite being published twice.
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE tenant_id = 'acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(count, 1);
+    assert_eq!(
+        env.queue_depth(&env.names().dead_queue()).await,
+        0,
+        "archived and acked"
+    );
+    ingest.stop().await;
+    router.stop().await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn heraldctl_keys_create_is_scriptable() {
+    let env = TestEnv::new().await;
+    let out = command(&env, "heraldctl")
+        .args([
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "send,manage",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let key = stdout.strip_suffix('\n').expect("one line");
+    assert!(
+        key.starts_with("hk_") && key.len() == 67 && !key.contains(char::is_whitespace),
+        "{stdout:?}"
+    );
+
+    let app = env.spawn_ingest().await;
+    let client = Client::new(&app, key);
+    assert_eq!(
+        client
+            .json(Method::PUT, "/v1/users/u-1", Some(json!({"name": "A"})))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        client
+            .json(Method::POST, "/v1/notifications", Some(notification()))
+            .await
+            .0,
+        202
+    );
+
+    // Failures exit non-zero with the reason on stderr and nothing on stdout.
+    let out = command(&env, "heraldctl")
+        .args(["keys", "create", "--tenant", "bad.tenant"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid tenant id"));
+    let out = command(&env, "heraldctl")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .args(["keys", "create", "--tenant", "acme"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the database"));
+
+    let out = command(&env, "heraldctl")
+        .args(["keys", "list", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(key),
+        "keys are never listed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_binary_starts_declares_serves_health_and_stops_on_sigterm() {
+    let env = TestEnv::new().await;
+    for name in [
+        "ingest",
+        "router",
+        "worker-push",
+        "worker-email",
+        "worker-sms",
+    ] {
+        let port = free_port();
+        let mut child = command(&env, name)
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_ready(port).await;
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200, "{name}");
+        assert_eq!(
+            reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        // SIGTERM: graceful shutdown, exit 0.
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("exits")
+            .unwrap();
+        assert!(status.success(), "{name} exited with {status}");
+        let mut out = String::new();
+        use tokio::io::AsyncReadExt;
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        // LOG_FORMAT=json: every line is a JSON object.
+        assert!(
+            out.lines()
+                .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+            "{name}: {out}"
+        );
+        assert!(out.contains("topology declared"), "{name}: {out}");
+    }
+    // The topology exists: every queue can be inspected.
+    for queue in env.names().all_queues(&env.schedule) {
+        env.queue_depth(&queue).await;
+    }
+}
