@@ -4,6 +4,7 @@
 mod channel;
 mod field;
 mod ids;
+pub mod message;
 pub mod notification;
 pub mod preferences;
 pub mod template;

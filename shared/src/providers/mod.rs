@@ -4,59 +4,16 @@
 
 pub mod log;
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{fmt, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{Lane, user::Platform};
+use crate::model::Lane;
 
-/// A push notification, rendered for one recipient.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PushMessage {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub data: BTreeMap<String, String>,
-}
-
-/// An email, rendered for one recipient.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EmailMessage {
-    pub subject: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub html: Option<String>,
-}
-
-/// An SMS, rendered for one recipient.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SmsMessage {
-    pub text: String,
-}
-
-/// A message rendered for one recipient on one channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "channel", rename_all = "lowercase")]
-pub enum Rendered {
-    Push(PushMessage),
-    Email(EmailMessage),
-    Sms(SmsMessage),
-}
-
-/// Where a message goes: a device token (with its platform), an email
-/// address or an E.164 number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Destination {
-    pub address: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-}
+pub use crate::model::message::{Destination, EmailMessage, PushMessage, Rendered, SmsMessage};
 
 /// What a provider may use beyond the message: ids for idempotency and
 /// collapse keys, the lane for priority, the expiry for TTL headers.
