@@ -6,6 +6,8 @@ CREATE TABLE tenants (
     name                text NOT NULL,
     -- Categories (security, legal ...) that ignore recipients' opt-outs.
     required_categories text[] NOT NULL DEFAULT '{}',
+    -- Per-user frequency caps: {"marketing": {"email": {"max": 2, "per_seconds": 86400}}}.
+    frequency_caps      jsonb NOT NULL DEFAULT '{}',
     created_at          timestamptz NOT NULL DEFAULT now()
 );
 
@@ -87,6 +89,8 @@ CREATE TABLE notifications (
     published_at    timestamptz,
     -- Topic fan-out checkpoint: the last subscriber id handed to the router.
     route_cursor    text,
+    -- Topic fan-out: number of pages, set once every page was handed out.
+    pages_total     integer,
     routed_at       timestamptz
 );
 CREATE INDEX notifications_unpublished ON notifications (created_at) WHERE published_at IS NULL;
@@ -186,6 +190,30 @@ BEGIN
 END $$;
 
 SELECT herald_ensure_delivery_partitions(1, 14);
+
+-- Topic fan-out pages: one row per page of subscribers handed to the
+-- router's queue; the notification is routed once every page is done.
+CREATE TABLE route_pages (
+    notification_id uuid NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+    last_user       text NOT NULL,
+    done_at         timestamptz,
+    PRIMARY KEY (notification_id, last_user)
+);
+
+-- Frequency-cap ledger: one row per user x category x channel x notification
+-- that was (or will be) delivered. Keyed by notification so routing the same
+-- notification again counts it once.
+CREATE TABLE frequency_events (
+    tenant_id       text NOT NULL,
+    user_id         text NOT NULL,
+    category        text NOT NULL,
+    channel         text NOT NULL,
+    notification_id uuid NOT NULL,
+    at              timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, user_id, category, channel, notification_id)
+);
+CREATE INDEX frequency_events_window ON frequency_events (tenant_id, user_id, category, channel, at);
+CREATE INDEX frequency_events_at ON frequency_events (at);
 
 -- Dead letters, moved here from the broker's dead-letter queue.
 CREATE TABLE dead_letters (

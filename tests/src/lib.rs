@@ -236,6 +236,7 @@ impl TestEnv {
         let mut config = herald::routing::RouterConfig {
             common: self.common(),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
+            delivery_retention_days: 30,
         };
         tweak(&mut config);
         Spawned::start(config.http_addr, |listener, cancel| {

@@ -57,17 +57,10 @@ impl Names {
     pub fn notifications_exchange(&self) -> String {
         format!("{}.notifications", self.prefix)
     }
-    /// The router's queue for one lane.
+    /// The router's queue for one lane: notifications of that priority, and
+    /// the pages of their topic fan-outs, so a bulk topic never delays `high`.
     pub fn route_queue(&self, lane: Lane) -> String {
         format!("{}.route.{lane}", self.prefix)
-    }
-    /// Routing key of the router's topic fan-out pages.
-    pub fn fanout_key(&self) -> &'static str {
-        "fanout"
-    }
-    /// The router's queue of topic fan-out pages.
-    pub fn fanout_queue(&self) -> String {
-        format!("{}.route.fanout", self.prefix)
     }
     /// Direct exchange of deliveries, keyed `channel.lane`; also where retry
     /// tiers dead-letter back to.
@@ -103,7 +96,7 @@ impl Names {
 
     /// Every queue name, for stats and for deleting a test's topology.
     pub fn all_queues(&self, schedule: &RetrySchedule) -> Vec<String> {
-        let mut queues = vec![self.ingest_queue(), self.fanout_queue(), self.dead_queue()];
+        let mut queues = vec![self.ingest_queue(), self.dead_queue()];
         queues.extend(Lane::ALL.iter().map(|l| self.route_queue(*l)));
         for channel in DeliveryChannel::ALL {
             queues.extend(Lane::ALL.iter().map(|l| self.delivery_queue(channel, *l)));
@@ -207,14 +200,6 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
         queue(ch, &q, quorum_args(&dead)).await?;
         bind(ch, &q, &names.notifications_exchange(), lane.as_str()).await?;
     }
-    queue(ch, &names.fanout_queue(), quorum_args(&dead)).await?;
-    bind(
-        ch,
-        &names.fanout_queue(),
-        &names.notifications_exchange(),
-        names.fanout_key(),
-    )
-    .await?;
 
     for channel in DeliveryChannel::ALL {
         for lane in Lane::ALL {

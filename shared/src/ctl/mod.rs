@@ -66,6 +66,25 @@ enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cap deliveries of a category on a channel per user and window
+    /// (`--max 0` blocks; `--clear` removes the cap).
+    SetCap {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        category: String,
+        /// push, email or sms.
+        #[arg(long)]
+        channel: crate::model::Channel,
+        /// Most deliveries per user in the window.
+        #[arg(long, required_unless_present = "clear")]
+        max: Option<i64>,
+        /// The window, e.g. 24h or 7d (at most 31 days).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        per: std::time::Duration,
+        #[arg(long)]
+        clear: bool,
+    },
     /// Set the categories that ignore opt-outs (security, legal ...).
     SetRequired {
         #[arg(long)]
@@ -181,6 +200,36 @@ async fn tenants(common: &CommonConfig, cmd: TenantCommand) -> anyhow::Result<()
                     }),
                 );
             }
+        }
+        TenantCommand::SetCap {
+            id,
+            category,
+            channel,
+            max,
+            per,
+            clear,
+        } => {
+            let id = TenantId::parse(id).context("invalid tenant id")?;
+            let category = Category::parse(category.clone())
+                .with_context(|| format!("invalid category `{category}`"))?;
+            if per > std::time::Duration::from_secs(31 * 86400) || per.is_zero() {
+                anyhow::bail!("--per must be between 1s and 31 days");
+            }
+            let cap = match (clear, max) {
+                (true, _) => None,
+                (false, Some(max)) if max >= 0 => Some(crate::routing::caps::Cap {
+                    max,
+                    per_seconds: per.as_secs(),
+                }),
+                _ => anyhow::bail!("--max must be 0 or more"),
+            };
+            if !db::tenants::set_cap(&pool, &id, &category, channel, cap).await? {
+                anyhow::bail!("no tenant `{id}`");
+            }
+            eprintln!(
+                "tenant `{id}` cap for {category}/{channel} {}",
+                if cap.is_some() { "set" } else { "cleared" }
+            );
         }
         TenantCommand::SetRequired { id, categories } => {
             let id = TenantId::parse(id).context("invalid tenant id")?;

@@ -1,10 +1,12 @@
 //! PostgreSQL: the pool, migrations, and one module of queries per table group.
 
 pub mod dead_letters;
+pub mod deliveries;
 pub mod idempotency;
 pub mod keys;
 pub mod notifications;
 pub mod recipients;
+pub mod routing;
 pub mod tenants;
 
 use std::time::Duration;

@@ -58,3 +58,29 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TenantRow>, sqlx::Error> {
         .fetch_all(pool)
         .await
 }
+
+/// Sets (or with `None` clears) a frequency cap; false if the tenant is unknown.
+pub async fn set_cap(
+    pool: &PgPool,
+    id: &TenantId,
+    category: &Category,
+    channel: crate::model::Channel,
+    cap: Option<crate::routing::caps::Cap>,
+) -> Result<bool, sqlx::Error> {
+    let path = vec![category.as_str().to_owned(), channel.as_str().to_owned()];
+    let query = match cap {
+        Some(cap) => sqlx::query(
+            "UPDATE tenants SET frequency_caps = jsonb_set(
+                 jsonb_set(frequency_caps, ARRAY[$2[1]], COALESCE(frequency_caps -> $2[1], '{}'::jsonb)),
+                 $2, $3)
+             WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(path)
+        .bind(sqlx::types::Json(cap)),
+        None => sqlx::query("UPDATE tenants SET frequency_caps = frequency_caps #- $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(path),
+    };
+    Ok(query.execute(pool).await?.rows_affected() == 1)
+}

@@ -72,11 +72,21 @@ pub struct Accepted<T> {
 }
 
 /// The routing message of a notification: small, since the router reads the
-/// request itself from PostgreSQL.
+/// request itself from PostgreSQL. A topic notification is routed in pages;
+/// each page travels as a routing message of its own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RouteMessage {
     pub notification_id: Uuid,
     pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<Page>,
+}
+
+/// A page of a topic's subscribers: ids in `(after, last]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    pub after: Option<String>,
+    pub last: String,
 }
 
 /// Builds the routing message of a notification, sent to its lane.
@@ -90,6 +100,7 @@ pub fn route_message(
     let body = serde_json::to_vec(&RouteMessage {
         notification_id: id,
         tenant_id: tenant.to_owned(),
+        page: None,
     })
     .expect("serialisable");
     let headers = Headers::default()

@@ -1,12 +1,40 @@
-//! The router: turns accepted notifications into deliveries.
+//! The router: turns accepted notifications into deliveries (docs/routing.md).
+//!
+//! One consumer per priority lane, each on its own channel and prefetch, so a
+//! million-subscriber `bulk` topic never holds up a `high` one-time code; the
+//! deferred-delivery scheduler; the dead-letter archiver; and housekeeping
+//! (delivery partitions, cap ledger).
 
-use std::net::SocketAddr;
+pub mod caps;
+pub mod fanout;
+pub mod plan;
+pub mod quiet;
+pub mod scheduler;
+
+use std::{net::SocketAddr, time::Duration};
 
 use axum::Router;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::CommonConfig, dlq, ops};
+use crate::{
+    broker::{
+        Publisher,
+        consumer::{self, ConsumerSpec},
+    },
+    config::CommonConfig,
+    db,
+    dlq::{self, DeadLetterReason},
+    intake::RouteMessage,
+    model::Lane,
+    ops,
+};
+use fanout::{Fanout, RouteError};
 
 /// Settings of the `router` binary.
 #[derive(clap::Parser, Debug, Clone)]
@@ -21,7 +49,25 @@ pub struct RouterConfig {
     /// Listen address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9100")]
     pub http_addr: SocketAddr,
+    /// Days of delivery history kept; older daily partitions are dropped.
+    #[arg(long, env = "DELIVERY_RETENTION_DAYS", default_value_t = 30)]
+    pub delivery_retention_days: i32,
 }
+
+/// Routing messages processed at once per lane. `high` gets the most so a
+/// burst of codes is never queued behind itself; `bulk` the fewest, since a
+/// bulk message may be a whole page of a topic (1000 recipients) and two
+/// cores are better spent on `high` and `normal`.
+fn prefetch(lane: Lane) -> u16 {
+    match lane {
+        Lane::High => 32,
+        Lane::Normal => 8,
+        Lane::Bulk => 2,
+    }
+}
+
+/// Pause before requeueing a message that failed for a transient reason.
+const TRANSIENT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs the router until `cancel` fires.
 pub async fn run(
@@ -30,6 +76,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = ops::Service::start(&config.common)?;
+    let publisher = Publisher::new(service.broker.clone());
+    let fanout = Fanout::new(service.pool.clone(), publisher.clone());
     {
         let (broker, pool, schedule, cancel) = (
             service.broker.clone(),
@@ -37,12 +85,120 @@ pub async fn run(
             config.common.retry_schedule.clone(),
             cancel.clone(),
         );
+        let publisher = publisher.clone();
+        let tasks = service.tasks.clone();
         service.tasks.spawn(async move {
             ops::declare_topology(&broker, &schedule, &cancel).await;
+            for lane in Lane::ALL {
+                let spec = ConsumerSpec {
+                    queue: broker.names().route_queue(lane),
+                    prefetch: prefetch(lane),
+                };
+                let (fanout, publisher) = (fanout.clone(), publisher.clone());
+                tasks.spawn(consumer::run(
+                    broker.clone(),
+                    spec,
+                    cancel.clone(),
+                    move |delivery| {
+                        let (fanout, publisher) = (fanout.clone(), publisher.clone());
+                        async move { handle(&fanout, &publisher, delivery).await }
+                    },
+                ));
+            }
+            tasks.spawn(scheduler::run(
+                pool.clone(),
+                publisher.clone(),
+                cancel.clone(),
+            ));
+            tasks.spawn(housekeeping(
+                pool.clone(),
+                config.delivery_retention_days,
+                cancel.clone(),
+            ));
             dlq::archive::run(broker, pool, cancel).await;
         });
     }
     service
         .serve(listener, Router::new(), cancel, "router")
         .await
+}
+
+async fn handle(fanout: &Fanout, publisher: &Publisher, delivery: Delivery) {
+    let outcome = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
+        Ok(msg) => fanout.route(&msg).await,
+        Err(e) => Err(RouteError::Permanent(format!(
+            "routing message does not parse: {e}"
+        ))),
+    };
+    match outcome {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(RouteError::Transient(e)) => {
+            tracing::warn!(error = %e, "routing failed; requeueing");
+            tokio::time::sleep(TRANSIENT_PAUSE).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+        Err(RouteError::Permanent(reason)) => {
+            tracing::error!(error = %reason, "routing message cannot be routed; dead-lettering");
+            let reason = DeadLetterReason {
+                source: "router",
+                error_class: "unroutable",
+                error: reason,
+                tenant: None,
+            };
+            match dlq::publish(publisher, &delivery, &reason).await {
+                Ok(()) => {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not dead-letter; requeueing");
+                    tokio::time::sleep(TRANSIENT_PAUSE).await;
+                    let _ = delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Hourly: create upcoming delivery partitions, drop expired ones, trim the
+/// frequency-cap ledger.
+async fn housekeeping(pool: PgPool, retention_days: i32, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = db::ensure_partitions(&pool).await {
+            tracing::warn!(error = %e, "could not create delivery partitions");
+        }
+        match sqlx::query_scalar::<_, i32>("SELECT herald_drop_delivery_partitions($1)")
+            .bind(retention_days)
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dropped = n, "old delivery partitions dropped"),
+            Err(e) => tracing::warn!(error = %e, "could not drop old delivery partitions"),
+        }
+        // Caps windows are at most 31 days.
+        if let Err(e) =
+            sqlx::query("DELETE FROM frequency_events WHERE at < now() - interval '31 days'")
+                .execute(&pool)
+                .await
+        {
+            tracing::warn!(error = %e, "could not trim the frequency-cap ledger");
+        }
+    }
 }

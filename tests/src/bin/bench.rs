@@ -48,7 +48,11 @@ fn rate(n: usize, took: Duration) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     match args.bench {
-        Bench::Ingest { requests, concurrency, batch } => ingest(requests, concurrency, batch).await,
+        Bench::Ingest {
+            requests,
+            concurrency,
+            batch,
+        } => ingest(requests, concurrency, batch).await,
     }
 }
 
@@ -63,11 +67,18 @@ async fn ingest(n: usize, concurrency: usize, batch: usize) -> anyhow::Result<()
     // Baseline: the same small routing message, published with confirm and
     // mandatory to the same quorum queue, `concurrency` in flight.
     let publisher = Publisher::new(broker.clone());
-    let body = serde_json::to_vec(&json!({"notification_id": uuid::Uuid::now_v7(), "tenant_id": "bench"}))?;
+    let body = serde_json::to_vec(
+        &json!({"notification_id": uuid::Uuid::now_v7(), "tenant_id": "bench"}),
+    )?;
     let started = Instant::now();
     stream::iter(0..n)
         .for_each_concurrent(concurrency, |_| {
-            let msg = Outgoing::json(names.notifications_exchange(), "normal", body.clone(), Headers::default());
+            let msg = Outgoing::json(
+                names.notifications_exchange(),
+                "normal",
+                body.clone(),
+                Headers::default(),
+            );
             let publisher = publisher.clone();
             async move { publisher.publish(&msg).await.expect("publish") }
         })
@@ -75,7 +86,9 @@ async fn ingest(n: usize, concurrency: usize, batch: usize) -> anyhow::Result<()
     let raw = rate(n, started.elapsed());
     purge(&env, &route_queue).await;
 
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let notification = json!({
         "category": "bench",
         "to": {"users": ["u-1", "u-2"]},
@@ -86,10 +99,19 @@ async fn ingest(n: usize, concurrency: usize, batch: usize) -> anyhow::Result<()
     let started = Instant::now();
     stream::iter(0..n)
         .for_each_concurrent(concurrency, |_| {
-            let req = client.post(&url).bearer_auth(&key).json(&notification).send();
+            let req = client
+                .post(&url)
+                .bearer_auth(&key)
+                .json(&notification)
+                .send();
             async move {
                 let resp = req.await.expect("request");
-                assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap_or_default());
+                assert_eq!(
+                    resp.status(),
+                    202,
+                    "{}",
+                    resp.text().await.unwrap_or_default()
+                );
             }
         })
         .await;
@@ -112,11 +134,29 @@ async fn ingest(n: usize, concurrency: usize, batch: usize) -> anyhow::Result<()
     let batched = rate(batches * batch, started.elapsed());
     purge(&env, &route_queue).await;
 
-    println!("ingest benchmark: {n} notifications per row, {concurrency} in flight, batches of {batch}");
-    println!("{:<44} {:>12} {:>10}", "measurement", "per second", "vs raw");
-    println!("{:<44} {:>12.0} {:>10}", "raw publish-with-confirm (baseline)", raw, "1.00");
-    println!("{:<44} {:>12.0} {:>10.2}", "POST /v1/notifications (accepted)", single, single / raw);
-    println!("{:<44} {:>12.0} {:>10.2}", "POST /v1/notifications/batch (accepted)", batched, batched / raw);
+    println!(
+        "ingest benchmark: {n} notifications per row, {concurrency} in flight, batches of {batch}"
+    );
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "measurement", "per second", "vs raw"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        "raw publish-with-confirm (baseline)", raw, "1.00"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "POST /v1/notifications (accepted)",
+        single,
+        single / raw
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "POST /v1/notifications/batch (accepted)",
+        batched,
+        batched / raw
+    );
     app.stop().await;
     broker.close().await;
     Ok(())
@@ -125,6 +165,8 @@ async fn ingest(n: usize, concurrency: usize, batch: usize) -> anyhow::Result<()
 async fn purge(env: &TestEnv, queue: &str) {
     let broker = env.broker().await;
     let ch = broker.channel().await.expect("channel");
-    ch.queue_purge(queue.into(), Default::default()).await.expect("purge");
+    ch.queue_purge(queue.into(), Default::default())
+        .await
+        .expect("purge");
     broker.close().await;
 }

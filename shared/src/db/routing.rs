@@ -1,0 +1,250 @@
+//! What the router reads and writes besides deliveries: recipients with
+//! their preferences and devices, topic pages, the tenant's policy,
+//! frequency-cap events and notification status.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, types::Json};
+use uuid::Uuid;
+
+use crate::model::preferences::Preferences;
+
+/// A recipient row: profile, preferences and active devices in one read.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RecipientRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub locale: Option<String>,
+    pub timezone: Option<String>,
+    pub preferences: Option<Json<Preferences>>,
+    /// `[[token, platform], ...]` of active devices.
+    pub devices: Json<Vec<(String, String)>>,
+}
+
+const RECIPIENT_COLUMNS: &str = "u.id, u.name, u.email, u.phone, u.locale, u.timezone, p.preferences,
+    COALESCE((SELECT json_agg(json_build_array(d.token, d.platform) ORDER BY d.token) FROM devices d
+              WHERE d.tenant_id = u.tenant_id AND d.user_id = u.id AND d.active), '[]'::json) AS devices";
+
+/// The named users of a tenant (missing ones are simply absent).
+pub async fn recipients(
+    pool: &PgPool,
+    tenant: &str,
+    users: &[&str],
+) -> Result<Vec<RecipientRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RECIPIENT_COLUMNS} FROM users u
+         LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
+         WHERE u.tenant_id = $1 AND u.id = ANY($2)"
+    )))
+    .bind(tenant)
+    .bind(users)
+    .fetch_all(pool)
+    .await
+}
+
+/// Subscribers of a topic with ids in `(after, last]`, in id order.
+pub async fn topic_page(
+    pool: &PgPool,
+    tenant: &str,
+    topic: &str,
+    after: Option<&str>,
+    last: &str,
+) -> Result<Vec<RecipientRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RECIPIENT_COLUMNS} FROM topic_subscriptions s
+         JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
+         LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
+         WHERE s.tenant_id = $1 AND s.topic = $2 AND ($3::text IS NULL OR s.user_id > $3) AND s.user_id <= $4
+         ORDER BY s.user_id"
+    )))
+    .bind(tenant)
+    .bind(topic)
+    .bind(after)
+    .bind(last)
+    .fetch_all(pool)
+    .await
+}
+
+/// The last subscriber id of the next page of `size` after `after`: an
+/// index-only skip, so enumerating a million subscribers reads no rows into
+/// memory. `None` when no subscriber is left.
+pub async fn next_page_end(
+    pool: &PgPool,
+    tenant: &str,
+    topic: &str,
+    after: Option<&str>,
+    size: i64,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(
+             (SELECT user_id FROM topic_subscriptions
+              WHERE tenant_id = $1 AND topic = $2 AND ($3::text IS NULL OR user_id > $3)
+              ORDER BY user_id OFFSET $4 - 1 LIMIT 1),
+             (SELECT max(user_id) FROM topic_subscriptions
+              WHERE tenant_id = $1 AND topic = $2 AND ($3::text IS NULL OR user_id > $3)))",
+    )
+    .bind(tenant)
+    .bind(topic)
+    .bind(after)
+    .bind(size)
+    .fetch_one(pool)
+    .await
+}
+
+/// A tenant's routing policy as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PolicyRow {
+    pub required_categories: Vec<String>,
+    pub frequency_caps: serde_json::Value,
+}
+
+/// The routing policy of a tenant.
+pub async fn policy(pool: &PgPool, tenant: &str) -> Result<Option<PolicyRow>, sqlx::Error> {
+    sqlx::query_as("SELECT required_categories, frequency_caps FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Records cap events for `users` (idempotent per notification) and answers,
+/// per user, how many capped deliveries of this category and channel they
+/// had in `per` up to and including this notification.
+#[allow(clippy::too_many_arguments)]
+pub async fn cap_ranks(
+    pool: &PgPool,
+    tenant: &str,
+    category: &str,
+    channel: &str,
+    notification_id: Uuid,
+    at: DateTime<Utc>,
+    per: Duration,
+    users: &[&str],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO frequency_events (tenant_id, user_id, category, channel, notification_id, at)
+         SELECT $1, u, $3, $4, $5, $6 FROM UNNEST($2::text[]) AS u ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(users)
+    .bind(category)
+    .bind(channel)
+    .bind(notification_id)
+    .bind(at)
+    .execute(pool)
+    .await?;
+    sqlx::query_as(
+        "SELECT u.user_id, (SELECT count(*) FROM frequency_events e
+             WHERE e.tenant_id = $1 AND e.user_id = u.user_id AND e.category = $3 AND e.channel = $4
+               AND e.at > $6 - make_interval(secs => $7) AND (e.at, e.notification_id) <= ($6, $5))
+         FROM UNNEST($2::text[]) AS u(user_id)",
+    )
+    .bind(tenant)
+    .bind(users)
+    .bind(category)
+    .bind(channel)
+    .bind(notification_id)
+    .bind(at)
+    .bind(per.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Moves a notification from `accepted` to `routing`.
+pub async fn start_routing(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE notifications SET status = 'routing', updated_at = now() WHERE id = $1 AND status = 'accepted'")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Marks a notification routed.
+pub async fn finish_routing(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
+         WHERE id = $1 AND status IN ('accepted', 'routing')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Records that pages were handed to the router's queue and moves the
+/// topic checkpoint past the last of them, in one transaction.
+pub async fn pages_handed_out(pool: &PgPool, id: Uuid, lasts: &[&str]) -> Result<(), sqlx::Error> {
+    let Some(cursor) = lasts.last() else {
+        return Ok(());
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO route_pages (notification_id, last_user) SELECT $1, l FROM UNNEST($2::text[]) AS l
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(lasts)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE notifications SET route_cursor = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(cursor)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Records that every page was handed out.
+pub async fn pages_enumerated(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET pages_total = (SELECT count(*) FROM route_pages WHERE notification_id = $1)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Marks a page done; the notification is routed when all pages are.
+pub async fn page_done(pool: &PgPool, id: Uuid, last_user: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO route_pages (notification_id, last_user, done_at) VALUES ($1, $2, now())
+         ON CONFLICT (notification_id, last_user) DO UPDATE SET done_at = COALESCE(route_pages.done_at, now())",
+    )
+    .bind(id)
+    .bind(last_user)
+    .execute(pool)
+    .await?;
+    complete_if_all_pages_done(pool, id).await
+}
+
+/// Marks a topic notification routed once its page count is known and every
+/// page is done. Safe to call from every page and the enumerator alike.
+pub async fn complete_if_all_pages_done(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
+         WHERE id = $1 AND status IN ('accepted', 'routing') AND pages_total IS NOT NULL
+           AND pages_total <= (SELECT count(*) FROM route_pages WHERE notification_id = $1 AND done_at IS NOT NULL)",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Loads a notification whatever its tenant (the router trusts its queue).
+pub async fn notification(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<super::notifications::NotificationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, tenant_id, category, priority, status, request, created_at, updated_at, routed_at, route_cursor
+         FROM notifications WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
