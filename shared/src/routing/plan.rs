@@ -255,7 +255,7 @@ pub fn apply_timing(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::model::user::{EmailAddress, PhoneE164};
