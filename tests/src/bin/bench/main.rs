@@ -16,6 +16,8 @@ use herald::{
     model::Lane,
 };
 use herald_tests::TestEnv;
+
+mod router;
 use serde_json::json;
 
 #[derive(clap::Parser)]
@@ -38,6 +40,16 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         batch: usize,
     },
+    /// Routed deliveries/s, a topic of N subscribers (time, router peak RSS),
+    /// and `high` latency while that topic drains.
+    Router {
+        /// Subscribers of the benchmark topic.
+        #[arg(long, default_value_t = 1_000_000)]
+        subscribers: usize,
+        /// User-list sends (of 100 users each) for the deliveries/s figure.
+        #[arg(long, default_value_t = 200)]
+        sends: usize,
+    },
 }
 
 fn rate(n: usize, took: Duration) -> f64 {
@@ -53,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             batch,
         } => ingest(requests, concurrency, batch).await,
+        Bench::Router { subscribers, sends } => router::run(subscribers, sends).await,
     }
 }
 
