@@ -90,6 +90,27 @@ impl RetrySchedule {
         &self.0
     }
 
+    /// Jitter steps: each tier exists as four queues at 1.0, 1.1, 1.2 and 1.3
+    /// times its delay, and a retry picks one at random, so the retries of a
+    /// provider outage come back spread over 30% of the tier, not as a herd.
+    pub const JITTER_STEPS: [f64; 4] = [1.0, 1.1, 1.2, 1.3];
+
+    /// Every delay a retry queue exists for: each tier at each jitter step.
+    pub fn queue_delays(&self) -> Vec<Duration> {
+        let mut delays: Vec<Duration> = self
+            .0
+            .iter()
+            .flat_map(|d| {
+                Self::JITTER_STEPS
+                    .iter()
+                    .map(move |s| Duration::from_millis((d.as_millis() as f64 * s).round() as u64))
+            })
+            .collect();
+        delays.sort();
+        delays.dedup();
+        delays
+    }
+
     /// Builds a schedule from delays (tests use sub-second ones).
     pub fn from_delays(delays: Vec<Duration>) -> Self {
         Self(delays)

@@ -416,17 +416,22 @@ impl Drop for Spawned {
     }
 }
 
-/// Path of a workspace binary, built by `cargo build --bins` before the tests.
+/// Path of a workspace binary, built by `cargo build --bins` before the
+/// tests (next to a test binary's `deps/` folder, or beside a `bench` binary).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` first",
-        path.display()
-    );
-    path
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join(name), dir.parent().expect("target dir").join(name)];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is missing: run `cargo build --bins` first",
+                candidates[1].display()
+            )
+        })
 }
 
 /// An HTTP client with a bearer key.

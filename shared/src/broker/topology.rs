@@ -101,7 +101,7 @@ impl Names {
         for channel in DeliveryChannel::ALL {
             queues.extend(Lane::ALL.iter().map(|l| self.delivery_queue(channel, *l)));
         }
-        queues.extend(schedule.delays().iter().map(|d| self.retry_queue(*d)));
+        queues.extend(schedule.queue_delays().iter().map(|d| self.retry_queue(*d)));
         queues.dedup();
         queues
     }
@@ -215,8 +215,8 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
         }
     }
 
-    for delay in schedule.delays() {
-        let q = names.retry_queue(*delay);
+    for delay in schedule.queue_delays() {
+        let q = names.retry_queue(delay);
         // A message waits out the queue-level TTL, then dead-letters back to
         // the deliveries exchange under its original routing key. Queue-level
         // (not per-message) TTL, so messages never block behind a longer one.

@@ -167,3 +167,157 @@ pub async fn set_status(
     .await
     .map(|_| ())
 }
+
+/// How a claim went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours to send; `attempts` counts this one.
+    Claimed { attempts: i32 },
+    /// Not to be sent: already settled (or being sent by another worker).
+    Skip { status: String },
+    /// No such delivery.
+    Missing,
+}
+
+/// Claims a delivery before calling the provider, so a message delivered
+/// twice is sent once. A `sending` row is taken over only when the broker
+/// redelivered the message (its previous holder's channel closed) or its
+/// lease ran out.
+pub async fn claim(
+    pool: &PgPool,
+    created_at: DateTime<Utc>,
+    id: Uuid,
+    redelivered: bool,
+    lease: std::time::Duration,
+) -> Result<Claim, sqlx::Error> {
+    let claimed: Option<i32> = sqlx::query_scalar(
+        "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = now(), updated_at = now()
+         WHERE created_at = $1 AND id = $2
+           AND (status = 'pending'
+                OR (status = 'sending' AND ($3 OR claimed_at < now() - make_interval(secs => $4))))
+         RETURNING attempts",
+    )
+    .bind(created_at)
+    .bind(id)
+    .bind(redelivered)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    if let Some(attempts) = claimed {
+        return Ok(Claim::Claimed { attempts });
+    }
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM deliveries WHERE created_at = $1 AND id = $2")
+            .bind(created_at)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(status.map_or(Claim::Missing, |status| Claim::Skip { status }))
+}
+
+/// The outcome of an attempt, as recorded.
+#[derive(Debug, Clone)]
+pub enum Settle<'a> {
+    Sent {
+        provider_id: Option<&'a str>,
+    },
+    /// Back to pending for a retry; `refund` un-counts the attempt (a
+    /// throttle is not the delivery's fault).
+    Retry {
+        class: &'a str,
+        error: &'a str,
+        refund: bool,
+    },
+    Failed {
+        class: &'a str,
+        error: &'a str,
+    },
+    Dead {
+        class: &'a str,
+        error: &'a str,
+    },
+    Expired,
+}
+
+/// Records an attempt's outcome on a claimed delivery.
+pub async fn settle(
+    pool: &PgPool,
+    created_at: DateTime<Utc>,
+    id: Uuid,
+    outcome: &Settle<'_>,
+) -> Result<(), sqlx::Error> {
+    let (status, class, error, provider_id, refund) = match outcome {
+        Settle::Sent { provider_id } => ("sent", None, None, *provider_id, false),
+        Settle::Retry {
+            class,
+            error,
+            refund,
+        } => ("pending", Some(*class), Some(*error), None, *refund),
+        Settle::Failed { class, error } => ("failed", Some(*class), Some(*error), None, false),
+        Settle::Dead { class, error } => ("dead", Some(*class), Some(*error), None, false),
+        Settle::Expired => (
+            "expired",
+            None,
+            Some("expired before it could be sent"),
+            None,
+            false,
+        ),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET status = $3, error_class = COALESCE($4, error_class),
+             last_error = COALESCE($5, last_error), provider_id = COALESCE($6, provider_id),
+             sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+             attempts = attempts - CASE WHEN $7 THEN 1 ELSE 0 END,
+             reason = CASE WHEN $3 = 'expired' THEN $5 ELSE reason END,
+             updated_at = now()
+         WHERE created_at = $1 AND id = $2",
+    )
+    .bind(created_at)
+    .bind(id)
+    .bind(status)
+    .bind(class)
+    .bind(error)
+    .bind(provider_id)
+    .bind(refund)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Expires a delivery that was never claimed (still pending).
+pub async fn expire_unclaimed(
+    pool: &PgPool,
+    created_at: DateTime<Utc>,
+    id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'expired', reason = 'expired before it could be sent', updated_at = now()
+         WHERE created_at = $1 AND id = $2 AND status IN ('pending', 'sending')",
+    )
+    .bind(created_at)
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Deactivates a device token the provider reported unregistered.
+pub async fn deactivate_device(
+    pool: &PgPool,
+    tenant: &str,
+    user: &str,
+    token: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE devices SET active = false, deactivated_reason = $4, updated_at = now()
+         WHERE tenant_id = $1 AND user_id = $2 AND token = $3",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(token)
+    .bind(reason)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}

@@ -1,13 +1,33 @@
-//! The delivery engine shared by the channel workers.
+//! The delivery engine shared by the channel workers (docs/delivery.md).
+//!
+//! A worker consumes its channel's three lane queues, each with its own
+//! consumer and prefetch so a `bulk` backlog never delays `high`; claims each
+//! delivery in PostgreSQL before calling the provider; records the outcome;
+//! and acks only after the outcome is durable.
 
-use std::net::SocketAddr;
+pub mod budget;
+pub mod circuit;
+pub mod engine;
+pub mod retry;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
 use clap::Parser;
+use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::CommonConfig, model::Channel, ops};
+use crate::{
+    broker::{
+        Broker, Publisher,
+        consumer::{self, ConsumerSpec},
+    },
+    config::CommonConfig,
+    model::{Channel, Lane},
+    ops,
+};
+use engine::{Engine, Providers};
 
 /// Settings of a channel worker.
 #[derive(clap::Parser, Debug, Clone)]
@@ -19,6 +39,21 @@ pub struct WorkerConfig {
     /// (default 0.0.0.0:9101 push, :9102 email, :9103 sms).
     #[arg(long, env = "HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Push provider budget, messages/s across all replicas (0 = unlimited).
+    #[arg(long, env = "PUSH_RATE_PER_SEC", default_value_t = 1000)]
+    pub push_rate_per_sec: u32,
+    /// Email provider budget, messages/s across all replicas (0 = unlimited).
+    #[arg(long, env = "EMAIL_RATE_PER_SEC", default_value_t = 200)]
+    pub email_rate_per_sec: u32,
+    /// SMS provider budget, messages/s across all replicas (0 = unlimited).
+    #[arg(long, env = "SMS_RATE_PER_SEC", default_value_t = 50)]
+    pub sms_rate_per_sec: u32,
+    /// Most messages one recipient may get per minute on this channel (0 = unlimited).
+    #[arg(long, env = "RECIPIENT_RATE_PER_MIN", default_value_t = 20)]
+    pub recipient_rate_per_min: u32,
+    /// Longest a provider call may take before it counts as a timeout.
+    #[arg(long, env = "PROVIDER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub provider_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -35,6 +70,15 @@ impl WorkerConfig {
     pub fn listen_addr(&self, channel: Channel) -> SocketAddr {
         self.http_addr.unwrap_or_else(|| default_addr(channel))
     }
+
+    /// The channel's budget in messages/s.
+    pub fn rate_per_sec(&self, channel: Channel) -> u32 {
+        match channel {
+            Channel::Push => self.push_rate_per_sec,
+            Channel::Email => self.email_rate_per_sec,
+            Channel::Sms => self.sms_rate_per_sec,
+        }
+    }
 }
 
 fn default_addr(channel: Channel) -> SocketAddr {
@@ -46,22 +90,65 @@ fn default_addr(channel: Channel) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
 }
 
+/// Unacked messages per lane consumer. `high` gets its own consumer and
+/// channel so it is never behind `bulk`; the prefetch bounds in-flight work
+/// (and memory) while keeping the provider busy.
+fn prefetch(lane: Lane) -> u16 {
+    match lane {
+        Lane::High => 16,
+        Lane::Normal => 32,
+        Lane::Bulk => 32,
+    }
+}
+
+/// How often a worker re-reads its replica count and queue depths.
+const REFRESH: Duration = Duration::from_secs(5);
+
 /// Runs `channel`'s worker until `cancel` fires.
 pub async fn run(
     channel: Channel,
     config: WorkerConfig,
+    providers: Arc<dyn Providers>,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = ops::Service::start(&config.common)?;
+    let publisher = Publisher::new(service.broker.clone());
+    let engine = Arc::new(Engine::new(
+        channel,
+        service.pool.clone(),
+        publisher,
+        providers,
+        budget::Budget::new(config.rate_per_sec(channel), config.recipient_rate_per_min),
+        retry::RetryPolicy::new(config.common.retry_schedule.clone()),
+        config.provider_timeout,
+    ));
     {
         let (broker, schedule, cancel) = (
             service.broker.clone(),
             config.common.retry_schedule.clone(),
             cancel.clone(),
         );
+        let tasks = service.tasks.clone();
         service.tasks.spawn(async move {
             ops::declare_topology(&broker, &schedule, &cancel).await;
+            for lane in Lane::ALL {
+                let spec = ConsumerSpec {
+                    queue: broker.names().delivery_queue(channel, lane),
+                    prefetch: prefetch(lane),
+                };
+                let engine = engine.clone();
+                tasks.spawn(consumer::run(
+                    broker.clone(),
+                    spec,
+                    cancel.clone(),
+                    move |delivery| {
+                        let engine = engine.clone();
+                        async move { engine.handle(delivery).await }
+                    },
+                ));
+            }
+            refresh(broker, engine, channel, cancel).await;
         });
     }
     service
@@ -72,4 +159,47 @@ pub async fn run(
             &format!("worker-{channel}"),
         )
         .await
+}
+
+/// Keeps the budget share in step with the replica count (consumers on the
+/// `high` lane queue, one per replica) and publishes queue depths.
+async fn refresh(
+    broker: Arc<Broker>,
+    engine: Arc<Engine>,
+    channel: Channel,
+    cancel: CancellationToken,
+) {
+    loop {
+        for lane in Lane::ALL {
+            let queue = broker.names().delivery_queue(channel, lane);
+            let Ok(ch) = broker.channel().await else {
+                break;
+            };
+            let declared = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if let Ok(q) = declared {
+                metrics::gauge!("herald_queue_depth", "queue" => queue.clone())
+                    .set(f64::from(q.message_count()));
+                metrics::gauge!("herald_queue_consumers", "queue" => queue)
+                    .set(f64::from(q.consumer_count()));
+                if lane == Lane::High && q.consumer_count() > 0 {
+                    engine.budget.set_replicas(q.consumer_count());
+                }
+            }
+            let _ = ch.close(200, "refresh".into()).await;
+        }
+        engine.budget.prune();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(REFRESH) => {}
+        }
+    }
 }

@@ -45,3 +45,23 @@ pub async fn publish(
     );
     publisher.publish(&msg).await
 }
+
+/// Like [`publish`], for a message whose headers and id the caller prepared
+/// (a dead delivery keeps its attempt count and a stable id).
+pub async fn publish_outgoing(
+    publisher: &Publisher,
+    mut msg: Outgoing,
+    delivery: &Delivery,
+    reason: &DeadLetterReason,
+) -> Result<(), PublishError> {
+    msg.exchange = publisher.broker().names().dead_exchange();
+    msg.routing_key = String::new();
+    msg.headers = msg
+        .headers
+        .str(Headers::SOURCE, reason.source)
+        .str(Headers::ERROR_CLASS, reason.error_class)
+        .str(Headers::ERROR, &reason.error)
+        .str(Headers::ORIGINAL_EXCHANGE, delivery.exchange.as_str())
+        .str(Headers::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());
+    publisher.publish(&msg).await
+}

@@ -32,20 +32,31 @@ fn drain(env: &TestEnv, queue: String) -> tokio::sync::watch::Receiver<u64> {
     let broker = herald::broker::Broker::new(herald_tests::amqp_url(), env.names());
     tokio::spawn(async move {
         let ch = broker.channel().await.expect("channel");
-        ch.basic_qos(2000, BasicQosOptions::default()).await.expect("qos");
+        ch.basic_qos(2000, BasicQosOptions::default())
+            .await
+            .expect("qos");
         let mut consumer = ch
-            .basic_consume(queue.as_str().into(), "bench-drain".into(), BasicConsumeOptions::default(), Default::default())
+            .basic_consume(
+                queue.as_str().into(),
+                "bench-drain".into(),
+                BasicConsumeOptions::default(),
+                Default::default(),
+            )
             .await
             .expect("consume");
         let mut n = 0u64;
         while let Some(Ok(d)) = consumer.next().await {
             n += 1;
             if n.is_multiple_of(500) {
-                d.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+                d.ack(BasicAckOptions { multiple: true })
+                    .await
+                    .expect("ack");
                 tx.send_replace(n);
             } else if n.is_multiple_of(50) {
                 tx.send_replace(n);
-                d.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+                d.ack(BasicAckOptions { multiple: true })
+                    .await
+                    .expect("ack");
             }
         }
     });
@@ -55,11 +66,12 @@ fn drain(env: &TestEnv, queue: String) -> tokio::sync::watch::Receiver<u64> {
 async fn wait_routed(env: &TestEnv, id: &str, timeout: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let status: String = sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1::uuid")
-            .bind(id)
-            .fetch_one(&env.pool)
-            .await
-            .expect("status");
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_one(&env.pool)
+                .await
+                .expect("status");
         if status == "routed" {
             return started.elapsed();
         }
@@ -77,12 +89,19 @@ async fn high_latencies(env: &TestEnv, client: &Client, n: usize) -> Vec<Duratio
             .json(
                 Method::POST,
                 "/v1/notifications",
-                Some(json!({"category": "security", "priority": "high", "to": {"users": ["vip"]},
-                            "content": {"sms": {"text": "code 123456"}}})),
+                Some(
+                    json!({"category": "security", "priority": "high", "to": {"users": ["vip"]},
+                            "content": {"sms": {"text": "code 123456"}}}),
+                ),
             )
             .await;
         assert_eq!(status, 202);
-        wait_routed(env, body["id"].as_str().expect("id"), Duration::from_secs(60)).await;
+        wait_routed(
+            env,
+            body["id"].as_str().expect("id"),
+            Duration::from_secs(60),
+        )
+        .await;
         out.push(started.elapsed());
     }
     out.sort();
@@ -100,7 +119,13 @@ pub async fn run(subscribers: usize, sends: usize) -> anyhow::Result<()> {
     let key = env.key("bench", &[Scope::Send, Scope::Manage]).await;
     let ingest = env.spawn_ingest().await;
     let client = Client::new(&ingest, &key);
-    client.json(Method::PUT, "/v1/users/vip", Some(json!({"phone": "+14155550100"}))).await;
+    client
+        .json(
+            Method::PUT,
+            "/v1/users/vip",
+            Some(json!({"phone": "+14155550100"})),
+        )
+        .await;
 
     eprintln!("seeding {subscribers} subscribers ...");
     let started = Instant::now();
@@ -121,7 +146,9 @@ pub async fn run(subscribers: usize, sends: usize) -> anyhow::Result<()> {
     sqlx::query("ANALYZE").execute(&env.pool).await?;
     eprintln!("seeded in {:.1}s", started.elapsed().as_secs_f64());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut router = tokio::process::Command::new(binary("router"))
         .env("DATABASE_URL", &env.database_url)
         .env("AMQP_URL", herald_tests::amqp_url())
@@ -135,7 +162,10 @@ pub async fn run(subscribers: usize, sends: usize) -> anyhow::Result<()> {
         .spawn()?;
     let pid = router.id().expect("pid");
     for _ in 0..200 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.is_ok_and(|r| r.status() == 200) {
+        if reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -152,7 +182,12 @@ pub async fn run(subscribers: usize, sends: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     stream::iter(0..n)
         .for_each_concurrent(64, |_| {
-            let msg = Outgoing::json(names.deliveries_exchange(), "email.normal", body.clone(), Headers::default());
+            let msg = Outgoing::json(
+                names.deliveries_exchange(),
+                "email.normal",
+                body.clone(),
+                Headers::default(),
+            );
             let publisher = publisher.clone();
             async move { publisher.publish(&msg).await.expect("publish") }
         })
@@ -199,18 +234,55 @@ pub async fn run(subscribers: usize, sends: usize) -> anyhow::Result<()> {
 
     println!("router benchmark ({subscribers} topic subscribers)");
     println!("{:<52} {:>14}", "measurement", "value");
-    println!("{:<52} {:>14.0}", "raw publish-with-confirm, msgs/s (baseline)", raw);
-    println!("{:<52} {:>14.0}", "user-list sends, routed deliveries/s", list_rate);
+    println!(
+        "{:<52} {:>14.0}",
+        "raw publish-with-confirm, msgs/s (baseline)", raw
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "user-list sends, routed deliveries/s", list_rate
+    );
     println!("{:<52} {:>14.2}", "  ratio to baseline", list_rate / raw);
-    println!("{:<52} {:>14.1}", "topic fully enqueued (routed), seconds", topic_time.as_secs_f64());
-    println!("{:<52} {:>14.0}", "topic deliveries/s", subscribers as f64 / topic_time.as_secs_f64());
-    println!("{:<52} {:>14}", "topic delivery messages consumed so far", delivered);
+    println!(
+        "{:<52} {:>14.1}",
+        "topic fully enqueued (routed), seconds",
+        topic_time.as_secs_f64()
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "topic deliveries/s",
+        subscribers as f64 / topic_time.as_secs_f64()
+    );
+    println!(
+        "{:<52} {:>14}",
+        "topic delivery messages consumed so far", delivered
+    );
     println!("{:<52} {:>14.1}", "router peak RSS, MiB", rss);
-    println!("{:<52} {:>14.1}", "high send accept->routed p50 idle, ms", pct(&idle, 0.5));
-    println!("{:<52} {:>14.1}", "high send accept->routed p95 idle, ms", pct(&idle, 0.95));
-    println!("{:<52} {:>14.1}", "high send accept->routed p50 during topic, ms", pct(&busy, 0.5));
-    println!("{:<52} {:>14.1}", "high send accept->routed p95 during topic, ms", pct(&busy, 0.95));
-    println!("{:<52} {:>14.2}", "  p50 ratio during/idle", pct(&busy, 0.5) / pct(&idle, 0.5));
+    println!(
+        "{:<52} {:>14.1}",
+        "high send accept->routed p50 idle, ms",
+        pct(&idle, 0.5)
+    );
+    println!(
+        "{:<52} {:>14.1}",
+        "high send accept->routed p95 idle, ms",
+        pct(&idle, 0.95)
+    );
+    println!(
+        "{:<52} {:>14.1}",
+        "high send accept->routed p50 during topic, ms",
+        pct(&busy, 0.5)
+    );
+    println!(
+        "{:<52} {:>14.1}",
+        "high send accept->routed p95 during topic, ms",
+        pct(&busy, 0.95)
+    );
+    println!(
+        "{:<52} {:>14.2}",
+        "  p50 ratio during/idle",
+        pct(&busy, 0.5) / pct(&idle, 0.5)
+    );
     router.start_kill()?;
     ingest.stop().await;
     broker.close().await;
