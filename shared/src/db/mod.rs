@@ -22,7 +22,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Opens a pool. Connections are made lazily so a process starts (and says
 /// it is not ready) even while the database is down.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = url.parse()?;
+    // Plan every statement for its parameters. The delivery partition of the
+    // day starts empty and grows to millions of rows within hours: a generic
+    // plan cached while it was empty (a sequential scan) would stay in use.
+    let options: PgConnectOptions = url
+        .parse::<PgConnectOptions>()?
+        .options([("plan_cache_mode", "force_custom_plan")]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         // A request must fail fast with 503 when the database is gone rather

@@ -16,9 +16,9 @@ pub struct NewNotification {
     pub created_at: DateTime<Utc>,
 }
 
-/// Inserts notifications in one statement (UNNEST), inside the caller's transaction.
-pub async fn insert_many(
-    tx: &mut Transaction<'_, Postgres>,
+/// Inserts notifications in one statement (UNNEST).
+pub async fn insert_many<'e>(
+    db: impl sqlx::Executor<'e, Database = Postgres>,
     rows: &[NewNotification],
 ) -> Result<(), sqlx::Error> {
     let mut ids = Vec::with_capacity(rows.len());
@@ -48,7 +48,7 @@ pub async fn insert_many(
     .bind(&requests)
     .bind(&keys)
     .bind(&created)
-    .execute(&mut **tx)
+    .execute(db)
     .await?;
     Ok(())
 }
