@@ -98,12 +98,21 @@ pub async fn stored_for_users(
     notification_id: Uuid,
     users: &[&str],
 ) -> Result<Vec<Stored>, sqlx::Error> {
+    let (Some(first), Some(last)) = (users.iter().min(), users.iter().max()) else {
+        return Ok(Vec::new());
+    };
+    // The range bounds the index scan to this batch's users: a topic page is
+    // a contiguous id range, and without them the scan would walk every
+    // delivery of the notification (a million for a large topic) per page.
     sqlx::query_as(
         "SELECT id, user_id, channel, destination, status FROM deliveries
-         WHERE created_at = $1 AND notification_id = $2 AND user_id = ANY($3)",
+         WHERE created_at = $1 AND notification_id = $2 AND user_id >= $3 AND user_id <= $4
+           AND user_id = ANY($5)",
     )
     .bind(created_at)
     .bind(notification_id)
+    .bind(first)
+    .bind(last)
     .bind(users)
     .fetch_all(pool)
     .await

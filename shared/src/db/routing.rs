@@ -45,7 +45,9 @@ pub async fn recipients(
     .await
 }
 
-/// Subscribers of a topic with ids in `(after, last]`, in id order.
+/// Subscribers of a topic with ids in `(after, last]`, in id order. (User
+/// ids are never empty, so `''` stands for "from the start" and the bound
+/// stays a plain index range.)
 pub async fn topic_page(
     pool: &PgPool,
     tenant: &str,
@@ -57,7 +59,7 @@ pub async fn topic_page(
         "SELECT {RECIPIENT_COLUMNS} FROM topic_subscriptions s
          JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
          LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
-         WHERE s.tenant_id = $1 AND s.topic = $2 AND ($3::text IS NULL OR s.user_id > $3) AND s.user_id <= $4
+         WHERE s.tenant_id = $1 AND s.topic = $2 AND s.user_id > COALESCE($3, '') AND s.user_id <= $4
          ORDER BY s.user_id"
     )))
     .bind(tenant)
@@ -81,10 +83,10 @@ pub async fn next_page_end(
     sqlx::query_scalar(
         "SELECT COALESCE(
              (SELECT user_id FROM topic_subscriptions
-              WHERE tenant_id = $1 AND topic = $2 AND ($3::text IS NULL OR user_id > $3)
+              WHERE tenant_id = $1 AND topic = $2 AND user_id > COALESCE($3, '')
               ORDER BY user_id OFFSET $4 - 1 LIMIT 1),
              (SELECT max(user_id) FROM topic_subscriptions
-              WHERE tenant_id = $1 AND topic = $2 AND ($3::text IS NULL OR user_id > $3)))",
+              WHERE tenant_id = $1 AND topic = $2 AND user_id > COALESCE($3, '')))",
     )
     .bind(tenant)
     .bind(topic)
