@@ -1,8 +1,19 @@
 //! Provider clients: plain protocol clients that take a rendered message and
 //! a destination and answer an [`Outcome`]. They know nothing of RabbitMQ,
 //! the database or each other, so each is tested alone against its fake.
+//!
+//! [`config`] reads the provider settings and [`config::build`] picks, per
+//! channel, the provider each destination goes to.
 
+pub mod apns;
+pub mod config;
+pub mod fcm;
+mod http;
+pub mod http_email;
 pub mod log;
+mod set;
+pub mod smtp;
+pub mod twilio;
 
 use std::{collections::BTreeMap, fmt, time::Duration};
 
@@ -11,7 +22,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{Lane, user::Platform};
+use crate::model::{Channel, Lane, user::Platform};
 
 /// A push notification, rendered for one recipient.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,6 +58,17 @@ pub enum Rendered {
     Push(PushMessage),
     Email(EmailMessage),
     Sms(SmsMessage),
+}
+
+impl Rendered {
+    /// The channel this message is for.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Rendered::Push(_) => Channel::Push,
+            Rendered::Email(_) => Channel::Email,
+            Rendered::Sms(_) => Channel::Sms,
+        }
+    }
 }
 
 /// Where a message goes: a device token (with its platform), an email
@@ -134,6 +156,18 @@ pub enum Outcome {
         reason: String,
         deactivate: bool,
     },
+}
+
+impl Outcome {
+    /// A message handed to a provider of another channel: a wiring bug in
+    /// Herald, which no retry fixes.
+    pub fn wrong_channel(provider: &str, message: &Rendered) -> Outcome {
+        Outcome::Permanent {
+            class: ErrorClass::Config,
+            reason: format!("{provider} cannot send a {} message", message.channel()),
+            deactivate: false,
+        }
+    }
 }
 
 /// A provider client.
