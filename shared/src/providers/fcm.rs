@@ -8,6 +8,7 @@
 //! |---|---|
 //! | 200 | `Sent`, provider id = the message `name` |
 //! | `UNREGISTERED` (404) | `Permanent(Unregistered)`, deactivate the token |
+//! | any other 404 | `Permanent(Config)`: a wrong base URL or project id, not a dead token |
 //! | `INVALID_ARGUMENT` (400) naming the token | `Permanent(InvalidAddress)`, deactivate |
 //! | `INVALID_ARGUMENT` (400), other | `Permanent(Rejected)` |
 //! | `SENDER_ID_MISMATCH` (403) | `Permanent(InvalidAddress)`, token kept |

@@ -93,9 +93,10 @@ pub fn classify(status: StatusCode, body: &str, after: Option<Duration>) -> Outc
         after,
     };
     match (status.as_u16(), code) {
-        (_, "UNREGISTERED") | (404, "NOT_FOUND") => permanent(ErrorClass::Unregistered, true),
-        // A 404 that is not FCM's own error JSON comes from a wrong base URL
-        // or project id: deactivating every token on it would be a disaster.
+        (_, "UNREGISTERED") => permanent(ErrorClass::Unregistered, true),
+        // Only FCM's explicit `UNREGISTERED` deactivates: any other 404 more
+        // likely comes from a wrong base URL or project id, and deactivating
+        // every token on it would be a disaster.
         (404, _) => Outcome::Permanent {
             class: ErrorClass::Config,
             reason: format!("{reason} (check FCM_BASE_URL and FCM_PROJECT_ID)"),
@@ -206,6 +207,11 @@ mod tests {
         );
         assert_eq!(
             class(&classify(s(404), "<html>Not Found</html>", None)),
+            (Some(ErrorClass::Config), false)
+        );
+        let no_detail = r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#;
+        assert_eq!(
+            class(&classify(s(404), no_detail, None)),
             (Some(ErrorClass::Config), false)
         );
     }
