@@ -12,9 +12,9 @@
 //! | 530, 534, 535, 538 (authentication) | `Permanent(Auth)` |
 //! | other 5xx (policy `5.7.x`, size, content) | `Permanent(Rejected)` |
 //! | 4xx (greylisting, full queue, try later) | `Retry(Server)` |
-//! | no answer in time / connection refused, broken or TLS failed | `Retry(Timeout)` / `Retry(Connection)` |
+//! | no end to the session in time / connection refused, broken or TLS failed | `Retry(Timeout)` / `Retry(Connection)` |
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::RwLock, time::Duration};
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
@@ -23,36 +23,36 @@ use lettre::{
     message::{Mailbox, MultiPart, SinglePart},
     transport::smtp::{self, PoolConfig},
 };
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{Destination, EmailMessage, ErrorClass, Outcome, Provider, Rendered, SendContext};
 
+type Transport = AsyncSmtpTransport<Tokio1Executor>;
+
 /// Sends email through an SMTP relay.
 pub struct SmtpProvider {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    // Replaced whole after a timeout (see `send_email`); a std lock is enough
+    // since it is held only to clone or swap the handle, never across I/O.
+    transport: RwLock<Transport>,
+    url: SecretString,
+    timeout: Duration,
     from: Mailbox,
 }
 
 impl SmtpProvider {
     /// A pooled transport to `url` sending as `from` (`noreply@example.com`
-    /// or `Example <noreply@example.com>`). Each SMTP command must be
-    /// answered within `timeout`.
+    /// or `Example <noreply@example.com>`). Each send, connection included,
+    /// must finish within `timeout`.
     pub fn new(url: &str, from: &str, timeout: Duration) -> anyhow::Result<Self> {
         let from: Mailbox = from
             .parse()
             .with_context(|| format!("EMAIL_FROM `{from}` is not an email address"))?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .context("SMTP_URL is not an smtp:// or smtps:// URL")?
-            .timeout(Some(timeout))
-            // A relay handles a few parallel sessions well; past that it
-            // starts answering 421. Idle connections are closed after a
-            // minute, before most relays' own idle limit.
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(8)
-                    .idle_timeout(Duration::from_secs(60)),
-            )
-            .build();
-        Ok(Self { transport, from })
+        Ok(Self {
+            transport: RwLock::new(transport(url, timeout)?),
+            url: SecretString::from(url),
+            timeout,
+            from,
+        })
     }
 
     async fn send_email(&self, email: &EmailMessage, to: &str, ctx: &SendContext) -> Outcome {
@@ -92,13 +92,54 @@ impl SmtpProvider {
                 };
             }
         };
-        match self.transport.send(message).await {
-            Ok(_) => Outcome::Sent {
+        let transport = self
+            .transport
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // lettre bounds only the connect by its timeout, not the replies, so
+        // the whole session is bounded here.
+        match tokio::time::timeout(self.timeout, transport.send(message)).await {
+            Ok(Ok(_)) => Outcome::Sent {
                 provider_id: Some(message_id),
             },
-            Err(err) => classify(&err),
+            Ok(Err(err)) => classify(&err),
+            Err(_) => {
+                // The abandoned connection may be mid-command, and lettre would
+                // park it in the pool, where a late reply would be read as the
+                // answer to the next command. A fresh pool leaves it behind; the
+                // old one closes its connections once its last user is done.
+                if let Ok(fresh) = transport_of(&self.url, self.timeout) {
+                    *self.transport.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                }
+                Outcome::Retry {
+                    class: ErrorClass::Timeout,
+                    reason: format!("smtp: no answer within {:?}", self.timeout),
+                    after: None,
+                }
+            }
         }
     }
+}
+
+/// A pooled transport to `url`.
+fn transport(url: &str, timeout: Duration) -> anyhow::Result<Transport> {
+    Ok(Transport::from_url(url)
+        .context("SMTP_URL is not an smtp:// or smtps:// URL")?
+        .timeout(Some(timeout))
+        // A relay handles a few parallel sessions well; past that it starts
+        // answering 421. Idle connections are closed after a minute, before
+        // most relays' own idle limit.
+        .pool_config(
+            PoolConfig::new()
+                .max_size(8)
+                .idle_timeout(Duration::from_secs(60)),
+        )
+        .build())
+}
+
+fn transport_of(url: &SecretString, timeout: Duration) -> anyhow::Result<Transport> {
+    transport(url.expose_secret(), timeout)
 }
 
 impl fmt::Debug for SmtpProvider {
