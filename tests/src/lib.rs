@@ -4,6 +4,7 @@
 //! Both are removed when the test ends, pass or fail.
 
 pub mod fakes;
+pub mod prism;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

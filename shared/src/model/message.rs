@@ -43,6 +43,17 @@ pub enum Rendered {
     Sms(SmsMessage),
 }
 
+impl Rendered {
+    /// The channel this message is for.
+    pub fn channel(&self) -> super::Channel {
+        match self {
+            Rendered::Push(_) => super::Channel::Push,
+            Rendered::Email(_) => super::Channel::Email,
+            Rendered::Sms(_) => super::Channel::Sms,
+        }
+    }
+}
+
 /// Where a message goes: a device token (with its platform), an email
 /// address or an E.164 number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,19 @@
 //! Provider clients: plain protocol clients that take a rendered message and
 //! a destination and answer an [`Outcome`]. They know nothing of RabbitMQ,
 //! the database or each other, so each is tested alone against its fake.
+//!
+//! [`config`] reads the provider settings and [`config::build`] picks, per
+//! channel, the provider each destination goes to.
 
+pub mod apns;
+pub mod config;
+pub mod fcm;
+mod http;
+pub mod http_email;
 pub mod log;
+mod set;
+pub mod smtp;
+pub mod twilio;
 
 use std::{fmt, time::Duration};
 
@@ -91,6 +102,18 @@ pub enum Outcome {
         reason: String,
         deactivate: bool,
     },
+}
+
+impl Outcome {
+    /// A message handed to a provider of another channel: a wiring bug in
+    /// Herald, which no retry fixes.
+    pub fn wrong_channel(provider: &str, message: &Rendered) -> Outcome {
+        Outcome::Permanent {
+            class: ErrorClass::Config,
+            reason: format!("{provider} cannot send a {} message", message.channel()),
+            deactivate: false,
+        }
+    }
 }
 
 /// A provider client.

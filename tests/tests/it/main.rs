@@ -4,3 +4,4 @@
 mod api;
 mod ingest;
 mod routing;
+mod providers;

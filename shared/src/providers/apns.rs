@@ -1,0 +1,332 @@
+//! Apple Push Notification service, provider API over HTTP/2, authorised by a
+//! token (ES256 JWT signed with a `.p8` key) rather than a certificate, so one
+//! key serves every app of the team and never expires.
+//!
+//! | answer | outcome |
+//! |---|---|
+//! | 200 | `Sent`, provider id = the `apns-id` |
+//! | 410 `Unregistered` | `Permanent(Unregistered)`, deactivate the token |
+//! | 400 `BadDeviceToken`, `DeviceTokenNotForTopic` | `Permanent(InvalidAddress)`, deactivate |
+//! | 400, 404, 405, 413, other | `Permanent(Rejected)` |
+//! | 403 `ExpiredProviderToken` | a new JWT and one more try if ours is old enough to replace, else `Permanent(Auth)` |
+//! | 403, other | `Permanent(Auth)` |
+//! | 429 `TooManyRequests`, `TooManyProviderTokenUpdates` | `Retry(RateLimited)` |
+//! | 500, 503, any 5xx | `Retry(Server)` |
+//! | no answer in time / no connection | `Retry(Timeout)` / `Retry(Connection)` |
+
+mod token;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reqwest::{Client, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub use self::token::ApnsKey;
+use self::token::TokenCache;
+use super::{
+    Destination, ErrorClass, Outcome, Provider, PushMessage, Rendered, SendContext,
+    http::{client_builder, retry_after, snippet, transport_outcome},
+};
+use crate::model::Lane;
+
+/// Apple's production endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://api.push.apple.com";
+
+/// Sends push notifications through APNs.
+pub struct ApnsProvider {
+    http: Client,
+    base_url: String,
+    topic: String,
+    tokens: TokenCache,
+}
+
+impl ApnsProvider {
+    /// A client of `base_url` (`https://api.push.apple.com`, or an `http://`
+    /// h2c fake) sending to the app `topic` (its bundle id).
+    pub fn new(
+        base_url: &str,
+        topic: &str,
+        key: ApnsKey,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut builder = client_builder(timeout)
+            // APNs closes connections it finds idle; pings keep the one
+            // HTTP/2 connection (and its TLS handshake) alive between bursts.
+            .http2_keep_alive_interval(Duration::from_secs(60))
+            .http2_keep_alive_while_idle(true);
+        if base_url.starts_with("http://") {
+            // Cleartext has no ALPN to agree on HTTP/2, and APNs speaks
+            // nothing else: say it up front (h2c prior knowledge).
+            builder = builder.http2_prior_knowledge();
+        }
+        Ok(Self {
+            http: builder.build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            topic: topic.to_owned(),
+            tokens: TokenCache::new(key),
+        })
+    }
+
+    async fn send_push(&self, message: &PushMessage, token: &str, ctx: &SendContext) -> Outcome {
+        // Tokens are hex; anything else would also change the request path.
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Outcome::Permanent {
+                class: ErrorClass::InvalidAddress,
+                reason: "apns: device token is not hexadecimal".into(),
+                deactivate: true,
+            };
+        }
+        let body = payload(message);
+        let jwt = match self.tokens.jwt() {
+            Ok(jwt) => jwt,
+            Err(outcome) => return outcome,
+        };
+        let answer = self.post(token, &jwt, &body, ctx).await;
+        match answer {
+            Ok((StatusCode::FORBIDDEN, ref reason, _, _))
+                if reason.contains("ExpiredProviderToken") && self.tokens.expire(&jwt) =>
+            {
+                let jwt = match self.tokens.jwt() {
+                    Ok(jwt) => jwt,
+                    Err(outcome) => return outcome,
+                };
+                match self.post(token, &jwt, &body, ctx).await {
+                    Ok((status, text, apns_id, after)) => {
+                        classify(status, apns_id.as_deref(), &text, after)
+                    }
+                    Err(outcome) => outcome,
+                }
+            }
+            Ok((status, text, apns_id, after)) => {
+                classify(status, apns_id.as_deref(), &text, after)
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    async fn post(
+        &self,
+        token: &str,
+        jwt: &str,
+        body: &Value,
+        ctx: &SendContext,
+    ) -> Result<(StatusCode, String, Option<String>, Option<Duration>), Outcome> {
+        let mut request = self
+            .http
+            .post(format!("{}/3/device/{token}", self.base_url))
+            .header("authorization", format!("bearer {jwt}"))
+            .header("apns-topic", &self.topic)
+            .header("apns-push-type", "alert")
+            // 10 = now; 5 = when the device's power budget allows, which
+            // Apple asks for anything that is not time-sensitive.
+            .header(
+                "apns-priority",
+                if ctx.lane == Lane::High { "10" } else { "5" },
+            )
+            // A UUID's text is 36 bytes, inside Apple's 64-byte limit; the same
+            // notification re-sent after a retry replaces, not stacks.
+            .header("apns-collapse-id", ctx.notification_id.to_string())
+            .header("apns-id", ctx.delivery_id.to_string())
+            .json(body);
+        // With no expiry the header is left out, so APNs stores the push for
+        // an offline device; an `apns-expiration` of 0 would mean "deliver
+        // now or never".
+        if let Some(at) = ctx.expires_at {
+            request = request.header("apns-expiration", at.timestamp().max(1).to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| transport_outcome("apns", &err))?;
+        let status = response.status();
+        let after = retry_after(response.headers());
+        let apns_id = response
+            .headers()
+            .get("apns-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response
+            .text()
+            .await
+            .map_err(|err| transport_outcome("apns", &err))?;
+        Ok((status, text, apns_id, after))
+    }
+}
+
+impl Provider for ApnsProvider {
+    fn name(&self) -> &'static str {
+        "apns"
+    }
+
+    fn send<'a>(
+        &'a self,
+        message: &'a Rendered,
+        to: &'a Destination,
+        ctx: &'a SendContext,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match message {
+                Rendered::Push(push) => self.send_push(push, &to.address, ctx).await,
+                other => Outcome::wrong_channel("apns", other),
+            }
+        })
+    }
+}
+
+/// The JSON payload: the alert under `aps`, the data keys beside it (where
+/// the app reads custom keys). A data key named `aps` is dropped rather than
+/// allowed to replace the alert.
+pub fn payload(message: &PushMessage) -> Value {
+    let mut alert = Map::new();
+    if let Some(title) = &message.title {
+        alert.insert("title".into(), json!(title));
+    }
+    if let Some(body) = &message.body {
+        alert.insert("body".into(), json!(body));
+    }
+    let mut root = Map::new();
+    root.insert("aps".into(), json!({ "alert": alert }));
+    for (key, value) in &message.data {
+        if key != "aps" {
+            root.insert(key.clone(), json!(value));
+        }
+    }
+    Value::Object(root)
+}
+
+/// Classifies APNs' answer (see the module's table).
+pub fn classify(
+    status: StatusCode,
+    apns_id: Option<&str>,
+    body: &str,
+    after: Option<Duration>,
+) -> Outcome {
+    if status == StatusCode::OK {
+        return Outcome::Sent {
+            provider_id: apns_id.map(str::to_owned),
+        };
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        reason: String,
+    }
+    let reason_code = serde_json::from_str::<ErrorBody>(body)
+        .map(|b| b.reason)
+        .unwrap_or_default();
+    let reason = if reason_code.is_empty() {
+        format!("apns {}: {}", status.as_u16(), snippet(body, 200))
+    } else {
+        format!("apns {} {reason_code}", status.as_u16())
+    };
+    let permanent = |class, deactivate| Outcome::Permanent {
+        class,
+        reason: reason.clone(),
+        deactivate,
+    };
+    match (status.as_u16(), reason_code.as_str()) {
+        (410, _) | (_, "Unregistered") => permanent(ErrorClass::Unregistered, true),
+        (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => {
+            permanent(ErrorClass::InvalidAddress, true)
+        }
+        (403, _) => permanent(ErrorClass::Auth, false),
+        (429, _) => Outcome::Retry {
+            class: ErrorClass::RateLimited,
+            reason,
+            after,
+        },
+        (500.., _) => Outcome::Retry {
+            class: ErrorClass::Server,
+            reason,
+            after,
+        },
+        _ => permanent(ErrorClass::Rejected, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome_of(status: u16, body: &str) -> Outcome {
+        classify(StatusCode::from_u16(status).unwrap(), None, body, None)
+    }
+
+    #[test]
+    fn classifies_documented_reasons() {
+        let is = |o: Outcome, want: ErrorClass, want_deactivate: bool| match o {
+            Outcome::Permanent {
+                class, deactivate, ..
+            } => {
+                assert_eq!((class, deactivate), (want, want_deactivate))
+            }
+            Outcome::Retry { class, .. } => assert_eq!(class, want),
+            Outcome::Sent { .. } => panic!("not sent"),
+        };
+        is(
+            outcome_of(410, r#"{"reason":"Unregistered","timestamp":1}"#),
+            ErrorClass::Unregistered,
+            true,
+        );
+        is(
+            outcome_of(400, r#"{"reason":"BadDeviceToken"}"#),
+            ErrorClass::InvalidAddress,
+            true,
+        );
+        is(
+            outcome_of(400, r#"{"reason":"DeviceTokenNotForTopic"}"#),
+            ErrorClass::InvalidAddress,
+            true,
+        );
+        is(
+            outcome_of(400, r#"{"reason":"PayloadEmpty"}"#),
+            ErrorClass::Rejected,
+            false,
+        );
+        is(
+            outcome_of(413, r#"{"reason":"PayloadTooLarge"}"#),
+            ErrorClass::Rejected,
+            false,
+        );
+        is(
+            outcome_of(403, r#"{"reason":"InvalidProviderToken"}"#),
+            ErrorClass::Auth,
+            false,
+        );
+        is(
+            outcome_of(429, r#"{"reason":"TooManyRequests"}"#),
+            ErrorClass::RateLimited,
+            false,
+        );
+        is(
+            outcome_of(503, r#"{"reason":"ServiceUnavailable"}"#),
+            ErrorClass::Server,
+            false,
+        );
+        is(outcome_of(500, "oops"), ErrorClass::Server, false);
+        assert_eq!(
+            classify(StatusCode::OK, Some("abc"), "", None),
+            Outcome::Sent {
+                provider_id: Some("abc".into())
+            }
+        );
+    }
+
+    #[test]
+    fn payload_puts_data_beside_aps() {
+        let msg = PushMessage {
+            title: Some("T".into()),
+            body: Some("B".into()),
+            data: [
+                ("order".to_owned(), "1".to_owned()),
+                ("aps".to_owned(), "x".to_owned()),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            payload(&msg),
+            json!({"aps": {"alert": {"title": "T", "body": "B"}}, "order": "1"})
+        );
+    }
+}

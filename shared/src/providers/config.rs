@@ -1,0 +1,396 @@
+//! Provider settings (`PUSH_PROVIDER`, `SMTP_URL`, `TWILIO_*` ...) and the
+//! [`ProviderSet`] a channel worker sends through, built from them at startup
+//! so that a missing setting stops the worker with its name, not the first
+//! delivery.
+
+use std::{convert::Infallible, fmt, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use secrecy::{ExposeSecret, SecretString};
+
+pub use super::set::{ProviderSet, Unconfigured};
+use super::{
+    Provider,
+    apns::{self, ApnsKey, ApnsProvider},
+    fcm::{self, FcmProvider, ServiceAccount},
+    http_email::HttpEmailProvider,
+    log::LogProvider,
+    smtp::SmtpProvider,
+    twilio::{self, TwilioProvider},
+};
+use crate::{config::redact_url, model::Channel};
+
+/// A push provider. Several may be chosen: a device's platform picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushProviderKind {
+    /// Firebase Cloud Messaging (Android, and iOS apps using FCM).
+    Fcm,
+    /// Apple Push Notification service.
+    Apns,
+    /// Log instead of sending.
+    Log,
+}
+
+/// The email provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmailProviderKind {
+    /// An SMTP relay (`SMTP_URL`).
+    Smtp,
+    /// An HTTP email API (`EMAIL_HTTP_URL`).
+    Http,
+    /// Log instead of sending.
+    Log,
+}
+
+/// The SMS provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SmsProviderKind {
+    /// Twilio's Messages API.
+    Twilio,
+    /// Log instead of sending.
+    Log,
+}
+
+fn secret(value: &str) -> Result<SecretString, Infallible> {
+    Ok(SecretString::from(value))
+}
+
+/// Every provider setting. Only those of the providers a channel uses are
+/// required, and only when that channel's worker starts.
+#[derive(clap::Args, Clone)]
+pub struct ProviderConfig {
+    /// Push providers: `fcm`, `apns`, `log`, or a list such as `fcm,apns`.
+    /// With a list, a device's platform picks its provider; `log` in a list
+    /// takes the platforms no other provider covers.
+    #[arg(
+        long,
+        env = "PUSH_PROVIDER",
+        value_delimiter = ',',
+        default_value = "log"
+    )]
+    pub push_provider: Vec<PushProviderKind>,
+    /// FCM API base URL.
+    #[arg(long, env = "FCM_BASE_URL", default_value = fcm::DEFAULT_BASE_URL)]
+    pub fcm_base_url: String,
+    /// OAuth2 token endpoint; default: the credentials file's `token_uri`.
+    #[arg(long, env = "FCM_TOKEN_URL")]
+    pub fcm_token_url: Option<String>,
+    /// Firebase project id; default: the credentials file's `project_id`.
+    #[arg(long, env = "FCM_PROJECT_ID")]
+    pub fcm_project_id: Option<String>,
+    /// Service-account credentials JSON file.
+    #[arg(long, env = "FCM_CREDENTIALS_FILE")]
+    pub fcm_credentials_file: Option<PathBuf>,
+    /// APNs base URL (Apple's sandbox is https://api.sandbox.push.apple.com).
+    #[arg(long, env = "APNS_BASE_URL", default_value = apns::DEFAULT_BASE_URL)]
+    pub apns_base_url: String,
+    /// APNs signing key, the `.p8` file Apple issues.
+    #[arg(long, env = "APNS_KEY_FILE")]
+    pub apns_key_file: Option<PathBuf>,
+    /// Id of the APNs signing key.
+    #[arg(long, env = "APNS_KEY_ID")]
+    pub apns_key_id: Option<String>,
+    /// Apple developer team id.
+    #[arg(long, env = "APNS_TEAM_ID")]
+    pub apns_team_id: Option<String>,
+    /// The app's bundle id.
+    #[arg(long, env = "APNS_TOPIC")]
+    pub apns_topic: Option<String>,
+    /// Email provider: `smtp`, `http` or `log`.
+    #[arg(long, env = "EMAIL_PROVIDER", default_value = "log")]
+    pub email_provider: EmailProviderKind,
+    /// SMTP relay: `smtp://host:port`, `smtp://host?tls=required`, `smtps://user:pass@host`.
+    #[arg(long, env = "SMTP_URL", value_parser = secret)]
+    pub smtp_url: Option<SecretString>,
+    /// Sender of every email, `noreply@example.com` or `Name <noreply@example.com>`.
+    #[arg(long, env = "EMAIL_FROM")]
+    pub email_from: Option<String>,
+    /// Endpoint of the HTTP email API.
+    #[arg(long, env = "EMAIL_HTTP_URL")]
+    pub email_http_url: Option<String>,
+    /// Bearer token of the HTTP email API.
+    #[arg(long, env = "EMAIL_HTTP_TOKEN", value_parser = secret)]
+    pub email_http_token: Option<SecretString>,
+    /// SMS provider: `twilio` or `log`.
+    #[arg(long, env = "SMS_PROVIDER", default_value = "log")]
+    pub sms_provider: SmsProviderKind,
+    /// Twilio API base URL.
+    #[arg(long, env = "TWILIO_BASE_URL", default_value = twilio::DEFAULT_BASE_URL)]
+    pub twilio_base_url: String,
+    /// Twilio account SID (`AC…`).
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+    /// Twilio auth token.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", value_parser = secret)]
+    pub twilio_auth_token: Option<SecretString>,
+    /// Sender number (E.164) or Messaging Service SID (`MG…`).
+    #[arg(long, env = "TWILIO_FROM")]
+    pub twilio_from: Option<String>,
+    /// Longest wait for one provider request (connect and answer). Ten
+    /// seconds is well past a healthy provider's slowest answer, and short
+    /// enough that a hung one costs a retry, not a stalled worker.
+    #[arg(long, env = "PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub provider_timeout: Duration,
+}
+
+impl Default for ProviderConfig {
+    /// The embedded default: `log` everywhere, providers' own endpoints.
+    fn default() -> Self {
+        Self {
+            push_provider: vec![PushProviderKind::Log],
+            fcm_base_url: fcm::DEFAULT_BASE_URL.into(),
+            fcm_token_url: None,
+            fcm_project_id: None,
+            fcm_credentials_file: None,
+            apns_base_url: apns::DEFAULT_BASE_URL.into(),
+            apns_key_file: None,
+            apns_key_id: None,
+            apns_team_id: None,
+            apns_topic: None,
+            email_provider: EmailProviderKind::Log,
+            smtp_url: None,
+            email_from: None,
+            email_http_url: None,
+            email_http_token: None,
+            sms_provider: SmsProviderKind::Log,
+            twilio_base_url: twilio::DEFAULT_BASE_URL.into(),
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            twilio_from: None,
+            provider_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |s: &Option<SecretString>| s.as_ref().map(|_| "***");
+        f.debug_struct("ProviderConfig")
+            .field("push_provider", &self.push_provider)
+            .field("fcm_base_url", &self.fcm_base_url)
+            .field("fcm_token_url", &self.fcm_token_url)
+            .field("fcm_project_id", &self.fcm_project_id)
+            .field("fcm_credentials_file", &self.fcm_credentials_file)
+            .field("apns_base_url", &self.apns_base_url)
+            .field("apns_key_file", &self.apns_key_file)
+            .field("apns_key_id", &self.apns_key_id)
+            .field("apns_team_id", &self.apns_team_id)
+            .field("apns_topic", &self.apns_topic)
+            .field("email_provider", &self.email_provider)
+            .field(
+                "smtp_url",
+                &self
+                    .smtp_url
+                    .as_ref()
+                    .map(|u| redact_url(u.expose_secret())),
+            )
+            .field("email_from", &self.email_from)
+            .field("email_http_url", &self.email_http_url)
+            .field("email_http_token", &hidden(&self.email_http_token))
+            .field("sms_provider", &self.sms_provider)
+            .field("twilio_base_url", &self.twilio_base_url)
+            .field("twilio_account_sid", &self.twilio_account_sid)
+            .field("twilio_auth_token", &hidden(&self.twilio_auth_token))
+            .field("twilio_from", &self.twilio_from)
+            .field("provider_timeout", &self.provider_timeout)
+            .finish()
+    }
+}
+
+/// A setting a chosen provider cannot do without.
+fn required<'a, T>(value: &'a Option<T>, var: &str, chosen: &str) -> anyhow::Result<&'a T> {
+    value
+        .as_ref()
+        .with_context(|| format!("{chosen} needs {var}, which is not set"))
+}
+
+/// Builds `channel`'s providers from `cfg`: reads key files and checks the
+/// settings of every chosen provider, failing with the missing variable's name.
+pub fn build(channel: Channel, cfg: &ProviderConfig) -> anyhow::Result<ProviderSet> {
+    let timeout = cfg.provider_timeout;
+    let from = || required(&cfg.email_from, "EMAIL_FROM", "EMAIL_PROVIDER");
+    let single = |provider: Arc<dyn Provider>| Ok(ProviderSet::single(provider));
+    match channel {
+        Channel::Push => build_push(cfg),
+        Channel::Email => match cfg.email_provider {
+            EmailProviderKind::Log => single(Arc::new(LogProvider)),
+            EmailProviderKind::Smtp => {
+                let url = required(&cfg.smtp_url, "SMTP_URL", "EMAIL_PROVIDER=smtp")?;
+                single(Arc::new(SmtpProvider::new(
+                    url.expose_secret(),
+                    from()?,
+                    timeout,
+                )?))
+            }
+            EmailProviderKind::Http => {
+                let url = required(&cfg.email_http_url, "EMAIL_HTTP_URL", "EMAIL_PROVIDER=http")?;
+                let token = cfg.email_http_token.clone();
+                single(Arc::new(HttpEmailProvider::new(
+                    url,
+                    token,
+                    from()?,
+                    timeout,
+                )?))
+            }
+        },
+        Channel::Sms => match cfg.sms_provider {
+            SmsProviderKind::Log => single(Arc::new(LogProvider)),
+            SmsProviderKind::Twilio => {
+                let chosen = "SMS_PROVIDER=twilio";
+                let sid = required(&cfg.twilio_account_sid, "TWILIO_ACCOUNT_SID", chosen)?;
+                let token = required(&cfg.twilio_auth_token, "TWILIO_AUTH_TOKEN", chosen)?;
+                let sender = required(&cfg.twilio_from, "TWILIO_FROM", chosen)?;
+                single(Arc::new(TwilioProvider::new(
+                    &cfg.twilio_base_url,
+                    sid,
+                    token.clone(),
+                    sender,
+                    timeout,
+                )?))
+            }
+        },
+    }
+}
+
+fn build_push(cfg: &ProviderConfig) -> anyhow::Result<ProviderSet> {
+    let kinds = &cfg.push_provider;
+    if kinds.is_empty() {
+        bail!("PUSH_PROVIDER is empty; choose fcm, apns or log");
+    }
+    let mut names = Vec::new();
+    let log: Option<Arc<dyn Provider>> = kinds
+        .contains(&PushProviderKind::Log)
+        .then(|| Arc::new(LogProvider) as Arc<dyn Provider>);
+    // A platform no chosen provider covers is refused with the reason rather
+    // than logged and reported sent: a silent success would hide a missing
+    // setting in production until someone wonders why iPhones stay quiet.
+    let uncovered = |platform: &str| -> Arc<dyn Provider> {
+        log.clone().unwrap_or_else(|| {
+            Arc::new(Unconfigured::new(format!(
+                "push to {platform} devices is not configured (PUSH_PROVIDER={})",
+                kind_list(kinds)
+            )))
+        })
+    };
+
+    let fcm = if kinds.contains(&PushProviderKind::Fcm) {
+        let path = required(
+            &cfg.fcm_credentials_file,
+            "FCM_CREDENTIALS_FILE",
+            "PUSH_PROVIDER=fcm",
+        )?;
+        let account = ServiceAccount::from_file(path, cfg.fcm_token_url.as_deref())?;
+        let project = match (&cfg.fcm_project_id, &account.project_id) {
+            (Some(id), _) | (None, Some(id)) => id.clone(),
+            (None, None) => bail!(
+                "PUSH_PROVIDER=fcm needs FCM_PROJECT_ID, which is not set (nor is `project_id` in the credentials file)"
+            ),
+        };
+        names.push("fcm");
+        Arc::new(FcmProvider::new(
+            &cfg.fcm_base_url,
+            &project,
+            account,
+            cfg.provider_timeout,
+        )?) as Arc<dyn Provider>
+    } else {
+        uncovered("fcm")
+    };
+
+    let apns = if kinds.contains(&PushProviderKind::Apns) {
+        let chosen = "PUSH_PROVIDER=apns";
+        let path = required(&cfg.apns_key_file, "APNS_KEY_FILE", chosen)?;
+        let key_id = required(&cfg.apns_key_id, "APNS_KEY_ID", chosen)?;
+        let team_id = required(&cfg.apns_team_id, "APNS_TEAM_ID", chosen)?;
+        let topic = required(&cfg.apns_topic, "APNS_TOPIC", chosen)?;
+        let key = ApnsKey::from_file(path, key_id, team_id)?;
+        names.push("apns");
+        Arc::new(ApnsProvider::new(
+            &cfg.apns_base_url,
+            topic,
+            key,
+            cfg.provider_timeout,
+        )?) as Arc<dyn Provider>
+    } else {
+        uncovered("apns")
+    };
+
+    if log.is_some() {
+        names.push("log");
+    }
+    let other = log.clone().unwrap_or_else(|| {
+        Arc::new(Unconfigured::new(
+            "the device has no platform, so no push provider can be chosen".into(),
+        ))
+    });
+    Ok(ProviderSet::by_platform(fcm, apns, other, names))
+}
+
+fn kind_list(kinds: &[PushProviderKind]) -> String {
+    kinds
+        .iter()
+        .map(|k| format!("{k:?}").to_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        providers: ProviderConfig,
+    }
+
+    fn parse(args: &[&str]) -> ProviderConfig {
+        Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied()))
+            .expect("parses")
+            .providers
+    }
+
+    #[test]
+    fn parses_lists_durations_and_hides_secrets() {
+        let cfg = parse(&[
+            "--push-provider",
+            "fcm,apns",
+            "--provider-timeout",
+            "1500ms",
+            "--twilio-auth-token",
+            "s3cret",
+            "--smtp-url",
+            "smtps://me:pw@mail.example.com",
+        ]);
+        assert_eq!(
+            cfg.push_provider,
+            [PushProviderKind::Fcm, PushProviderKind::Apns]
+        );
+        assert_eq!(cfg.provider_timeout, Duration::from_millis(1500));
+        let debug = format!("{cfg:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("pw@"),
+            "{debug}"
+        );
+        assert_eq!(parse(&[]).push_provider, [PushProviderKind::Log]);
+    }
+
+    #[test]
+    fn missing_settings_are_named() {
+        let cfg = ProviderConfig {
+            email_provider: EmailProviderKind::Smtp,
+            sms_provider: SmsProviderKind::Twilio,
+            push_provider: vec![PushProviderKind::Apns],
+            ..ProviderConfig::default()
+        };
+        let err = |c| format!("{:#}", build(c, &cfg).unwrap_err());
+        assert!(err(Channel::Email).contains("SMTP_URL"));
+        assert!(err(Channel::Sms).contains("TWILIO_ACCOUNT_SID"));
+        assert!(err(Channel::Push).contains("APNS_KEY_FILE"));
+
+        let logs = build(Channel::Push, &ProviderConfig::default()).expect("log builds");
+        assert_eq!(logs.names(), ["log"]);
+    }
+}

@@ -1,0 +1,119 @@
+//! What the HTTP providers (FCM, APNs, Twilio, the HTTP email API) share: a
+//! client with a deadline, `Retry-After` parsing and the classification of
+//! failures that never reached an HTTP answer.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::{ErrorClass, Outcome};
+
+/// `User-Agent` of every provider request, so a provider's support can find
+/// our traffic in their logs.
+pub const USER_AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
+
+/// A client whose every request (connect, send, read) must finish within
+/// `timeout`: a provider that hangs costs one timeout, then a retry later,
+/// never a stuck worker.
+pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(timeout)
+        // A connect that has not finished in a few seconds will not; leave
+        // the rest of the budget to a slow answer.
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+}
+
+/// The provider's `Retry-After`, as delta-seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, Utc::now())
+}
+
+/// Parses a `Retry-After` value relative to `now`; a date in the past means
+/// "now" (zero), not "no advice".
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Classifies a request that got no HTTP answer: a timeout, or a connection
+/// that could not be made or broke. Both are worth retrying.
+pub fn transport_outcome(provider: &str, err: &reqwest::Error) -> Outcome {
+    let class = if err.is_timeout() {
+        ErrorClass::Timeout
+    } else {
+        ErrorClass::Connection
+    };
+    Outcome::Retry {
+        class,
+        reason: format!("{provider}: {}", error_chain(err)),
+        after: None,
+    }
+}
+
+/// An error and its sources on one line: reqwest's own message ("error
+/// sending request") hides the useful part (refused, reset, timed out).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// At most `max` bytes of a provider's answer, for error messages: enough to
+/// diagnose, never a whole HTML error page in the dead-letter store.
+pub fn snippet(body: &str, max: usize) -> &str {
+    if body.len() <= max {
+        return body.trim();
+    }
+    let mut end = max;
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body[..end].trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn snippet_cuts_on_char_boundary() {
+        assert_eq!(snippet("héllo", 2), "h");
+        assert_eq!(snippet(" ok ", 10), "ok");
+    }
+}

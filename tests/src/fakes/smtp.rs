@@ -1,0 +1,231 @@
+//! A fake SMTP relay: greeting, EHLO (PIPELINING, 8BITMIME, SIZE), MAIL,
+//! RCPT, DATA with dot-unstuffing, RSET, NOOP and QUIT, several transactions
+//! per connection, as a pooled client uses it.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+};
+
+use super::Task;
+
+/// One accepted message: its envelope and the raw message as received
+/// (after dot-unstuffing, lines joined with CRLF).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+#[derive(Default)]
+struct State {
+    messages: Mutex<Vec<Envelope>>,
+    commands: Mutex<Vec<String>>,
+    rcpt_replies: Mutex<VecDeque<String>>,
+    rcpt_stall: Mutex<Option<Duration>>,
+    data_replies: Mutex<VecDeque<String>>,
+    connections: Mutex<usize>,
+}
+
+/// The fake relay.
+pub struct SmtpFake {
+    addr: SocketAddr,
+    state: Arc<State>,
+    _task: Task,
+}
+
+impl SmtpFake {
+    /// Starts the relay on a fresh loopback port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                *shared.connections.lock().expect("count") += 1;
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let _ = session(&state, stream).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            _task: Task(task),
+        }
+    }
+
+    /// `smtp://127.0.0.1:port` (`SMTP_URL`, no TLS).
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    /// Scripts the reply to the next RCPT, e.g. `(550, "5.1.1 User unknown")`.
+    pub fn push_rcpt_reply(&self, code: u16, text: &str) {
+        let reply = format!("{code} {text}");
+        self.state
+            .rcpt_replies
+            .lock()
+            .expect("replies")
+            .push_back(reply);
+    }
+
+    /// Makes the relay wait `delay` before answering the next RCPT, as a
+    /// relay stuck on a slow lookup does.
+    pub fn stall_next_rcpt(&self, delay: Duration) {
+        *self.state.rcpt_stall.lock().expect("stall") = Some(delay);
+    }
+
+    /// Scripts the reply to the next message's final dot, e.g.
+    /// `(451, "4.3.0 Try again later")`.
+    pub fn push_data_reply(&self, code: u16, text: &str) {
+        let reply = format!("{code} {text}");
+        self.state
+            .data_replies
+            .lock()
+            .expect("replies")
+            .push_back(reply);
+    }
+
+    /// Messages accepted (250 after DATA).
+    pub fn messages(&self) -> Vec<Envelope> {
+        self.state.messages.lock().expect("messages").clone()
+    }
+
+    /// Every command line received, in order, across connections.
+    pub fn commands(&self) -> Vec<String> {
+        self.state.commands.lock().expect("commands").clone()
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> usize {
+        *self.state.connections.lock().expect("count")
+    }
+}
+
+/// The address inside `FROM:<a@b>` / `TO:<a@b>`, parameters dropped.
+fn path_arg(rest: &str) -> Option<String> {
+    let start = rest.find('<')?;
+    let end = rest[start..].find('>')? + start;
+    Some(rest[start + 1..end].to_owned())
+}
+
+async fn session(state: &State, stream: TcpStream) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    write
+        .write_all(b"220 fake.smtp.test ESMTP ready\r\n")
+        .await?;
+    let mut from: Option<String> = None;
+    let mut to: Vec<String> = Vec::new();
+    let mut queued = 0u32;
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if reader.read_until(b'\n', &mut raw).await? == 0 {
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
+        state.commands.lock().expect("commands").push(line.clone());
+        let upper = line.to_ascii_uppercase();
+        let verb = upper.split_whitespace().next().unwrap_or("");
+        let reply: String = match verb {
+            "EHLO" => {
+                let name = line.split_whitespace().nth(1).unwrap_or("client");
+                format!(
+                    "250-fake.smtp.test greets {name}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10485760"
+                )
+            }
+            "HELO" => "250 fake.smtp.test".into(),
+            "MAIL" if upper.starts_with("MAIL FROM:") => match path_arg(&line) {
+                Some(address) => {
+                    from = Some(address);
+                    to.clear();
+                    "250 2.1.0 Ok".into()
+                }
+                None => "501 5.1.7 Bad sender address syntax".into(),
+            },
+            "RCPT" if upper.starts_with("RCPT TO:") => {
+                if from.is_none() {
+                    "503 5.5.1 Error: need MAIL command".into()
+                } else if let Some(address) = path_arg(&line) {
+                    let stall = state.rcpt_stall.lock().expect("stall").take();
+                    if let Some(delay) = stall {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let scripted = state.rcpt_replies.lock().expect("replies").pop_front();
+                    match scripted {
+                        Some(reply) if !reply.starts_with('2') => reply,
+                        _ => {
+                            to.push(address);
+                            "250 2.1.5 Ok".into()
+                        }
+                    }
+                } else {
+                    "501 5.1.3 Bad recipient address syntax".into()
+                }
+            }
+            "DATA" => {
+                if to.is_empty() {
+                    "554 5.5.1 Error: no valid recipients".into()
+                } else {
+                    write
+                        .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                        .await?;
+                    let mut lines = Vec::new();
+                    loop {
+                        raw.clear();
+                        if reader.read_until(b'\n', &mut raw).await? == 0 {
+                            return Ok(());
+                        }
+                        let text = String::from_utf8_lossy(&raw);
+                        let text = text.strip_suffix("\r\n").unwrap_or(&text).to_owned();
+                        if text == "." {
+                            break;
+                        }
+                        // RFC 5321 4.5.2: a leading dot was doubled by the sender.
+                        lines.push(text.strip_prefix('.').map(str::to_owned).unwrap_or(text));
+                    }
+                    let scripted = state.data_replies.lock().expect("replies").pop_front();
+                    let reply = scripted.unwrap_or_else(|| {
+                        queued += 1;
+                        format!("250 2.0.0 Ok: queued as FAKE{queued:04}")
+                    });
+                    if reply.starts_with('2') {
+                        state.messages.lock().expect("messages").push(Envelope {
+                            from: from.take().unwrap_or_default(),
+                            to: std::mem::take(&mut to),
+                            data: lines.join("\r\n"),
+                        });
+                    }
+                    from = None;
+                    to.clear();
+                    reply
+                }
+            }
+            "RSET" => {
+                from = None;
+                to.clear();
+                "250 2.0.0 Ok".into()
+            }
+            "NOOP" => "250 2.0.0 Ok".into(),
+            "QUIT" => {
+                write.write_all(b"221 2.0.0 Bye\r\n").await?;
+                return Ok(());
+            }
+            _ => "502 5.5.2 Error: command not recognized".into(),
+        };
+        write.write_all(reply.as_bytes()).await?;
+        write.write_all(b"\r\n").await?;
+    }
+}

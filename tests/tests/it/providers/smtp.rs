@@ -1,0 +1,230 @@
+//! SMTP against the fake relay.
+
+use std::time::Duration;
+
+use herald::{
+    model::Lane,
+    providers::{ErrorClass, Provider, smtp::SmtpProvider},
+};
+use herald_tests::fakes::{Silent, closed_port, smtp::SmtpFake};
+
+use super::{SHORT, TIMEOUT, address, ctx, email, permanent, retry, sent};
+
+const FROM: &str = "Herald <noreply@example.com>";
+
+fn provider(url: &str, timeout: Duration) -> SmtpProvider {
+    SmtpProvider::new(url, FROM, timeout).expect("provider")
+}
+
+#[tokio::test]
+async fn sends_multipart_alternative_through_the_relay() {
+    let fake = SmtpFake::start().await;
+    let smtp = provider(&fake.url(), TIMEOUT);
+    let ctx = ctx(Lane::Normal);
+    let message = email(
+        "Your order shipped",
+        Some("Hi Ada,\r\n.a line starting with a dot\r\nBye"),
+        Some("<p>Hi Ada</p>"),
+    );
+
+    let id = sent(smtp.send(&message, &address("ada@example.com"), &ctx).await);
+    assert_eq!(id, Some(format!("<{}@example.com>", ctx.delivery_id)));
+
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 1);
+    let m = &messages[0];
+    assert_eq!(m.from, "noreply@example.com");
+    assert_eq!(m.to, ["ada@example.com"]);
+    assert!(m.data.contains("Subject: Your order shipped"), "{}", m.data);
+    assert!(m.data.contains("From: Herald <noreply@example.com>"));
+    assert!(m.data.contains("To: ada@example.com"));
+    assert!(
+        m.data
+            .contains(&format!("Message-ID: <{}@example.com>", ctx.delivery_id))
+    );
+    assert!(m.data.contains("multipart/alternative"));
+    assert!(m.data.contains("text/plain"));
+    assert!(m.data.contains("text/html"));
+    assert!(m.data.contains("<p>Hi Ada</p>"));
+    // Dot-stuffed on the wire, unstuffed by the relay: the text is intact.
+    assert!(m.data.contains("\r\n.a line starting with a dot\r\n"));
+
+    let commands = fake.commands();
+    assert!(commands[0].starts_with("EHLO "));
+    assert!(
+        commands
+            .iter()
+            .any(|c| c == "MAIL FROM:<noreply@example.com>"
+                || c.starts_with("MAIL FROM:<noreply@example.com> "))
+    );
+    assert!(commands.iter().any(|c| c == "RCPT TO:<ada@example.com>"));
+}
+
+#[tokio::test]
+async fn a_text_only_email_is_a_single_part() {
+    let fake = SmtpFake::start().await;
+    let smtp = provider(&fake.url(), TIMEOUT);
+    sent(
+        smtp.send(
+            &email("Plain", Some("just text"), None),
+            &address("ada@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await,
+    );
+    let data = &fake.messages()[0].data;
+    assert!(data.contains("text/plain") && !data.contains("multipart"));
+}
+
+#[tokio::test]
+async fn connections_are_pooled() {
+    let fake = SmtpFake::start().await;
+    let smtp = provider(&fake.url(), TIMEOUT);
+    for i in 0..3 {
+        let to = address(&format!("user{i}@example.com"));
+        sent(
+            smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+                .await,
+        );
+        // lettre parks a finished connection from a spawned task: give it
+        // the moment it needs before the next send looks in the pool.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.messages().len(), 3);
+    assert_eq!(fake.connections(), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_mailbox_is_an_invalid_address() {
+    let fake = SmtpFake::start().await;
+    fake.push_rcpt_reply(
+        550,
+        "5.1.1 <nobody@example.com>: Recipient address rejected",
+    );
+    let smtp = provider(&fake.url(), TIMEOUT);
+    let outcome = smtp
+        .send(
+            &email("s", Some("t"), None),
+            &address("nobody@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await;
+    assert!(!permanent(outcome, ErrorClass::InvalidAddress));
+
+    // The relay is still usable afterwards.
+    sent(
+        smtp.send(
+            &email("s", Some("t"), None),
+            &address("ada@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn a_policy_refusal_is_a_rejection() {
+    let fake = SmtpFake::start().await;
+    fake.push_data_reply(550, "5.7.1 Message rejected as spam");
+    let smtp = provider(&fake.url(), TIMEOUT);
+    let outcome = smtp
+        .send(
+            &email("s", Some("t"), None),
+            &address("ada@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await;
+    permanent(outcome, ErrorClass::Rejected);
+}
+
+#[tokio::test]
+async fn a_transient_refusal_is_retried_then_succeeds() {
+    let fake = SmtpFake::start().await;
+    fake.push_data_reply(451, "4.3.0 Try again later");
+    let smtp = provider(&fake.url(), TIMEOUT);
+    let to = address("ada@example.com");
+    let outcome = smtp
+        .send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+        .await;
+    retry(outcome, ErrorClass::Server);
+    sent(
+        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+            .await,
+    );
+    assert_eq!(fake.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unparseable_address_never_reaches_the_relay() {
+    let fake = SmtpFake::start().await;
+    let smtp = provider(&fake.url(), TIMEOUT);
+    let outcome = smtp
+        .send(
+            &email("s", Some("t"), None),
+            &address("not an address"),
+            &ctx(Lane::Normal),
+        )
+        .await;
+    permanent(outcome, ErrorClass::InvalidAddress);
+    assert_eq!(fake.connections(), 0);
+}
+
+#[tokio::test]
+async fn a_silent_relay_times_out() {
+    let silent = Silent::start().await;
+    let smtp = provider(&format!("smtp://{}", silent.addr()), SHORT);
+    let outcome = smtp
+        .send(
+            &email("s", Some("t"), None),
+            &address("ada@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await;
+    retry(outcome, ErrorClass::Timeout);
+}
+
+#[tokio::test]
+async fn a_timed_out_session_is_not_reused() {
+    let fake = SmtpFake::start().await;
+    let smtp = provider(&fake.url(), SHORT);
+    let to = address("ada@example.com");
+    sent(
+        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+            .await,
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The relay stalls before answering RCPT: the send times out mid-session.
+    fake.stall_next_rcpt(Duration::from_secs(2));
+    let outcome = smtp
+        .send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+        .await;
+    retry(outcome, ErrorClass::Timeout);
+    // Time for lettre to park the abandoned connection, were it to.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The next send opens a new connection instead of reading the stalled
+    // session's late reply as its own.
+    sent(
+        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+            .await,
+    );
+    assert_eq!(fake.connections(), 2);
+    assert_eq!(fake.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried() {
+    let smtp = provider(
+        &format!("smtp://127.0.0.1:{}", closed_port().await),
+        TIMEOUT,
+    );
+    let outcome = smtp
+        .send(
+            &email("s", Some("t"), None),
+            &address("ada@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await;
+    retry(outcome, ErrorClass::Connection);
+}
