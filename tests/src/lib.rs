@@ -246,6 +246,34 @@ impl TestEnv {
         .await
     }
 
+    /// Starts a channel worker in this process; `tweak` sets its providers
+    /// (pointing them at fakes) and budgets. Budgets default to unlimited.
+    pub async fn spawn_worker(
+        &self,
+        channel: herald::model::Channel,
+        tweak: impl FnOnce(&mut herald::delivery::WorkerConfig),
+    ) -> Spawned {
+        let mut config = herald::delivery::WorkerConfig {
+            common: self.common(),
+            http_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            push_rate_per_sec: 0,
+            email_rate_per_sec: 0,
+            sms_rate_per_sec: 0,
+            recipient_rate_per_min: 0,
+            providers: Default::default(),
+        };
+        tweak(&mut config);
+        let providers = std::sync::Arc::new(
+            herald::providers::config::build(channel, &config.providers)
+                .expect("providers configure"),
+        );
+        let addr = config.listen_addr(channel);
+        Spawned::start(addr, move |listener, cancel| {
+            herald::delivery::run(channel, config, providers, listener, cancel)
+        })
+        .await
+    }
+
     /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
     pub async fn eventually<T, F, Fut>(&self, timeout: Duration, mut check: F) -> Option<T>
     where

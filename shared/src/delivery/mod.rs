@@ -51,9 +51,9 @@ pub struct WorkerConfig {
     /// Most messages one recipient may get per minute on this channel (0 = unlimited).
     #[arg(long, env = "RECIPIENT_RATE_PER_MIN", default_value_t = 20)]
     pub recipient_rate_per_min: u32,
-    /// Longest a provider call may take before it counts as a timeout.
-    #[arg(long, env = "PROVIDER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub provider_timeout: Duration,
+    /// Which providers deliver, and their settings.
+    #[command(flatten)]
+    pub providers: crate::providers::config::ProviderConfig,
 }
 
 impl WorkerConfig {
@@ -121,7 +121,7 @@ pub async fn run(
         providers,
         budget::Budget::new(config.rate_per_sec(channel), config.recipient_rate_per_min),
         retry::RetryPolicy::new(config.common.retry_schedule.clone()),
-        config.provider_timeout,
+        config.providers.provider_timeout,
     ));
     {
         let (broker, schedule, cancel) = (

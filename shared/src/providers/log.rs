@@ -50,13 +50,3 @@ impl Provider for LogProvider {
         })
     }
 }
-
-/// Every destination of a channel served by the log provider.
-#[derive(Debug, Default, Clone)]
-pub struct LogOnly(LogProvider);
-
-impl crate::delivery::engine::Providers for LogOnly {
-    fn for_destination(&self, _: &crate::model::message::Destination) -> &dyn Provider {
-        &self.0
-    }
-}

@@ -141,3 +141,9 @@ mod tests {
         ));
     }
 }
+
+impl crate::delivery::engine::Providers for ProviderSet {
+    fn for_destination(&self, to: &Destination) -> &dyn Provider {
+        ProviderSet::for_destination(self, to)
+    }
+}

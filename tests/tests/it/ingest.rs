@@ -382,6 +382,9 @@ async fn every_binary_starts_declares_serves_health_and_stops_on_sigterm() {
 async fn connections_plan_each_statement_for_its_parameters() {
     let env = TestEnv::new().await;
     let pool = herald::db::connect_lazy(&env.database_url, 1).unwrap();
-    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&pool).await.unwrap();
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(mode, "force_custom_plan");
 }

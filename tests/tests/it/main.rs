@@ -2,6 +2,7 @@
 //! PostgreSQL, an isolated database and broker prefix per test.
 
 mod api;
+mod delivery;
 mod ingest;
-mod routing;
 mod providers;
+mod routing;
