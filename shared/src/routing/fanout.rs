@@ -70,6 +70,20 @@ pub struct Fanout {
     pool: PgPool,
     publisher: Publisher,
     policies: Arc<Mutex<HashMap<String, (Policy, Caps, Instant)>>>,
+    /// `high` routing messages in progress. Work of the other lanes pauses
+    /// between its steps while there are any: on two cores, a bulk page's
+    /// insert and publish otherwise compete with a one-time code for CPU
+    /// and database.
+    high_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a `high` message in flight for as long as it lives.
+struct HighGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for HighGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 fn recipient(row: RecipientRow) -> Recipient {
@@ -99,6 +113,7 @@ impl Fanout {
             pool,
             publisher,
             policies: Arc::default(),
+            high_in_flight: Arc::default(),
         }
     }
 
@@ -122,9 +137,27 @@ impl Fanout {
         Ok((policy, caps))
     }
 
-    /// Routes one message from a route queue.
+    /// Waits while `high` work is in flight (bounded, so a stream of codes
+    /// slows bulk work down but never stops it).
+    async fn yield_to_high(&self, lane: Lane) {
+        if lane == Lane::High {
+            return;
+        }
+        for _ in 0..100 {
+            if self.high_in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Routes one message from a route queue; `lane` is the queue's lane.
     #[tracing::instrument(skip_all, fields(notification_id = %msg.notification_id))]
-    pub async fn route(&self, msg: &RouteMessage) -> Result<(), RouteError> {
+    pub async fn route(&self, msg: &RouteMessage, lane: Lane) -> Result<(), RouteError> {
+        let _high = (lane == Lane::High).then(|| {
+            self.high_in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            HighGuard(self.high_in_flight.clone())
+        });
         let Some(row) = db::routing::notification(&self.pool, msg.notification_id).await? else {
             // Withdrawn by ingest after a failed publish: nothing to route.
             tracing::info!("notification no longer exists; skipping");
@@ -258,6 +291,7 @@ impl Fanout {
         req: &NotificationRequest,
         recipients: Vec<Recipient>,
     ) -> Result<(), RouteError> {
+        self.yield_to_high(req.priority).await;
         let now = Utc::now();
         let (policy, caps) = self.policy(&row.tenant_id).await?;
         let by_user: HashMap<&str, &Recipient> =
@@ -308,6 +342,7 @@ impl Fanout {
             lane: lane.as_str(),
             expires_at: req.expires_at,
         };
+        self.yield_to_high(lane).await;
         db::deliveries::insert_batch(&self.pool, &batch, &new_rows).await?;
 
         // Publish what is pending *as stored*: after a redelivery the rows

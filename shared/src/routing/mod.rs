@@ -101,7 +101,7 @@ pub async fn run(
                     cancel.clone(),
                     move |delivery| {
                         let (fanout, publisher) = (fanout.clone(), publisher.clone());
-                        async move { handle(&fanout, &publisher, delivery).await }
+                        async move { handle(&fanout, &publisher, delivery, lane).await }
                     },
                 ));
             }
@@ -123,9 +123,9 @@ pub async fn run(
         .await
 }
 
-async fn handle(fanout: &Fanout, publisher: &Publisher, delivery: Delivery) {
+async fn handle(fanout: &Fanout, publisher: &Publisher, delivery: Delivery, lane: Lane) {
     let outcome = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
-        Ok(msg) => fanout.route(&msg).await,
+        Ok(msg) => fanout.route(&msg, lane).await,
         Err(e) => Err(RouteError::Permanent(format!(
             "routing message does not parse: {e}"
         ))),
