@@ -3,4 +3,5 @@
 
 mod api;
 mod ingest;
+mod operators;
 mod routing;
