@@ -3,6 +3,7 @@
 //! against the one real RabbitMQ and PostgreSQL without seeing each other.
 //! Both are removed when the test ends, pass or fail.
 
+pub mod browser;
 pub mod fakes;
 pub mod prism;
 
@@ -196,6 +197,7 @@ impl TestEnv {
             common: self.common(),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             api_key_rate_per_sec: 0,
+            admin_api_key: None,
         };
         tweak(&mut config);
         Spawned::start(config.http_addr, |listener, cancel| {
@@ -214,6 +216,7 @@ impl TestEnv {
             common: self.common(),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             api_key_rate_per_sec: 0,
+            admin_api_key: None,
         };
         tweak(&mut config);
         Spawned::launch(

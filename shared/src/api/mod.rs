@@ -1,6 +1,7 @@
 //! The ingest HTTP API, version 1 (PRODUCT.md), plus the event-driven ingest
 //! consumer and the outbox relay that run beside it in the `ingest` binary.
 
+pub mod admin;
 mod auth;
 mod notifications;
 pub mod problem;
@@ -20,6 +21,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -57,7 +59,21 @@ pub struct IngestConfig {
     /// Requests per second one API key may make (0 = unlimited).
     #[arg(long, env = "API_KEY_RATE_PER_SEC", default_value_t = 1000)]
     pub api_key_rate_per_sec: u32,
+    /// Key of the admin pages under /admin (dead letters, replay). Unset: the
+    /// admin pages do not exist (404). Use a long random value.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true, value_parser = secret)]
+    pub admin_api_key: Option<SecretString>,
 }
+
+/// Wraps the key at once; its length is checked in [`run`], where the error
+/// can say what is wrong without echoing the value as clap would.
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.trim().to_owned()))
+}
+
+/// Shortest admin key accepted: a guessable key would open replay to anyone
+/// who can reach ingest.
+const ADMIN_KEY_MIN_LEN: usize = 16;
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -65,6 +81,10 @@ pub struct AppState {
     pub pool: PgPool,
     pub intake: Intake,
     pub keys: Arc<KeyVerifier>,
+    /// Replay from the admin pages publishes through it.
+    pub publisher: Publisher,
+    /// The admin pages, when an admin key is configured.
+    pub admin: Option<Arc<admin::Admin>>,
 }
 
 /// The JSON body extractor: its rejections are problem documents.
@@ -136,9 +156,11 @@ pub fn router(state: AppState) -> Router {
             "/topics/{topic}/subscribers/{user_id}",
             put(recipients::subscribe).delete(recipients::unsubscribe),
         );
-    Router::new()
-        .nest("/v1", v1)
-        .fallback(not_found)
+    let mut app = Router::new().nest("/v1", v1);
+    if state.admin.is_some() {
+        app = app.merge(admin::routes());
+    }
+    app.fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(track))
         .layer(CatchPanicLayer::custom(panic_response))
@@ -153,6 +175,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let common = &config.common;
+    if let Some(key) = &config.admin_api_key
+        && key.expose_secret().len() < ADMIN_KEY_MIN_LEN
+    {
+        anyhow::bail!("ADMIN_API_KEY must be at least {ADMIN_KEY_MIN_LEN} characters");
+    }
     // Install the recorder before anything counts.
     crate::telemetry::metrics();
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
@@ -164,6 +191,11 @@ pub async fn run(
         pool: pool.clone(),
         intake: intake.clone(),
         keys: keys.clone(),
+        publisher: publisher.clone(),
+        admin: config
+            .admin_api_key
+            .as_ref()
+            .map(|key| Arc::new(admin::Admin::new(key, common.retry_schedule.clone()))),
     };
 
     let tasks = TaskTracker::new();

@@ -36,6 +36,10 @@ impl Headers {
     pub const ORIGINAL_ROUTING_KEY: &'static str = "x-herald-original-routing-key";
     /// Exchange the message had when it was dead-lettered.
     pub const ORIGINAL_EXCHANGE: &'static str = "x-herald-original-exchange";
+    /// How many times an operator replayed this message from the dead-letter
+    /// store. Part of the archiver's dedupe key, so a replayed message that
+    /// dies again is stored again instead of being taken for a redelivery.
+    pub const REPLAY: &'static str = "x-herald-replay";
     /// Idempotency key of event-driven ingest (PRODUCT.md).
     pub const IDEMPOTENCY_KEY: &'static str = "idempotency-key";
 

@@ -11,12 +11,24 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{
+    Channel, Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
+};
 use tokio::sync::Mutex;
 
 pub use headers::{Headers, header_i64, header_str};
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::Names;
+
+/// One queue's depth and consumers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Messages ready in the queue.
+    pub messages: u32,
+    /// Consumers attached: one per lane consumer of each replica.
+    pub consumers: u32,
+}
 
 /// A lazily (re)connected handle on the broker. Cheap to share; every
 /// publisher and consumer of a process goes through the same connection.
@@ -84,6 +96,39 @@ impl Broker {
     /// ready, since its first publish could find no exchange.
     pub fn topology_declared(&self) -> bool {
         self.declared.load(Ordering::Acquire)
+    }
+
+    /// Depth and consumer count of every queue of this deployment, by
+    /// passive declares (a queue that does not exist shows as empty).
+    pub async fn queue_stats(
+        &self,
+        schedule: &crate::config::RetrySchedule,
+    ) -> lapin::Result<Vec<QueueStats>> {
+        let mut out = Vec::new();
+        for queue in self.names.all_queues(schedule) {
+            // A passive declare of a missing queue closes the channel: one each.
+            let channel = self.channel().await?;
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            let (messages, consumers) = declared
+                .map(|q| (q.message_count(), q.consumer_count()))
+                .unwrap_or((0, 0));
+            out.push(QueueStats {
+                queue,
+                messages,
+                consumers,
+            });
+            let _ = channel.close(200, "stats".into()).await;
+        }
+        Ok(out)
     }
 
     /// Closes the connection, if any (on shutdown).

@@ -5,14 +5,13 @@
 mod dlq;
 mod output;
 
-use std::process::ExitCode;
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 
 use crate::{
-    broker::{Broker, Names},
+    broker::{Broker, Names, QueueStats},
     config::CommonConfig,
     db::{self, keys::Scope},
     model::{Category, TenantId},
@@ -43,7 +42,8 @@ enum Command {
     /// Search, inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
-    /// Queue depths and consumers of every queue.
+    /// Queue depths and consumers of every queue, deliveries per status in
+    /// the last hour and dead letters per class in the last 24 hours.
     Stats {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -293,67 +293,71 @@ async fn keys(common: &CommonConfig, cmd: KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One queue's depth and consumers.
-#[derive(Debug, serde::Serialize)]
-pub struct QueueStats {
-    pub queue: String,
-    pub messages: u32,
-    pub consumers: u32,
-}
+/// Window of `heraldctl stats`' delivery counts.
+const DELIVERY_WINDOW: Duration = Duration::from_secs(3600);
+/// Window of `heraldctl stats`' dead-letter counts.
+const DEAD_LETTER_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
-/// Depth and consumer count of every Herald queue (passive declares).
-pub async fn queue_stats(
-    broker: &Broker,
-    common: &CommonConfig,
-) -> anyhow::Result<Vec<QueueStats>> {
-    let mut out = Vec::new();
-    for queue in broker.names().all_queues(&common.retry_schedule) {
-        // A passive declare of a missing queue closes the channel: one each.
-        let channel = broker.channel().await.context("cannot reach the broker")?;
-        match channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(q) => out.push(QueueStats {
-                queue,
-                messages: q.message_count(),
-                consumers: q.consumer_count(),
-            }),
-            Err(_) => out.push(QueueStats {
-                queue,
-                messages: 0,
-                consumers: 0,
-            }),
-        }
-        let _ = channel.close(200, "stats".into()).await;
-    }
-    Ok(out)
+/// What `heraldctl stats --json` prints.
+#[derive(Debug, serde::Serialize)]
+struct Stats {
+    queues: Vec<QueueStats>,
+    /// Deliveries updated in the last hour, per status they reached.
+    deliveries_last_hour: BTreeMap<String, i64>,
+    /// Dead letters that failed in the last 24 hours, per error class.
+    dead_letters_last_24h: BTreeMap<String, i64>,
 }
 
 async fn stats(common: &CommonConfig, json: bool) -> anyhow::Result<()> {
+    let pool = pool(common).await?;
     let broker = broker(common);
-    let stats = queue_stats(&broker, common).await?;
+    let queues = broker.queue_stats(&common.retry_schedule).await;
     broker.close().await;
+    let queues = queues.context("cannot reach the broker")?;
+    let to_map =
+        |rows: Vec<db::activity::Count>| rows.into_iter().map(|c| (c.key, c.count)).collect();
+    let stats = Stats {
+        queues,
+        deliveries_last_hour: to_map(
+            db::activity::deliveries_by_status(&pool, DELIVERY_WINDOW)
+                .await
+                .context("cannot count deliveries")?,
+        ),
+        dead_letters_last_24h: to_map(
+            db::activity::dead_letters_by_class(&pool, DEAD_LETTER_WINDOW)
+                .await
+                .context("cannot count dead letters")?,
+        ),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
-    } else {
-        output::table(
-            &["QUEUE", "MESSAGES", "CONSUMERS"],
-            stats.iter().map(|s| {
-                vec![
-                    s.queue.clone(),
-                    s.messages.to_string(),
-                    s.consumers.to_string(),
-                ]
-            }),
-        );
+        return Ok(());
     }
+    output::table(
+        &["QUEUE", "MESSAGES", "CONSUMERS"],
+        stats.queues.iter().map(|s| {
+            vec![
+                s.queue.clone(),
+                s.messages.to_string(),
+                s.consumers.to_string(),
+            ]
+        }),
+    );
+    println!();
+    output::table(
+        &["DELIVERIES (LAST HOUR)", "COUNT"],
+        stats
+            .deliveries_last_hour
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()]),
+    );
+    println!();
+    output::table(
+        &["DEAD LETTERS (LAST 24 H)", "COUNT"],
+        stats
+            .dead_letters_last_24h
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()]),
+    );
     Ok(())
 }

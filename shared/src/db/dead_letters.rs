@@ -1,7 +1,7 @@
 //! The dead-letter store: what the archiver moved off the broker.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
 /// A dead letter to store.
@@ -94,7 +94,7 @@ pub struct Filter {
     pub only_unreplayed: bool,
 }
 
-fn push_filter<'a>(q: &mut QueryBuilder<Postgres>, f: &'a Filter) {
+fn push_filter(q: &mut QueryBuilder<Postgres>, f: &Filter) {
     q.push(" WHERE true");
     if let Some(id) = f.id {
         q.push(" AND id = ").push_bind(id);
@@ -142,11 +142,43 @@ pub async fn count(pool: &PgPool, filter: &Filter) -> Result<i64, sqlx::Error> {
     q.build_query_scalar().fetch_one(pool).await
 }
 
+/// Dead letters matching `filter` in the order they failed, oldest first, at
+/// most `limit`: a replay puts messages back in their original order.
+pub async fn list_oldest_first(
+    pool: &PgPool,
+    filter: &Filter,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT * FROM dead_letters");
+    push_filter(&mut q, filter);
+    q.push(" ORDER BY failed_at, id LIMIT ").push_bind(limit);
+    q.build_query_as().fetch_all(pool).await
+}
+
+/// Locks one record for replay, skipping it if another replay holds it or
+/// (with `only_unreplayed`) it was replayed since it was selected. The lock
+/// lasts until `tx` ends, so two operators replaying at once never publish
+/// the same record twice.
+pub async fn lock_for_replay(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    only_unreplayed: bool,
+) -> Result<Option<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM dead_letters WHERE id = $1 AND (NOT $2 OR replayed_at IS NULL)
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(id)
+    .bind(only_unreplayed)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
 /// Marks a record replayed.
-pub async fn mark_replayed(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn mark_replayed<'c>(executor: impl PgExecutor<'c>, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE dead_letters SET replayed_at = now(), replay_count = replay_count + 1 WHERE id = $1")
         .bind(id)
-        .execute(pool)
+        .execute(executor)
         .await
         .map(|_| ())
 }

@@ -1,5 +1,6 @@
 //! PostgreSQL: the pool, migrations, and one module of queries per table group.
 
+pub mod activity;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod idempotency;

@@ -127,7 +127,16 @@ pub fn to_record(delivery: &Delivery) -> NewDeadLetter {
         ),
     };
     let message_key = match delivery.properties.message_id() {
-        Some(id) => format!("{id}:{}", header_i64(death, "count").unwrap_or(0)),
+        // A worker gives a dead delivery a stable id, and a replay strips
+        // x-death: the replay number tells a replayed message that died again
+        // from a redelivery of the first death.
+        Some(id) => match header_i64(headers, Headers::REPLAY) {
+            Some(replay) => format!(
+                "{id}:{}:replay{replay}",
+                header_i64(death, "count").unwrap_or(0)
+            ),
+            None => format!("{id}:{}", header_i64(death, "count").unwrap_or(0)),
+        },
         None => {
             // Without a message id (some external publishers), the content
             // identifies the message.

@@ -1,7 +1,11 @@
 //! Dead letters: how a process sends a message it cannot handle to the
-//! dead-letter exchange, and the archiver that moves them into PostgreSQL.
+//! dead-letter exchange, the archiver that moves them into PostgreSQL, and
+//! replay, which puts them back.
 
 pub mod archive;
+pub mod replay;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use lapin::message::Delivery;
 
@@ -64,4 +68,53 @@ pub async fn publish_outgoing(
         .str(Headers::ORIGINAL_EXCHANGE, delivery.exchange.as_str())
         .str(Headers::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());
     publisher.publish(&msg).await
+}
+
+/// A stored payload for display: its JSON if it is JSON, else its text.
+pub fn payload_json(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(payload).into_owned())
+    })
+}
+
+/// A time bound of a dead-letter filter, as operators write it: an RFC 3339
+/// time, a `YYYY-MM-DDTHH:MM` time in UTC (what an HTML time input sends), or
+/// a duration meaning that long ago (`2h`, `7d`).
+pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("`{s}` is neither a time (RFC 3339) nor a duration such as 2h or 7d")
+    })?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Utc::now()
+        .checked_sub_signed(ago)
+        .ok_or_else(|| format!("`{s}` is too long ago"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_when;
+
+    #[test]
+    fn times_parse_in_every_form_operators_use() {
+        assert_eq!(
+            parse_when("2026-11-22T18:00:00Z").unwrap().to_rfc3339(),
+            "2026-11-22T18:00:00+00:00"
+        );
+        assert_eq!(
+            parse_when("2026-11-22T18:00").unwrap().to_rfc3339(),
+            "2026-11-22T18:00:00+00:00"
+        );
+        let ago = chrono::Utc::now() - parse_when("2h").unwrap();
+        assert!((ago.num_seconds() - 7200).abs() < 5);
+        assert!(parse_when("yesterday-ish").is_err());
+    }
 }

@@ -5,4 +5,5 @@ mod api;
 mod delivery;
 mod ingest;
 mod providers;
+mod operators;
 mod routing;

@@ -1,0 +1,211 @@
+//! The overview page: deliveries per minute, queue depths and consumers,
+//! dead letters by class.
+
+use std::{collections::BTreeMap, fmt::Write, time::Duration};
+
+use axum::{extract::State, http::StatusCode, response::Response};
+use chrono::{DurationRound, Utc};
+
+use super::{
+    auth::AdminPage,
+    html::{self, Nav, esc, table},
+    selection::Selection,
+};
+use crate::{
+    api::AppState,
+    broker::QueueStats,
+    db::{activity, dead_letters},
+};
+
+/// Window of the overview's delivery chart.
+const CHART_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Window of the overview's dead-letter counts.
+const DEAD_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Passive declares of every queue take a round trip each; a broker that
+/// does not answer must not hang the page.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Delivery statuses in the order the chart stacks them, with their colours.
+const STATUSES: [(&str, &str); 8] = [
+    ("sent", "#43a047"),
+    ("failed", "#e53935"),
+    ("dead", "#8e24aa"),
+    ("expired", "#fb8c00"),
+    ("suppressed", "#90a4ae"),
+    ("pending", "#42a5f5"),
+    ("deferred", "#26c6da"),
+    ("sending", "#5c6bc0"),
+];
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> String {
+    tracing::warn!(error = %e, "admin overview: {what} unavailable");
+    format!(
+        "<p class=\"err\">{} unavailable: {}</p>",
+        esc(what),
+        esc(&e.to_string())
+    )
+}
+
+/// `GET /admin`: queues, deliveries per minute, dead letters by class.
+pub async fn overview(_: AdminPage, State(state): State<AppState>) -> Response {
+    let admin = state.admin.as_ref().expect("mounted with admin");
+    let broker = state.publisher.broker();
+    let unreplayed = dead_letters::Filter {
+        only_unreplayed: true,
+        ..Default::default()
+    };
+    let (queues, minutes, classes, unreplayed) = tokio::join!(
+        tokio::time::timeout(BROKER_TIMEOUT, broker.queue_stats(&admin.schedule)),
+        activity::deliveries_per_minute(&state.pool, CHART_WINDOW),
+        activity::dead_letters_by_class(&state.pool, DEAD_WINDOW),
+        dead_letters::count(&state.pool, &unreplayed),
+    );
+    let queues = match queues {
+        Ok(Ok(q)) => queue_table(q, &format!("{}.retry.", broker.names().prefix())),
+        Ok(Err(e)) => unavailable("broker", e),
+        Err(_) => unavailable("broker", "no answer within 5 s"),
+    };
+    let chart = match minutes {
+        Ok(rows) => minute_chart(&rows),
+        Err(e) => unavailable("delivery counts", e),
+    };
+    let classes = match classes {
+        Ok(rows) if rows.is_empty() => {
+            "<p class=\"muted\">No dead letters in the last 24 hours.</p>".into()
+        }
+        Ok(rows) => table(
+            &["Error class", "#Dead letters"],
+            &rows
+                .iter()
+                .map(|c| {
+                    let link = Selection {
+                        error_class: Some(c.key.clone()),
+                        since: Some("24h".into()),
+                        ..Default::default()
+                    };
+                    vec![
+                        format!(
+                            "<a href=\"/admin/dead-letters?{}\">{}</a>",
+                            esc(&link.query()),
+                            esc(&c.key)
+                        ),
+                        c.count.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => unavailable("dead-letter counts", e),
+    };
+    let unreplayed = match unreplayed {
+        Ok(n) => format!(
+            "<p><a href=\"/admin/dead-letters?unreplayed=1\">{n} dead letter(s)</a> not replayed in the store.</p>"
+        ),
+        Err(e) => unavailable("dead-letter store", e),
+    };
+    let body = format!(
+        "<h1>Overview</h1>\
+         <section id=\"deliveries\"><h2>Deliveries per minute, last 15 minutes</h2>{chart}</section>\
+         <div class=\"grid\"><section id=\"queues\"><h2>Queues</h2>{queues}</section>\
+         <section id=\"dead-letter-classes\"><h2>Dead letters by class, last 24 hours</h2>{classes}{unreplayed}</section></div>"
+    );
+    html::respond(
+        StatusCode::OK,
+        html::page("Overview", Nav::Overview, true, &body),
+    )
+}
+
+/// Queue depths, with the retry tiers (four jitter steps per tier) summed up
+/// into one row so the work queues stay readable.
+fn queue_table(stats: Vec<QueueStats>, retry_prefix: &str) -> String {
+    let (retry, work): (Vec<_>, Vec<_>) = stats
+        .into_iter()
+        .partition(|q| q.queue.starts_with(retry_prefix));
+    let mut rows: Vec<Vec<String>> = work
+        .iter()
+        .map(|q| {
+            vec![
+                esc(&q.queue),
+                q.messages.to_string(),
+                q.consumers.to_string(),
+            ]
+        })
+        .collect();
+    if !retry.is_empty() {
+        rows.push(vec![
+            format!(
+                "{}* <span class=\"muted\">({} retry tiers)</span>",
+                esc(retry_prefix),
+                retry.len()
+            ),
+            retry
+                .iter()
+                .map(|q| u64::from(q.messages))
+                .sum::<u64>()
+                .to_string(),
+            "–".into(),
+        ]);
+    }
+    table(&["Queue", "#Messages", "#Consumers"], &rows)
+}
+
+/// A table of the last 15 minutes, one row a minute, with a stacked bar.
+fn minute_chart(rows: &[activity::MinuteCount]) -> String {
+    let mut counts: BTreeMap<chrono::DateTime<Utc>, BTreeMap<&str, i64>> = BTreeMap::new();
+    let now = Utc::now()
+        .duration_trunc(chrono::Duration::minutes(1))
+        .unwrap_or_else(|_| Utc::now());
+    for i in (0..15).rev() {
+        counts.insert(now - chrono::Duration::minutes(i), BTreeMap::new());
+    }
+    for r in rows {
+        if let Some(minute) = counts.get_mut(&r.minute) {
+            *minute.entry(r.status.as_str()).or_default() += r.count;
+        }
+    }
+    let shown: Vec<(&str, &str)> = STATUSES
+        .iter()
+        .copied()
+        .filter(|(s, _)| {
+            matches!(*s, "sent" | "failed" | "dead") || rows.iter().any(|r| r.status == *s)
+        })
+        .collect();
+    let max = counts
+        .values()
+        .map(|m| m.values().sum::<i64>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut headers = vec!["Minute (UTC)".to_owned()];
+    headers.extend(shown.iter().map(|(s, _)| format!("#{s}")));
+    headers.push(String::new());
+    let rows: Vec<Vec<String>> = counts
+        .iter()
+        .map(|(minute, by_status)| {
+            let mut row = vec![minute.format("%H:%M").to_string()];
+            row.extend(
+                shown
+                    .iter()
+                    .map(|(s, _)| by_status.get(s).copied().unwrap_or(0).to_string()),
+            );
+            let mut bar = String::from("<div class=\"bar\">");
+            for (status, colour) in &shown {
+                let n = by_status.get(status).copied().unwrap_or(0);
+                if n > 0 {
+                    let width = (n as f64 / max as f64 * 100.0).max(0.5);
+                    let _ = write!(
+                        bar,
+                        "<span title=\"{status}: {n}\" style=\"width:{width:.1}%;background:{colour}\"></span>"
+                    );
+                }
+            }
+            bar.push_str("</div>");
+            row.push(bar);
+            row
+        })
+        .collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    format!(
+        "<div class=\"chart\">{}</div><p class=\"muted\">Deliveries of notifications accepted today (UTC), by the status they reached in each minute.</p>",
+        table(&headers, &rows)
+    )
+}
