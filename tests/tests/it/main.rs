@@ -4,6 +4,6 @@
 mod api;
 mod delivery;
 mod ingest;
-mod providers;
 mod operators;
+mod providers;
 mod routing;

@@ -17,6 +17,7 @@ use herald::{
 };
 use herald_tests::TestEnv;
 
+mod delivery;
 mod router;
 use serde_json::json;
 
@@ -39,6 +40,13 @@ enum Bench {
         /// Notifications per batch request.
         #[arg(long, default_value_t = 100)]
         batch: usize,
+    },
+    /// Deliveries/s per channel against fast fake providers, with the raw
+    /// consume-and-ack rate of the same queue as the ceiling.
+    Delivery {
+        /// Deliveries per channel.
+        #[arg(long, default_value_t = 5_000)]
+        deliveries: usize,
     },
     /// Routed deliveries/s, a topic of N subscribers (time, router peak RSS),
     /// and `high` latency while that topic drains.
@@ -66,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
         } => ingest(requests, concurrency, batch).await,
         Bench::Router { subscribers, sends } => router::run(subscribers, sends).await,
+        Bench::Delivery { deliveries } => delivery::run(deliveries).await,
     }
 }
 

@@ -1,0 +1,227 @@
+//! The delivery benchmark: for each channel, the raw consume-and-ack rate of
+//! its lane queue (the ceiling), then the worker's deliveries/s through a
+//! fake provider speaking the real protocol on loopback.
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use herald::{
+    broker::Publisher,
+    model::{
+        Channel, Lane,
+        message::{DeliveryMessage, Destination, EmailMessage, PushMessage, Rendered, SmsMessage},
+        user::Platform,
+    },
+    providers::config::{EmailProviderKind, PushProviderKind, SmsProviderKind},
+};
+use herald_tests::{
+    TestEnv,
+    fakes::{fcm::FcmFake, smtp::SmtpFake, twilio::TwilioFake},
+};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+
+/// Seeds `n` pending deliveries and returns their messages.
+async fn seed(env: &TestEnv, channel: Channel, n: usize) -> Vec<DeliveryMessage> {
+    let notification = uuid::Uuid::now_v7();
+    let created_at = chrono::Utc::now();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('bench', 'bench') ON CONFLICT DO NOTHING")
+        .execute(&env.pool)
+        .await
+        .expect("tenant");
+    let msgs: Vec<DeliveryMessage> = (0..n)
+        .map(|i| {
+            let (destination, rendered) = match channel {
+                Channel::Push => (
+                    Destination {
+                        address: format!("token-{i:08}"),
+                        platform: Some(Platform::Fcm),
+                    },
+                    Rendered::Push(PushMessage {
+                        title: Some("Hello".into()),
+                        body: Some("World".into()),
+                        data: Default::default(),
+                    }),
+                ),
+                Channel::Email => (
+                    Destination {
+                        address: format!("user{i}@example.com"),
+                        platform: None,
+                    },
+                    Rendered::Email(EmailMessage {
+                        subject: "Hello".into(),
+                        text: Some("World".into()),
+                        html: None,
+                    }),
+                ),
+                Channel::Sms => (
+                    Destination {
+                        address: format!("+1415{i:07}"),
+                        platform: None,
+                    },
+                    Rendered::Sms(SmsMessage {
+                        text: "Hello".into(),
+                    }),
+                ),
+            };
+            DeliveryMessage {
+                delivery_id: uuid::Uuid::now_v7(),
+                created_at,
+                notification_id: notification,
+                tenant_id: "bench".into(),
+                user_id: format!("user-{i}"),
+                channel,
+                lane: Lane::Normal,
+                destination,
+                rendered,
+                expires_at: None,
+            }
+        })
+        .collect();
+    let ids: Vec<uuid::Uuid> = msgs.iter().map(|m| m.delivery_id).collect();
+    let users: Vec<String> = msgs.iter().map(|m| m.user_id.clone()).collect();
+    let dests: Vec<String> = msgs.iter().map(|m| m.destination.address.clone()).collect();
+    sqlx::query(
+        "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, user_id, channel, lane, destination, status)
+         SELECT u.id, $1, $2, 'bench', u.user_id, $3, 'normal', u.dest, 'pending'
+         FROM UNNEST($4::uuid[], $5::text[], $6::text[]) AS u(id, user_id, dest)",
+    )
+    .bind(created_at)
+    .bind(notification)
+    .bind(channel.as_str())
+    .bind(&ids)
+    .bind(&users)
+    .bind(&dests)
+    .execute(&env.pool)
+    .await
+    .expect("seed deliveries");
+    msgs
+}
+
+async fn publish(env: &TestEnv, msgs: &[DeliveryMessage]) {
+    let publisher = Publisher::new(env.broker().await);
+    let names = env.names();
+    stream::iter(msgs.chunks(500))
+        .for_each(|chunk| {
+            let out: Vec<_> = chunk.iter().map(|m| m.outgoing(&names)).collect();
+            let publisher = publisher.clone();
+            async move {
+                for r in publisher.publish_all(&out).await {
+                    r.expect("publish");
+                }
+            }
+        })
+        .await;
+}
+
+/// Consumes and acks `n` messages one by one with the worker's prefetch.
+async fn raw_consume(env: &TestEnv, queue: &str, n: usize) -> f64 {
+    let broker = env.broker().await;
+    let ch = broker.channel().await.expect("channel");
+    ch.basic_qos(32, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "bench-raw".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("consume");
+    let started = Instant::now();
+    for _ in 0..n {
+        let d = consumer.next().await.expect("message").expect("delivery");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    broker.close().await;
+    rate
+}
+
+async fn wait_sent(env: &TestEnv, n: usize) -> Duration {
+    let started = Instant::now();
+    loop {
+        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'sent'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+        if sent as usize >= n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {sent} of {n} sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn run(n: usize) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for channel in Channel::ALL {
+        let env = TestEnv::new().await;
+        let queue = env.names().delivery_queue(channel, Lane::Normal);
+        let msgs = seed(&env, channel, n).await;
+        publish(&env, &msgs).await;
+        let ceiling = raw_consume(&env, &queue, n).await;
+
+        let fcm;
+        let smtp;
+        let twilio;
+        publish(&env, &msgs).await;
+        let worker = match channel {
+            Channel::Push => {
+                fcm = FcmFake::start().await;
+                env.spawn_worker(channel, |c| {
+                    let p = &mut c.providers;
+                    p.push_provider = vec![PushProviderKind::Fcm];
+                    p.fcm_base_url = fcm.base_url();
+                    p.fcm_token_url = Some(fcm.token_url());
+                    p.fcm_project_id = Some(fcm.project_id().to_owned());
+                    p.fcm_credentials_file = Some(fcm.credentials_file());
+                })
+                .await
+            }
+            Channel::Email => {
+                smtp = SmtpFake::start().await;
+                env.spawn_worker(channel, |c| {
+                    c.providers.email_provider = EmailProviderKind::Smtp;
+                    c.providers.smtp_url = Some(smtp.url().into());
+                    c.providers.email_from = Some("bench@example.com".into());
+                })
+                .await
+            }
+            Channel::Sms => {
+                twilio = TwilioFake::start().await;
+                env.spawn_worker(channel, |c| {
+                    c.providers.sms_provider = SmsProviderKind::Twilio;
+                    c.providers.twilio_base_url = twilio.base_url();
+                    c.providers.twilio_account_sid = Some(twilio.account_sid().to_owned());
+                    c.providers.twilio_auth_token = Some(twilio.auth_token().to_owned().into());
+                    c.providers.twilio_from = Some("+15005550006".into());
+                })
+                .await
+            }
+        };
+        let took = wait_sent(&env, n).await;
+        let rate = n as f64 / took.as_secs_f64();
+        worker.stop().await;
+        rows.push((channel, ceiling, rate));
+    }
+    println!("delivery benchmark: {n} deliveries per channel, prefetch 32, unlimited budget");
+    println!(
+        "{:<8} {:>24} {:>22} {:>10}",
+        "channel", "raw consume+ack /s", "worker delivered /s", "ratio"
+    );
+    for (channel, ceiling, rate) in rows {
+        println!(
+            "{:<8} {:>24.0} {:>22.0} {:>10.2}",
+            channel.as_str(),
+            ceiling,
+            rate,
+            rate / ceiling
+        );
+    }
+    Ok(())
+}
