@@ -420,3 +420,154 @@ pub async fn status_of(
         .fetch_optional(pool)
         .await
 }
+
+/// One claim request of a batch.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+    pub redelivered: bool,
+}
+
+/// Claims many deliveries in one statement (one commit for all), answering
+/// per request in order. A delivery asked for twice in one batch is claimed
+/// for the first request only.
+pub async fn claim_many(
+    pool: &PgPool,
+    requests: &[ClaimRequest],
+    lease: std::time::Duration,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let created: Vec<DateTime<Utc>> = requests.iter().map(|r| r.created_at).collect();
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let redelivered: Vec<bool> = requests.iter().map(|r| r.redelivered).collect();
+    let claimed: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), updated_at = now()
+         FROM (SELECT DISTINCT ON (id) * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::bool[])
+               AS r(created_at, id, redelivered)) r
+         WHERE d.created_at = r.created_at AND d.id = r.id
+           AND (d.status = 'pending'
+                OR (d.status = 'sending' AND (r.redelivered OR d.claimed_at < now() - make_interval(secs => $4))))
+         RETURNING d.id, d.attempts",
+    )
+    .bind(&created)
+    .bind(&ids)
+    .bind(&redelivered)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut claimed: std::collections::HashMap<Uuid, i32> = claimed.into_iter().collect();
+    let missing: Vec<usize> = (0..requests.len())
+        .filter(|i| !claimed.contains_key(&ids[*i]))
+        .collect();
+    let mut statuses = std::collections::HashMap::new();
+    if !missing.is_empty() {
+        let c: Vec<DateTime<Utc>> = missing.iter().map(|i| created[*i]).collect();
+        let m: Vec<Uuid> = missing.iter().map(|i| ids[*i]).collect();
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT d.id, d.status FROM deliveries d
+             JOIN UNNEST($1::timestamptz[], $2::uuid[]) AS r(created_at, id) ON d.created_at = r.created_at AND d.id = r.id",
+        )
+        .bind(&c)
+        .bind(&m)
+        .fetch_all(pool)
+        .await?;
+        statuses.extend(rows);
+    }
+    let mut seen = std::collections::HashSet::new();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let first = seen.insert(*id);
+            match (first, claimed.remove(id), statuses.get(id)) {
+                (true, Some(attempts), _) => Claim::Claimed { attempts },
+                (_, _, Some(status)) => Claim::Skip {
+                    status: status.clone(),
+                },
+                // The same delivery twice in one batch: claimed for the first.
+                (false, _, None) => Claim::Skip {
+                    status: "sending".into(),
+                },
+                (true, None, None) => Claim::Missing,
+            }
+        })
+        .collect())
+}
+
+/// An outcome to record, owned, for a batch.
+#[derive(Debug, Clone)]
+pub struct SettleRequest {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+    pub status: &'static str,
+    pub class: Option<String>,
+    pub error: Option<String>,
+    pub provider_id: Option<String>,
+    pub refund: bool,
+}
+
+impl SettleRequest {
+    /// The request recording `outcome` on a delivery.
+    pub fn new(created_at: DateTime<Utc>, id: Uuid, outcome: &Settle<'_>) -> Self {
+        let (status, class, error, provider_id, refund) = match outcome {
+            Settle::Sent { provider_id } => {
+                ("sent", None, None, provider_id.map(str::to_owned), false)
+            }
+            Settle::Retry {
+                class,
+                error,
+                refund,
+            } => ("pending", Some(*class), Some(*error), None, *refund),
+            Settle::Failed { class, error } => ("failed", Some(*class), Some(*error), None, false),
+            Settle::Dead { class, error } => ("dead", Some(*class), Some(*error), None, false),
+            Settle::Expired => (
+                "expired",
+                None,
+                Some("expired before it could be sent"),
+                None,
+                false,
+            ),
+        };
+        Self {
+            created_at,
+            id,
+            status,
+            class: class.map(str::to_owned),
+            error: error.map(str::to_owned),
+            provider_id,
+            refund,
+        }
+    }
+}
+
+/// Records many outcomes in one statement (one commit for all).
+pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<(), sqlx::Error> {
+    let created: Vec<DateTime<Utc>> = requests.iter().map(|r| r.created_at).collect();
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let statuses: Vec<&str> = requests.iter().map(|r| r.status).collect();
+    let classes: Vec<Option<&str>> = requests.iter().map(|r| r.class.as_deref()).collect();
+    let errors: Vec<Option<&str>> = requests.iter().map(|r| r.error.as_deref()).collect();
+    let provider_ids: Vec<Option<&str>> =
+        requests.iter().map(|r| r.provider_id.as_deref()).collect();
+    let refunds: Vec<bool> = requests.iter().map(|r| r.refund).collect();
+    sqlx::query(
+        "UPDATE deliveries d SET status = u.status, error_class = COALESCE(u.class, d.error_class),
+             last_error = COALESCE(u.error, d.last_error), provider_id = COALESCE(u.provider_id, d.provider_id),
+             sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,
+             attempts = d.attempts - CASE WHEN u.refund THEN 1 ELSE 0 END,
+             reason = CASE WHEN u.status = 'expired' THEN u.error ELSE d.reason END,
+             updated_at = now()
+         FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bool[])
+              AS u(created_at, id, status, class, error, provider_id, refund)
+         WHERE d.created_at = u.created_at AND d.id = u.id",
+    )
+    .bind(&created)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&classes)
+    .bind(&errors)
+    .bind(&provider_ids)
+    .bind(&refunds)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}

@@ -18,11 +18,12 @@ use sqlx::PgPool;
 use super::{
     budget::Budget,
     circuit::{Circuit, Permit},
+    ledger::Ledger,
     retry::{Next, RetryPolicy},
 };
 use crate::{
     broker::{Headers, Outgoing, Publisher, header_i64},
-    db::deliveries::{self, Claim, Settle},
+    db::deliveries::{self, Claim, ClaimRequest, Settle, SettleRequest},
     dlq::{self, DeadLetterReason},
     model::{Channel, message::DeliveryMessage, user::mask},
     providers::{ErrorClass, Outcome, Provider, SendContext},
@@ -50,6 +51,7 @@ pub struct Engine {
     pub policy: RetryPolicy,
     /// Longest a provider call may take.
     pub timeout: Duration,
+    ledger: Ledger,
     circuits: Mutex<HashMap<&'static str, Arc<Circuit>>>,
 }
 
@@ -64,6 +66,7 @@ impl Engine {
         policy: RetryPolicy,
         timeout: Duration,
     ) -> Self {
+        let ledger = Ledger::start(pool.clone(), CLAIM_LEASE);
         Self {
             channel,
             pool,
@@ -72,6 +75,7 @@ impl Engine {
             budget,
             policy,
             timeout,
+            ledger,
             circuits: Mutex::default(),
         }
     }
@@ -144,15 +148,12 @@ impl Engine {
             }
             return self.defer(delivery, msg, wait, "recipient_limit").await;
         }
-        let attempts = match deliveries::claim(
-            &self.pool,
-            msg.created_at,
-            msg.delivery_id,
-            delivery.redelivered,
-            CLAIM_LEASE,
-        )
-        .await?
-        {
+        let claim = ClaimRequest {
+            created_at: msg.created_at,
+            id: msg.delivery_id,
+            redelivered: delivery.redelivered,
+        };
+        let attempts = match self.ledger.claim(claim).await? {
             Claim::Claimed { attempts } => attempts as u32,
             Claim::Skip { status } => {
                 if probe {
@@ -347,7 +348,11 @@ impl Engine {
     async fn settle(&self, msg: &DeliveryMessage, outcome: &Settle<'_>) -> anyhow::Result<()> {
         let mut pause = Duration::from_millis(200);
         for attempt in 1.. {
-            match deliveries::settle(&self.pool, msg.created_at, msg.delivery_id, outcome).await {
+            match self
+                .ledger
+                .settle(SettleRequest::new(msg.created_at, msg.delivery_id, outcome))
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < 6 => {
                     tracing::warn!(error = %e, "could not record outcome; retrying");

@@ -8,6 +8,7 @@
 pub mod budget;
 pub mod circuit;
 pub mod engine;
+pub mod ledger;
 pub mod retry;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -90,14 +91,16 @@ fn default_addr(channel: Channel) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
 }
 
-/// Unacked messages per lane consumer. `high` gets its own consumer and
-/// channel so it is never behind `bulk`; the prefetch bounds in-flight work
-/// (and memory) while keeping the provider busy.
+/// Unacked messages per lane consumer. Each lane has its own consumer and
+/// channel, so `high` is never behind `bulk`. The prefetch bounds in-flight
+/// work and memory; it is sized so that the two group commits a delivery
+/// waits for (claim, outcome) never leave the provider idle: with ~10 ms of
+/// commits per delivery, 128 in flight sustain several thousand per second.
 fn prefetch(lane: Lane) -> u16 {
     match lane {
-        Lane::High => 16,
-        Lane::Normal => 32,
-        Lane::Bulk => 32,
+        Lane::High => 32,
+        Lane::Normal => 128,
+        Lane::Bulk => 128,
     }
 }
 

@@ -51,6 +51,7 @@ impl SmtpFake {
         let shared = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
                 *shared.connections.lock().expect("count") += 1;
                 let state = shared.clone();
                 tokio::spawn(async move {
@@ -225,7 +226,8 @@ async fn session(state: &State, stream: TcpStream) -> std::io::Result<()> {
             }
             _ => "502 5.5.2 Error: command not recognized".into(),
         };
-        write.write_all(reply.as_bytes()).await?;
-        write.write_all(b"\r\n").await?;
+        // One write per reply, like a real server: two small writes would
+        // meet Nagle's algorithm and the client's delayed ACK (40 ms each).
+        write.write_all(format!("{reply}\r\n").as_bytes()).await?;
     }
 }

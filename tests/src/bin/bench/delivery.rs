@@ -117,7 +117,7 @@ async fn publish(env: &TestEnv, msgs: &[DeliveryMessage]) {
 async fn raw_consume(env: &TestEnv, queue: &str, n: usize) -> f64 {
     let broker = env.broker().await;
     let ch = broker.channel().await.expect("channel");
-    ch.basic_qos(32, BasicQosOptions::default())
+    ch.basic_qos(128, BasicQosOptions::default())
         .await
         .expect("qos");
     let mut consumer = ch
@@ -206,10 +206,26 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         };
         let took = wait_sent(&env, n).await;
         let rate = n as f64 / took.as_secs_f64();
+        let metrics = reqwest::get(worker.url("/metrics")).await?.text().await?;
+        let pick = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (sum, count) = (
+            pick("herald_provider_duration_seconds_sum"),
+            pick("herald_provider_duration_seconds_count"),
+        );
+        eprintln!(
+            "{channel}: mean provider call {:.1} ms over {count} calls",
+            sum / count.max(1.0) * 1000.0
+        );
         worker.stop().await;
         rows.push((channel, ceiling, rate));
     }
-    println!("delivery benchmark: {n} deliveries per channel, prefetch 32, unlimited budget");
+    println!("delivery benchmark: {n} deliveries per channel, normal lane, unlimited budget");
     println!(
         "{:<8} {:>24} {:>22} {:>10}",
         "channel", "raw consume+ack /s", "worker delivered /s", "ratio"
