@@ -359,7 +359,7 @@ impl Engine {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         unreachable!()

@@ -102,6 +102,12 @@ impl Provider for Unconfigured {
     }
 }
 
+impl crate::delivery::engine::Providers for ProviderSet {
+    fn for_destination(&self, to: &Destination) -> &dyn Provider {
+        ProviderSet::for_destination(self, to)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use uuid::Uuid;
@@ -139,11 +145,5 @@ mod tests {
             outcome,
             Outcome::Permanent { class: ErrorClass::Config, ref reason, .. } if reason.contains("apns")
         ));
-    }
-}
-
-impl crate::delivery::engine::Providers for ProviderSet {
-    fn for_destination(&self, to: &Destination) -> &dyn Provider {
-        ProviderSet::for_destination(self, to)
     }
 }

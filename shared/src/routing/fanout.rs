@@ -64,12 +64,15 @@ impl From<sqlx::Error> for RouteError {
     }
 }
 
+/// A tenant's policy and caps, and when they were read.
+type CachedPolicy = (Policy, Caps, Instant);
+
 /// The router's state, shared by its consumers.
 #[derive(Clone)]
 pub struct Fanout {
     pool: PgPool,
     publisher: Publisher,
-    policies: Arc<Mutex<HashMap<String, (Policy, Caps, Instant)>>>,
+    policies: Arc<Mutex<HashMap<String, CachedPolicy>>>,
     /// `high` routing messages in progress. Work of the other lanes pauses
     /// between its steps while there are any: on two cores, a bulk page's
     /// insert and publish otherwise compete with a one-time code for CPU

@@ -14,6 +14,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
+/// source, error class, last error, tenant, payload.
+type DeadRow = (String, String, String, Option<String>, Vec<u8>);
+
 fn notification() -> Value {
     json!({
         "category": "security",
@@ -191,7 +194,7 @@ async fn amqp_ingest_accepts_valid_and_dead_letters_invalid_with_reason() {
 
     let rows = env
         .eventually(Duration::from_secs(20), || async {
-            let rows: Vec<(String, String, String, Option<String>, Vec<u8>)> = sqlx::query_as(
+            let rows: Vec<DeadRow> = sqlx::query_as(
                 "SELECT source, error_class, last_error, tenant_id, payload FROM dead_letters ORDER BY last_error",
             )
             .fetch_all(&env.pool)
