@@ -188,37 +188,6 @@ pub enum Claim {
     Missing,
 }
 
-/// Claims a delivery before calling the provider, so a message delivered
-/// twice is sent once. A `sending` row is taken over only when the broker
-/// redelivered the message (its previous holder's channel closed) or its
-/// lease ran out.
-pub async fn claim(
-    pool: &PgPool,
-    created_at: DateTime<Utc>,
-    id: Uuid,
-    redelivered: bool,
-    lease: std::time::Duration,
-) -> Result<Claim, sqlx::Error> {
-    let claimed: Option<i32> = sqlx::query_scalar(
-        "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = now(), updated_at = now()
-         WHERE created_at = $1 AND id = $2
-           AND (status = 'pending'
-                OR (status = 'sending' AND ($3 OR claimed_at < now() - make_interval(secs => $4))))
-         RETURNING attempts",
-    )
-    .bind(created_at)
-    .bind(id)
-    .bind(redelivered)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(pool)
-    .await?;
-    if let Some(attempts) = claimed {
-        return Ok(Claim::Claimed { attempts });
-    }
-    let status = status_of(pool, created_at, id).await?;
-    Ok(status.map_or(Claim::Missing, |status| Claim::Skip { status }))
-}
-
 /// The outcome of an attempt, as recorded.
 #[derive(Debug, Clone)]
 pub enum Settle<'a> {
@@ -241,51 +210,6 @@ pub enum Settle<'a> {
         error: &'a str,
     },
     Expired,
-}
-
-/// Records an attempt's outcome on a claimed delivery.
-pub async fn settle(
-    pool: &PgPool,
-    created_at: DateTime<Utc>,
-    id: Uuid,
-    outcome: &Settle<'_>,
-) -> Result<(), sqlx::Error> {
-    let (status, class, error, provider_id, refund) = match outcome {
-        Settle::Sent { provider_id } => ("sent", None, None, *provider_id, false),
-        Settle::Retry {
-            class,
-            error,
-            refund,
-        } => ("pending", Some(*class), Some(*error), None, *refund),
-        Settle::Failed { class, error } => ("failed", Some(*class), Some(*error), None, false),
-        Settle::Dead { class, error } => ("dead", Some(*class), Some(*error), None, false),
-        Settle::Expired => (
-            "expired",
-            None,
-            Some("expired before it could be sent"),
-            None,
-            false,
-        ),
-    };
-    sqlx::query(
-        "UPDATE deliveries SET status = $3, error_class = COALESCE($4, error_class),
-             last_error = COALESCE($5, last_error), provider_id = COALESCE($6, provider_id),
-             sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
-             attempts = attempts - CASE WHEN $7 THEN 1 ELSE 0 END,
-             reason = CASE WHEN $3 = 'expired' THEN $5 ELSE reason END,
-             updated_at = now()
-         WHERE created_at = $1 AND id = $2",
-    )
-    .bind(created_at)
-    .bind(id)
-    .bind(status)
-    .bind(class)
-    .bind(error)
-    .bind(provider_id)
-    .bind(refund)
-    .execute(pool)
-    .await
-    .map(|_| ())
 }
 
 /// Expires a delivery that was never claimed (still pending).
@@ -429,9 +353,12 @@ pub struct ClaimRequest {
     pub redelivered: bool,
 }
 
-/// Claims many deliveries in one statement (one commit for all), answering
-/// per request in order. A delivery asked for twice in one batch is claimed
-/// for the first request only.
+/// Claims deliveries before calling the provider, so a message delivered
+/// twice is sent once: many in one statement (one commit for all), answering
+/// per request in order. A `sending` row is taken over only when the broker
+/// redelivered the message (its previous holder's channel closed) or its
+/// lease ran out. A delivery asked for twice in one batch is claimed for the
+/// first request only.
 pub async fn claim_many(
     pool: &PgPool,
     requests: &[ClaimRequest],

@@ -119,6 +119,36 @@ pub struct Intake {
     pool: PgPool,
     publisher: Publisher,
     marks: tokio::sync::mpsc::UnboundedSender<Uuid>,
+    inserts: tokio::sync::mpsc::Sender<(Vec<NewNotification>, InsertReply)>,
+}
+
+type InsertReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Group commit for requests without an idempotency key: every notification
+/// queued while the previous insert was committing goes into the next one,
+/// so concurrent requests share one commit (and one fsync) instead of
+/// waiting for a connection each.
+async fn insert_batches(
+    pool: PgPool,
+    mut rx: tokio::sync::mpsc::Receiver<(Vec<NewNotification>, InsertReply)>,
+) {
+    let mut queued = Vec::with_capacity(64);
+    // At most 64 requests per insert: 64 single sends, or fewer batches of
+    // up to 500 each.
+    while rx.recv_many(&mut queued, 64).await > 0 {
+        let mut rows = Vec::new();
+        let mut replies = Vec::new();
+        for (batch, reply) in queued.drain(..) {
+            rows.extend(batch);
+            replies.push(reply);
+        }
+        let result = db::notifications::insert_many(&pool, &rows)
+            .await
+            .map_err(|e| e.to_string());
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
 }
 
 /// Marks published notifications in batches: one UPDATE for every request
@@ -168,14 +198,17 @@ fn prepare(
 
 impl Intake {
     /// An intake writing to `pool` and publishing with `publisher`. Spawns
-    /// the task that marks notifications published.
+    /// the tasks that group inserts and mark notifications published.
     pub fn new(pool: PgPool, publisher: Publisher) -> Self {
         let (marks, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(mark_published_batches(pool.clone(), rx));
+        let (inserts, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(insert_batches(pool.clone(), rx));
         Self {
             pool,
             publisher,
             marks,
+            inserts,
         }
     }
 
@@ -278,9 +311,16 @@ impl Intake {
     ) -> Result<Option<Value>, IntakeError> {
         let rows: Vec<NewNotification> = items.iter().map(|p| p.row.clone()).collect();
         let Some(key) = key else {
-            // No key: one autocommitted statement, no transaction round trips.
+            // No key: a group insert shared with concurrent requests.
             if !rows.is_empty() {
-                db::notifications::insert_many(&self.pool, &rows).await?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.inserts
+                    .send((rows, tx))
+                    .await
+                    .map_err(|_| IntakeError::Unavailable("intake is stopping".into()))?;
+                rx.await
+                    .map_err(|_| IntakeError::Unavailable("intake is stopping".into()))?
+                    .map_err(|e| IntakeError::Unavailable(format!("database: {e}")))?;
             }
             return Ok(None);
         };
