@@ -41,7 +41,7 @@ impl Provider for LogProvider {
                 delivery_id = %ctx.delivery_id,
                 notification_id = %ctx.notification_id,
                 to = %mask(&to.address),
-                message = %summary,
+                content = %summary,
                 "would deliver"
             );
             Outcome::Sent {
