@@ -118,3 +118,16 @@ where
     let _ = channel.close(200, "consumer stopped".into()).await;
     outcome
 }
+
+/// Puts a message back on its queue after `pause`: for failures of the
+/// database or broker that a moment may cure. The pause keeps an outage from
+/// turning into a hot loop that burns the queue's delivery limit.
+pub async fn requeue_after(delivery: &Delivery, pause: Duration) {
+    tokio::time::sleep(pause).await;
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}

@@ -9,10 +9,7 @@ use std::{
 };
 
 use chrono::Utc;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-};
+use lapin::{message::Delivery, options::BasicAckOptions};
 use sqlx::PgPool;
 
 use super::{
@@ -100,7 +97,7 @@ impl Engine {
                     error: format!("delivery message does not parse: {e}"),
                     tenant: None,
                 };
-                return self.dead_letter(&delivery, &reason).await;
+                return dlq::reject(&self.publisher, &delivery, &reason, TRANSIENT_PAUSE).await;
             }
         };
         let span = tracing::info_span!("deliver", tenant = %msg.tenant_id, notification_id = %msg.notification_id,
@@ -112,13 +109,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "delivery could not be recorded; requeueing");
-                tokio::time::sleep(TRANSIENT_PAUSE).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                crate::broker::consumer::requeue_after(&delivery, TRANSIENT_PAUSE).await;
             }
         }
     }
@@ -397,24 +388,6 @@ impl Engine {
         out.headers = headers;
         self.publisher.publish(&out).await?;
         Ok(())
-    }
-
-    async fn dead_letter(&self, delivery: &Delivery, reason: &DeadLetterReason) {
-        match dlq::publish(&self.publisher, delivery, reason).await {
-            Ok(()) => {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not dead-letter; requeueing");
-                tokio::time::sleep(TRANSIENT_PAUSE).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        }
     }
 
     fn count(&self, outcome: &'static str) {

@@ -99,6 +99,30 @@ pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("`{s}` is too long ago"))
 }
 
+/// Dead-letters `delivery` with `reason` and acks it; if the dead letter
+/// cannot be published, requeues the message after `pause` instead, so it
+/// is never dropped.
+pub async fn reject(
+    publisher: &Publisher,
+    delivery: &Delivery,
+    reason: &DeadLetterReason,
+    pause: std::time::Duration,
+) {
+    match publish(publisher, delivery, reason).await {
+        Ok(()) => {
+            tracing::info!(source = reason.source, error_class = reason.error_class, error = %reason.error,
+                tenant = reason.tenant.as_deref().unwrap_or(""), "message dead-lettered");
+            let _ = delivery
+                .ack(lapin::options::BasicAckOptions::default())
+                .await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not dead-letter; requeueing");
+            crate::broker::consumer::requeue_after(delivery, pause).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_when;

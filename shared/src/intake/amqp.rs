@@ -5,10 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-};
+use lapin::{message::Delivery, options::BasicAckOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{Intake, IntakeError};
@@ -69,23 +66,11 @@ async fn handle(intake: &Intake, publisher: &Publisher, delivery: Delivery) {
         }
         Err(IntakeError::Unavailable(e)) => {
             tracing::warn!(error = %e, "ingest message could not be made durable; requeueing");
-            tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            consumer::requeue_after(&delivery, UNAVAILABLE_PAUSE).await;
             return;
         }
         Err(IntakeError::KeyInProgress) => {
-            tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            consumer::requeue_after(&delivery, UNAVAILABLE_PAUSE).await;
             return;
         }
         Err(IntakeError::Invalid(errors)) => {
@@ -107,23 +92,7 @@ async fn handle(intake: &Intake, publisher: &Publisher, delivery: Delivery) {
         ),
     };
     metrics::counter!("herald_ingest_amqp_total", "outcome" => "dead_lettered").increment(1);
-    match dlq::publish(publisher, &delivery, &reason).await {
-        Ok(()) => {
-            tracing::info!(tenant = %tenant, error_class = reason.error_class, error = %reason.error,
-                "ingest message dead-lettered");
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not dead-letter ingest message; requeueing");
-            tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
-        }
-    }
+    dlq::reject(publisher, &delivery, &reason, UNAVAILABLE_PAUSE).await;
 }
 
 /// Parses what the message carries: tenant, JSON body, idempotency key.

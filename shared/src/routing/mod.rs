@@ -14,10 +14,7 @@ pub mod scheduler;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::Router;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-};
+use lapin::{message::Delivery, options::BasicAckOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -137,13 +134,7 @@ async fn handle(fanout: &Fanout, publisher: &Publisher, delivery: Delivery, lane
         }
         Err(RouteError::Transient(e)) => {
             tracing::warn!(error = %e, "routing failed; requeueing");
-            tokio::time::sleep(TRANSIENT_PAUSE).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            consumer::requeue_after(&delivery, TRANSIENT_PAUSE).await;
         }
         Err(RouteError::Permanent(reason)) => {
             tracing::error!(error = %reason, "routing message cannot be routed; dead-lettering");
@@ -153,21 +144,7 @@ async fn handle(fanout: &Fanout, publisher: &Publisher, delivery: Delivery, lane
                 error: reason,
                 tenant: None,
             };
-            match dlq::publish(publisher, &delivery, &reason).await {
-                Ok(()) => {
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not dead-letter; requeueing");
-                    tokio::time::sleep(TRANSIENT_PAUSE).await;
-                    let _ = delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
-                }
-            }
+            dlq::reject(publisher, &delivery, &reason, TRANSIENT_PAUSE).await;
         }
     }
 }
