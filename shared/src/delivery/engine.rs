@@ -11,6 +11,7 @@ use std::{
 use chrono::Utc;
 use lapin::{message::Delivery, options::BasicAckOptions};
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use super::{
     budget::Budget,
@@ -102,8 +103,9 @@ impl Engine {
         };
         let span = tracing::info_span!("deliver", tenant = %msg.tenant_id, notification_id = %msg.notification_id,
             delivery_id = %msg.delivery_id, channel = %self.channel);
-        let _enter = span.enter();
-        match self.deliver(&delivery, &msg).await {
+        // `instrument`, not `enter`: an entered guard held across an await
+        // would leak the span onto whatever else the thread runs meanwhile.
+        match self.deliver(&delivery, &msg).instrument(span).await {
             Ok(()) => {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
