@@ -3,6 +3,7 @@
 
 pub mod consumer;
 mod headers;
+mod messages;
 pub mod publisher;
 pub mod topology;
 

@@ -217,7 +217,7 @@ async fn tenants(common: &CommonConfig, cmd: TenantCommand) -> anyhow::Result<()
             }
             let cap = match (clear, max) {
                 (true, _) => None,
-                (false, Some(max)) if max >= 0 => Some(crate::routing::caps::Cap {
+                (false, Some(max)) if max >= 0 => Some(crate::model::policy::FrequencyCap {
                     max,
                     per_seconds: per.as_secs(),
                 }),

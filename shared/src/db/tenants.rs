@@ -65,7 +65,7 @@ pub async fn set_cap(
     id: &TenantId,
     category: &Category,
     channel: crate::model::Channel,
-    cap: Option<crate::routing::caps::Cap>,
+    cap: Option<crate::model::policy::FrequencyCap>,
 ) -> Result<bool, sqlx::Error> {
     let path = vec![category.as_str().to_owned(), channel.as_str().to_owned()];
     let query = match cap {

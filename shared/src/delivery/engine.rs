@@ -24,14 +24,8 @@ use crate::{
     db::deliveries::{self, Claim, ClaimRequest, Settle, SettleRequest},
     dlq::{self, DeadLetterReason},
     model::{Channel, message::DeliveryMessage, user::mask},
-    providers::{ErrorClass, Outcome, Provider, SendContext},
+    providers::{ErrorClass, Outcome, Providers, SendContext},
 };
-
-/// Chooses the provider for a destination (push: by device platform).
-pub trait Providers: Send + Sync {
-    /// The provider that serves `to`.
-    fn for_destination(&self, to: &crate::model::message::Destination) -> &dyn Provider;
-}
 
 /// How long a claimed delivery is held before another worker may take it
 /// over: well past the provider timeout, so a slow call is never doubled.

@@ -27,8 +27,9 @@ use crate::{
     config::CommonConfig,
     model::{Channel, Lane},
     ops,
+    providers::Providers,
 };
-use engine::{Engine, Providers};
+use engine::Engine;
 
 /// Settings of a channel worker.
 #[derive(clap::Parser, Debug, Clone)]

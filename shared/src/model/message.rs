@@ -81,24 +81,3 @@ pub struct DeliveryMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
-
-impl DeliveryMessage {
-    /// The message to publish for this delivery, with the ids in headers so
-    /// one notification can be followed across processes.
-    pub fn outgoing(&self, names: &crate::broker::Names) -> crate::broker::Outgoing {
-        use crate::broker::{Headers, Names, Outgoing};
-        let headers = Headers::default()
-            .str(Headers::TENANT, &self.tenant_id)
-            .str(Headers::NOTIFICATION, self.notification_id.to_string())
-            .str(Headers::DELIVERY, self.delivery_id.to_string())
-            .str(Headers::CHANNEL, self.channel.as_str())
-            .str(Headers::LANE, self.lane.as_str())
-            .int(Headers::ACCEPTED_AT_MS, self.created_at.timestamp_millis());
-        Outgoing::json(
-            names.deliveries_exchange(),
-            Names::delivery_key(self.channel, self.lane),
-            serde_json::to_vec(self).expect("serialisable"),
-            headers,
-        )
-    }
-}

@@ -6,6 +6,7 @@ mod field;
 mod ids;
 pub mod message;
 pub mod notification;
+pub mod policy;
 pub mod preferences;
 pub mod template;
 pub mod user;

@@ -130,3 +130,9 @@ pub trait Provider: Send + Sync {
         ctx: &'a SendContext,
     ) -> BoxFuture<'a, Outcome>;
 }
+
+/// Chooses the provider for a destination (push: by device platform).
+pub trait Providers: Send + Sync {
+    /// The provider that serves `to`.
+    fn for_destination(&self, to: &Destination) -> &dyn Provider;
+}

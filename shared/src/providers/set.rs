@@ -102,7 +102,7 @@ impl Provider for Unconfigured {
     }
 }
 
-impl crate::delivery::engine::Providers for ProviderSet {
+impl super::Providers for ProviderSet {
     fn for_destination(&self, to: &Destination) -> &dyn Provider {
         ProviderSet::for_destination(self, to)
     }

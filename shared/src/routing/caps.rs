@@ -6,19 +6,13 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::plan::{Initial, Planned};
 use crate::{db, model::Channel};
 
-/// At most `max` deliveries per `per_seconds` window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct Cap {
-    pub max: i64,
-    pub per_seconds: u64,
-}
+pub use crate::model::policy::FrequencyCap as Cap;
 
 /// Caps by category then channel, as stored on the tenant.
 pub type Caps = HashMap<String, HashMap<Channel, Cap>>;
