@@ -459,3 +459,63 @@ async fn the_budget_holds_across_two_replicas() {
     w2.stop().await;
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_killed_mid_send_is_taken_over_by_another() {
+    use herald_tests::fakes::Scripted;
+    let p = pipeline("300ms").await;
+    let fake = TwilioFake::start().await;
+    // The first call hangs long enough for the worker to be killed in it.
+    fake.push_scripted(
+        Scripted::new(
+            201,
+            json!({"sid": format!("SM{}", "0".repeat(32)), "status": "queued"}).to_string(),
+            &[],
+        )
+        .delayed(Duration::from_secs(5)),
+    );
+    p.user("u-1", json!({"phone": "+14155550100"})).await;
+    let port = crate::ingest::free_port();
+    let mut child = crate::ingest::command(&p.env, "worker-sms")
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("SMS_PROVIDER", "twilio")
+        .env("TWILIO_BASE_URL", fake.base_url())
+        .env("TWILIO_ACCOUNT_SID", fake.account_sid())
+        .env("TWILIO_AUTH_TOKEN", fake.auth_token())
+        .env("TWILIO_FROM", "+15005550006")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::ingest::wait_ready(port).await;
+    let id = p.send(sms(&["u-1"])).await;
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            (fake.requests().len() == 1).then_some(())
+        })
+        .await
+        .expect("the first worker is in its provider call");
+    // SIGKILL mid-call: nothing recorded, nothing acked.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM deliveries WHERE notification_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&p.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "sending");
+
+    // The broker redelivers the message to another worker, which takes the
+    // claim over and completes the delivery.
+    let worker = p.env.spawn_worker(Channel::Sms, twilio(&fake)).await;
+    let body = p.settled(&id, Duration::from_secs(20)).await;
+    assert_eq!(body["counts"], json!({"sent": 1}));
+    assert_eq!(body["deliveries"][0]["attempts"], 2);
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "at least once: the interrupted call is made again"
+    );
+    worker.stop().await;
+    p.stop().await;
+}

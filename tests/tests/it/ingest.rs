@@ -27,7 +27,7 @@ fn notification() -> Value {
     })
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -36,7 +36,7 @@ fn free_port() -> u16 {
 }
 
 /// A child process with this environment's configuration.
-fn command(env: &TestEnv, name: &str) -> Command {
+pub(crate) fn command(env: &TestEnv, name: &str) -> Command {
     let mut cmd = Command::new(binary(name));
     cmd.env("DATABASE_URL", &env.database_url)
         .env("AMQP_URL", herald_tests::amqp_url())
@@ -47,7 +47,7 @@ fn command(env: &TestEnv, name: &str) -> Command {
     cmd
 }
 
-async fn wait_ready(port: u16) {
+pub(crate) async fn wait_ready(port: u16) {
     for _ in 0..300 {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
             && r.status() == 200
