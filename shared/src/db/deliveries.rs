@@ -371,7 +371,7 @@ pub async fn claim_many(
         "UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), updated_at = now()
          FROM (SELECT DISTINCT ON (id) * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::bool[])
                AS r(created_at, id, redelivered)) r
-         WHERE d.created_at = r.created_at AND d.id = r.id
+         WHERE d.created_at = r.created_at AND d.id = r.id AND d.created_at = ANY($1)
            AND (d.status = 'pending'
                 OR (d.status = 'sending' AND (r.redelivered OR d.claimed_at < now() - make_interval(secs => $4))))
          RETURNING d.id, d.attempts",
@@ -392,7 +392,8 @@ pub async fn claim_many(
         let m: Vec<Uuid> = missing.iter().map(|i| ids[*i]).collect();
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT d.id, d.status FROM deliveries d
-             JOIN UNNEST($1::timestamptz[], $2::uuid[]) AS r(created_at, id) ON d.created_at = r.created_at AND d.id = r.id",
+             JOIN UNNEST($1::timestamptz[], $2::uuid[]) AS r(created_at, id) ON d.created_at = r.created_at AND d.id = r.id
+             WHERE d.created_at = ANY($1)",
         )
         .bind(&c)
         .bind(&m)
@@ -467,6 +468,10 @@ impl SettleRequest {
 }
 
 /// Records many outcomes in one statement (one commit for all).
+///
+/// The batch statements repeat `created_at = ANY($1)`: a join on values from
+/// `UNNEST` cannot prune partitions, the array can (plans are custom), so
+/// each row probes one day's partition instead of every partition.
 pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<(), sqlx::Error> {
     let created: Vec<DateTime<Utc>> = requests.iter().map(|r| r.created_at).collect();
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
@@ -485,7 +490,7 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<()
              updated_at = now()
          FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bool[])
               AS u(created_at, id, status, class, error, provider_id, refund)
-         WHERE d.created_at = u.created_at AND d.id = u.id",
+         WHERE d.created_at = u.created_at AND d.id = u.id AND d.created_at = ANY($1)",
     )
     .bind(&created)
     .bind(&ids)
