@@ -188,11 +188,11 @@ impl TestEnv {
         self.spawn_ingest_with(|_| {}).await
     }
 
-    /// Starts ingest after `tweak` adjusted its configuration.
-    pub async fn spawn_ingest_with(
+    /// Ingest's configuration for this environment: a free port, no rate limit.
+    fn ingest_config(
         &self,
         tweak: impl FnOnce(&mut herald::api::IngestConfig),
-    ) -> Spawned {
+    ) -> herald::api::IngestConfig {
         let mut config = herald::api::IngestConfig {
             common: self.common(),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
@@ -200,6 +200,15 @@ impl TestEnv {
             admin_api_key: None,
         };
         tweak(&mut config);
+        config
+    }
+
+    /// Starts ingest after `tweak` adjusted its configuration.
+    pub async fn spawn_ingest_with(
+        &self,
+        tweak: impl FnOnce(&mut herald::api::IngestConfig),
+    ) -> Spawned {
+        let config = self.ingest_config(tweak);
         Spawned::start(config.http_addr, |listener, cancel| {
             herald::api::run(config, listener, cancel)
         })
@@ -212,13 +221,7 @@ impl TestEnv {
         &self,
         tweak: impl FnOnce(&mut herald::api::IngestConfig),
     ) -> Spawned {
-        let mut config = herald::api::IngestConfig {
-            common: self.common(),
-            http_addr: "127.0.0.1:0".parse().expect("addr"),
-            api_key_rate_per_sec: 0,
-            admin_api_key: None,
-        };
-        tweak(&mut config);
+        let config = self.ingest_config(tweak);
         Spawned::launch(
             config.http_addr,
             |listener, cancel| herald::api::run(config, listener, cancel),
@@ -298,20 +301,9 @@ impl TestEnv {
     /// Messages waiting in a queue.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let broker = Broker::new(amqp_url(), self.names());
-        let ch = broker.channel().await.expect("channel");
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .expect("queue exists");
+        let q = broker.inspect(queue).await.expect("queue exists");
         broker.close().await;
-        q.message_count()
+        q.messages
     }
 }
 

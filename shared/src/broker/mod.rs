@@ -99,35 +99,45 @@ impl Broker {
         self.declared.load(Ordering::Acquire)
     }
 
-    /// Depth and consumer count of every queue of this deployment, by
-    /// passive declares (a queue that does not exist shows as empty).
+    /// Depth and consumer count of one queue, by a passive declare on a
+    /// channel of its own (a passive declare of a missing queue closes the
+    /// channel, so it must not be shared).
+    pub async fn inspect(&self, queue: &str) -> lapin::Result<QueueStats> {
+        let channel = self.channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "inspected".into()).await;
+        let q = declared?;
+        Ok(QueueStats {
+            queue: queue.to_owned(),
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+        })
+    }
+
+    /// Depth and consumer count of every queue of this deployment (a queue
+    /// that does not exist shows as empty).
     pub async fn queue_stats(
         &self,
         schedule: &crate::config::RetrySchedule,
     ) -> lapin::Result<Vec<QueueStats>> {
+        // Fail when the broker is unreachable, not per missing queue.
+        self.connection().await?;
         let mut out = Vec::new();
         for queue in self.names.all_queues(schedule) {
-            // A passive declare of a missing queue closes the channel: one each.
-            let channel = self.channel().await?;
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            let (messages, consumers) = declared
-                .map(|q| (q.message_count(), q.consumer_count()))
-                .unwrap_or((0, 0));
-            out.push(QueueStats {
+            out.push(self.inspect(&queue).await.unwrap_or(QueueStats {
                 queue,
-                messages,
-                consumers,
-            });
-            let _ = channel.close(200, "stats".into()).await;
+                messages: 0,
+                consumers: 0,
+            }));
         }
         Ok(out)
     }

@@ -15,7 +15,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
 use clap::Parser;
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -176,29 +175,15 @@ async fn refresh(
     loop {
         for lane in Lane::ALL {
             let queue = broker.names().delivery_queue(channel, lane);
-            let Ok(ch) = broker.channel().await else {
-                break;
-            };
-            let declared = ch
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            if let Ok(q) = declared {
+            if let Ok(q) = broker.inspect(&queue).await {
                 metrics::gauge!("herald_queue_depth", "queue" => queue.clone())
-                    .set(f64::from(q.message_count()));
+                    .set(f64::from(q.messages));
                 metrics::gauge!("herald_queue_consumers", "queue" => queue)
-                    .set(f64::from(q.consumer_count()));
-                if lane == Lane::High && q.consumer_count() > 0 {
-                    engine.budget.set_replicas(q.consumer_count());
+                    .set(f64::from(q.consumers));
+                if lane == Lane::High && q.consumers > 0 {
+                    engine.budget.set_replicas(q.consumers);
                 }
             }
-            let _ = ch.close(200, "refresh".into()).await;
         }
         engine.budget.prune();
         tokio::select! {
