@@ -135,7 +135,8 @@ pub struct Due {
 }
 
 /// Locks up to `limit` due deferred deliveries for this scheduler pass;
-/// other replicas skip them.
+/// other replicas skip them. `rendered IS NOT NULL` selects the partial
+/// index `deliveries_held` (held rows are those still keeping content).
 pub async fn lock_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
@@ -143,7 +144,7 @@ pub async fn lock_due(
     sqlx::query_as(
         "SELECT id, created_at, notification_id, tenant_id, user_id, channel, lane, destination,
                 platform, rendered, expires_at
-         FROM deliveries WHERE status = 'deferred' AND not_before <= now()
+         FROM deliveries WHERE rendered IS NOT NULL AND status = 'deferred' AND not_before <= now()
          ORDER BY not_before LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
@@ -151,7 +152,9 @@ pub async fn lock_due(
     .await
 }
 
-/// Sets the status of released deliveries.
+/// Sets the status of released deliveries and drops their stored content
+/// (the released message carries it; `deliveries_held` indexes only rows
+/// that still keep theirs).
 pub async fn set_status(
     tx: &mut Transaction<'_, Postgres>,
     keys: &[(DateTime<Utc>, Uuid)],
@@ -164,7 +167,7 @@ pub async fn set_status(
     let created: Vec<DateTime<Utc>> = keys.iter().map(|k| k.0).collect();
     let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
     sqlx::query(
-        "UPDATE deliveries d SET status = $3, reason = COALESCE($4, d.reason), updated_at = now()
+        "UPDATE deliveries d SET status = $3, reason = COALESCE($4, d.reason), rendered = NULL, updated_at = now()
          FROM UNNEST($1::timestamptz[], $2::uuid[]) AS k(created_at, id)
          WHERE d.created_at = k.created_at AND d.id = k.id",
     )
@@ -355,7 +358,8 @@ pub struct ClaimRequest {
 
 /// Claims deliveries before calling the provider, so a message delivered
 /// twice is sent once: many in one statement (one commit for all), answering
-/// per request in order. A `sending` row is taken over only when the broker
+/// per request in order. The statement is `herald_claim_deliveries` (see its
+/// migration for why the batch is a loop of primary-key updates). A `sending` row is taken over only when the broker
 /// redelivered the message (its previous holder's channel closed) or its
 /// lease ran out. A delivery asked for twice in one batch is claimed for the
 /// first request only.
@@ -364,17 +368,19 @@ pub async fn claim_many(
     requests: &[ClaimRequest],
     lease: std::time::Duration,
 ) -> Result<Vec<Claim>, sqlx::Error> {
-    let created: Vec<DateTime<Utc>> = requests.iter().map(|r| r.created_at).collect();
-    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
-    let redelivered: Vec<bool> = requests.iter().map(|r| r.redelivered).collect();
-    let claimed: Vec<(Uuid, i32)> = sqlx::query_as(
-        "UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, claimed_at = now(), updated_at = now()
-         FROM (SELECT DISTINCT ON (id) * FROM UNNEST($1::timestamptz[], $2::uuid[], $3::bool[])
-               AS r(created_at, id, redelivered)) r
-         WHERE d.created_at = r.created_at AND d.id = r.id AND d.created_at = ANY($1)
-           AND (d.status = 'pending'
-                OR (d.status = 'sending' AND (r.redelivered OR d.claimed_at < now() - make_interval(secs => $4))))
-         RETURNING d.id, d.attempts",
+    // Each delivery once: the function must not claim a row twice in one
+    // batch (the second copy would take over the first one's claim).
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = requests.iter().map(|r| seen.insert(r.id)).collect();
+    let unique = requests.iter().zip(&first).filter(|(_, f)| **f);
+    let (mut created, mut ids, mut redelivered) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, _) in unique {
+        created.push(r.created_at);
+        ids.push(r.id);
+        redelivered.push(r.redelivered);
+    }
+    let rows: Vec<(bool, Option<i32>, Option<String>)> = sqlx::query_as(
+        "SELECT claimed, attempts, status FROM herald_claim_deliveries($1, $2, $3, $4)",
     )
     .bind(&created)
     .bind(&ids)
@@ -382,40 +388,20 @@ pub async fn claim_many(
     .bind(lease.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    let mut claimed: std::collections::HashMap<Uuid, i32> = claimed.into_iter().collect();
-    let missing: Vec<usize> = (0..requests.len())
-        .filter(|i| !claimed.contains_key(&ids[*i]))
-        .collect();
-    let mut statuses = std::collections::HashMap::new();
-    if !missing.is_empty() {
-        let c: Vec<DateTime<Utc>> = missing.iter().map(|i| created[*i]).collect();
-        let m: Vec<Uuid> = missing.iter().map(|i| ids[*i]).collect();
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT d.id, d.status FROM deliveries d
-             JOIN UNNEST($1::timestamptz[], $2::uuid[]) AS r(created_at, id) ON d.created_at = r.created_at AND d.id = r.id
-             WHERE d.created_at = ANY($1)",
-        )
-        .bind(&c)
-        .bind(&m)
-        .fetch_all(pool)
-        .await?;
-        statuses.extend(rows);
-    }
-    let mut seen = std::collections::HashSet::new();
-    Ok(ids
+    let mut answers = rows.into_iter();
+    Ok(first
         .iter()
-        .map(|id| {
-            let first = seen.insert(*id);
-            match (first, claimed.remove(id), statuses.get(id)) {
-                (true, Some(attempts), _) => Claim::Claimed { attempts },
-                (_, _, Some(status)) => Claim::Skip {
-                    status: status.clone(),
-                },
+        .map(|first| {
+            if !first {
                 // The same delivery twice in one batch: claimed for the first.
-                (false, _, None) => Claim::Skip {
+                return Claim::Skip {
                     status: "sending".into(),
-                },
-                (true, None, None) => Claim::Missing,
+                };
+            }
+            match answers.next() {
+                Some((true, Some(attempts), _)) => Claim::Claimed { attempts },
+                Some((false, _, Some(status))) => Claim::Skip { status },
+                _ => Claim::Missing,
             }
         })
         .collect())
@@ -467,11 +453,8 @@ impl SettleRequest {
     }
 }
 
-/// Records many outcomes in one statement (one commit for all).
-///
-/// The batch statements repeat `created_at = ANY($1)`: a join on values from
-/// `UNNEST` cannot prune partitions, the array can (plans are custom), so
-/// each row probes one day's partition instead of every partition.
+/// Records many outcomes in one statement (one commit for all), through
+/// `herald_settle_deliveries`.
 pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<(), sqlx::Error> {
     let created: Vec<DateTime<Utc>> = requests.iter().map(|r| r.created_at).collect();
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
@@ -481,25 +464,15 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<()
     let provider_ids: Vec<Option<&str>> =
         requests.iter().map(|r| r.provider_id.as_deref()).collect();
     let refunds: Vec<bool> = requests.iter().map(|r| r.refund).collect();
-    sqlx::query(
-        "UPDATE deliveries d SET status = u.status, error_class = COALESCE(u.class, d.error_class),
-             last_error = COALESCE(u.error, d.last_error), provider_id = COALESCE(u.provider_id, d.provider_id),
-             sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,
-             attempts = d.attempts - CASE WHEN u.refund THEN 1 ELSE 0 END,
-             reason = CASE WHEN u.status = 'expired' THEN u.error ELSE d.reason END,
-             updated_at = now()
-         FROM UNNEST($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bool[])
-              AS u(created_at, id, status, class, error, provider_id, refund)
-         WHERE d.created_at = u.created_at AND d.id = u.id AND d.created_at = ANY($1)",
-    )
-    .bind(&created)
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&classes)
-    .bind(&errors)
-    .bind(&provider_ids)
-    .bind(&refunds)
-    .execute(pool)
-    .await
-    .map(|_| ())
+    sqlx::query("SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7)")
+        .bind(&created)
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&classes)
+        .bind(&errors)
+        .bind(&provider_ids)
+        .bind(&refunds)
+        .execute(pool)
+        .await
+        .map(|_| ())
 }

@@ -96,11 +96,11 @@ fn default_addr(channel: Channel) -> SocketAddr {
 /// work and memory; it is sized so that the two group commits a delivery
 /// waits for (claim, outcome) never leave the provider idle: with ~10 ms of
 /// commits per delivery, 128 in flight sustain several thousand per second.
-fn prefetch(lane: Lane) -> u16 {
+pub fn prefetch(lane: Lane) -> u16 {
     match lane {
         Lane::High => 32,
-        Lane::Normal => 128,
-        Lane::Bulk => 128,
+        Lane::Normal => 512,
+        Lane::Bulk => 512,
     }
 }
 

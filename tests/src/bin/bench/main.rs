@@ -47,6 +47,9 @@ enum Bench {
         /// Deliveries per channel.
         #[arg(long, default_value_t = 5_000)]
         deliveries: usize,
+        /// Only these rows: push, email, sms, log (the engine alone). All by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Routed deliveries/s, a topic of N subscribers (time, router peak RSS),
     /// and `high` latency while that topic drains.
@@ -74,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
         } => ingest(requests, concurrency, batch).await,
         Bench::Router { subscribers, sends } => router::run(subscribers, sends).await,
-        Bench::Delivery { deliveries } => delivery::run(deliveries).await,
+        Bench::Delivery { deliveries, only } => delivery::run(deliveries, &only).await,
     }
 }
 
