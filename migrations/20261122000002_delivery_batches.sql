@@ -120,3 +120,29 @@ END $$;
 UPDATE deliveries SET rendered = NULL WHERE status <> 'deferred' AND rendered IS NOT NULL;
 DROP INDEX deliveries_deferred;
 CREATE INDEX deliveries_held ON deliveries (not_before) WHERE rendered IS NOT NULL;
+
+-- The value checks of the columns the workers write move from table CHECK
+-- constraints to domains. PostgreSQL evaluates every CHECK of a table on
+-- every update, whichever columns changed, and re-reads each one's stored
+-- expression for every statement; with one statement per row that was a
+-- fifth of the database's time per delivery. A domain's check runs only
+-- where a value is assigned to the column, from an expression cached once
+-- per connection. The values allowed are unchanged. The domains are created
+-- bare and constrained afterwards so that existing rows are checked in place
+-- instead of the table being rewritten.
+CREATE DOMAIN herald_channel AS text;
+CREATE DOMAIN herald_lane AS text;
+CREATE DOMAIN herald_delivery_status AS text;
+ALTER TABLE deliveries
+    DROP CONSTRAINT deliveries_channel_check,
+    DROP CONSTRAINT deliveries_lane_check,
+    DROP CONSTRAINT deliveries_status_check,
+    ALTER COLUMN channel TYPE herald_channel,
+    ALTER COLUMN lane TYPE herald_lane,
+    ALTER COLUMN status TYPE herald_delivery_status;
+ALTER DOMAIN herald_channel ADD CONSTRAINT herald_channel_check
+    CHECK (VALUE IN ('push', 'email', 'sms'));
+ALTER DOMAIN herald_lane ADD CONSTRAINT herald_lane_check
+    CHECK (VALUE IN ('high', 'normal', 'bulk'));
+ALTER DOMAIN herald_delivery_status ADD CONSTRAINT herald_delivery_status_check
+    CHECK (VALUE IN ('pending', 'deferred', 'sending', 'sent', 'failed', 'suppressed', 'expired', 'dead'));

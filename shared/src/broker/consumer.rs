@@ -7,9 +7,9 @@
 //! line; it is never a silent stall. On cancellation the loop cancels its
 //! consumer, waits for in-flight handlers, then returns.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
@@ -99,11 +99,13 @@ where
                     let handler = handler.clone();
                     let queue = spec.queue.clone();
                     tracker.spawn(async move {
-                        let task = tokio::spawn(handler(delivery));
-                        if let Err(err) = task.await {
+                        // One task per message; a panic is caught here rather
+                        // than by a second task around the handler.
+                        if let Err(panic) = AssertUnwindSafe(handler(delivery)).catch_unwind().await {
                             // A panicking handler must not strand its message:
                             // requeue it, and let the delivery limit catch poison.
-                            tracing::error!(queue = %queue, error = %err, "handler panicked; requeueing");
+                            let error = panic_message(&*panic);
+                            tracing::error!(queue = %queue, error = %error, "handler panicked; requeueing");
                             let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                         }
                     });
@@ -117,6 +119,15 @@ where
     tracker.wait().await;
     let _ = channel.close(200, "consumer stopped".into()).await;
     outcome
+}
+
+/// The text a panic carried, if it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic without a message")
 }
 
 /// Puts a message back on its queue after `pause`: for failures of the

@@ -58,7 +58,7 @@ impl Engine {
         policy: RetryPolicy,
         timeout: Duration,
     ) -> Self {
-        let ledger = Ledger::start(pool.clone(), CLAIM_LEASE);
+        let ledger = Ledger::start(pool.clone(), CLAIM_LEASE, channel);
         Self {
             channel,
             pool,

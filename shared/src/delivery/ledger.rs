@@ -10,7 +10,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::db::deliveries::{self, Claim, ClaimRequest, SettleRequest};
+use crate::{
+    db::deliveries::{self, Claim, ClaimRequest, SettleRequest},
+    model::Channel,
+};
 
 /// Most requests written in one statement.
 const BATCH: usize = 256;
@@ -30,11 +33,12 @@ pub struct Ledger {
 
 impl Ledger {
     /// Starts the two writer tasks on `pool`.
-    pub fn start(pool: PgPool, lease: Duration) -> Self {
+    pub fn start(pool: PgPool, lease: Duration, channel: Channel) -> Self {
         let (claims, claim_rx) = mpsc::channel(4 * BATCH);
         let (settles, settle_rx) = mpsc::channel(4 * BATCH);
         let claim_pool = pool.clone();
         tokio::spawn(writer(
+            channel,
             "claim",
             claim_rx,
             move |requests: Vec<ClaimRequest>| {
@@ -43,6 +47,7 @@ impl Ledger {
             },
         ));
         tokio::spawn(writer(
+            channel,
             "outcome",
             settle_rx,
             move |requests: Vec<SettleRequest>| {
@@ -102,6 +107,7 @@ impl Keyed for SettleRequest {
 /// delivery (a duplicate message) lock it in the same order and wait for
 /// each other instead of deadlocking.
 async fn writer<R, A, W, F>(
+    channel: Channel,
     write_kind: &'static str,
     mut rx: mpsc::Receiver<(R, Reply<A>)>,
     write: W,
@@ -122,11 +128,15 @@ async fn writer<R, A, W, F>(
         }
         batch.sort_by_key(|(request, _): &(R, Reply<A>)| request.key());
         let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        metrics::histogram!("herald_ledger_batch_rows", "write" => write_kind)
+        metrics::histogram!("herald_ledger_batch_rows", "channel" => channel.as_str(), "write" => write_kind)
             .record(requests.len() as f64);
         let written = write(requests);
         tokio::spawn(async move {
-            match written.await {
+            let started = std::time::Instant::now();
+            let written = written.await;
+            metrics::histogram!("herald_ledger_write_seconds", "channel" => channel.as_str(), "write" => write_kind)
+                .record(started.elapsed().as_secs_f64());
+            match written {
                 Ok(answers) => {
                     for (reply, answer) in replies.into_iter().zip(answers) {
                         let _ = reply.send(Ok(answer));

@@ -102,6 +102,11 @@ pub struct ProviderConfig {
     /// SMTP relay: `smtp://host:port`, `smtp://host?tls=required`, `smtps://user:pass@host`.
     #[arg(long, env = "SMTP_URL", value_parser = secret)]
     pub smtp_url: Option<SecretString>,
+    /// Most SMTP connections (parallel sessions) this worker keeps open to
+    /// the relay. Every email is one session of several round trips, so
+    /// this bounds the email rate; keep it under the relay's own limit.
+    #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 16)]
+    pub smtp_pool_size: u32,
     /// Sender of every email, `noreply@example.com` or `Name <noreply@example.com>`.
     #[arg(long, env = "EMAIL_FROM")]
     pub email_from: Option<String>,
@@ -149,6 +154,7 @@ impl Default for ProviderConfig {
             apns_topic: None,
             email_provider: EmailProviderKind::Log,
             smtp_url: None,
+            smtp_pool_size: 16,
             email_from: None,
             email_http_url: None,
             email_http_token: None,
@@ -220,6 +226,7 @@ pub fn build(channel: Channel, cfg: &ProviderConfig) -> anyhow::Result<ProviderS
                     url.expose_secret(),
                     from()?,
                     timeout,
+                    cfg.smtp_pool_size,
                 )?))
             }
             EmailProviderKind::Http => {

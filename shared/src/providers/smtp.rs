@@ -16,6 +16,8 @@
 
 use std::{fmt, sync::RwLock, time::Duration};
 
+use tokio::sync::Semaphore;
+
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use lettre::{
@@ -36,21 +38,29 @@ pub struct SmtpProvider {
     transport: RwLock<Transport>,
     url: SecretString,
     timeout: Duration,
+    pool_size: u32,
+    /// One permit per SMTP session. lettre's pool caps only the connections
+    /// it keeps idle, not those open at once: without this, a worker with
+    /// hundreds of emails in flight would open hundreds of sessions, and
+    /// close most of them again after one email each.
+    sessions: Semaphore,
     from: Mailbox,
 }
 
 impl SmtpProvider {
     /// A pooled transport to `url` sending as `from` (`noreply@example.com`
     /// or `Example <noreply@example.com>`). Each send, connection included,
-    /// must finish within `timeout`.
-    pub fn new(url: &str, from: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// must finish within `timeout`; at most `pool_size` sessions at once.
+    pub fn new(url: &str, from: &str, timeout: Duration, pool_size: u32) -> anyhow::Result<Self> {
         let from: Mailbox = from
             .parse()
             .with_context(|| format!("EMAIL_FROM `{from}` is not an email address"))?;
         Ok(Self {
-            transport: RwLock::new(transport(url, timeout)?),
+            transport: RwLock::new(transport(url, timeout, pool_size)?),
             url: SecretString::from(url),
             timeout,
+            pool_size,
+            sessions: Semaphore::new(pool_size.max(1) as usize),
             from,
         })
     }
@@ -92,6 +102,17 @@ impl SmtpProvider {
                 };
             }
         };
+        // Waiting for a session counts against the timeout too: it bounds
+        // the whole send as the caller sees it.
+        let started = tokio::time::Instant::now();
+        let Ok(Ok(_session)) = tokio::time::timeout(self.timeout, self.sessions.acquire()).await
+        else {
+            return Outcome::Retry {
+                class: ErrorClass::Timeout,
+                reason: format!("smtp: no free session within {:?}", self.timeout),
+                after: None,
+            };
+        };
         let transport = self
             .transport
             .read()
@@ -99,7 +120,8 @@ impl SmtpProvider {
             .clone();
         // lettre bounds only the connect by its timeout, not the replies, so
         // the whole session is bounded here.
-        match tokio::time::timeout(self.timeout, transport.send(message)).await {
+        let left = self.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, transport.send(message)).await {
             Ok(Ok(_)) => Outcome::Sent {
                 provider_id: Some(message_id),
             },
@@ -109,7 +131,7 @@ impl SmtpProvider {
                 // park it in the pool, where a late reply would be read as the
                 // answer to the next command. A fresh pool leaves it behind; the
                 // old one closes its connections once its last user is done.
-                if let Ok(fresh) = transport_of(&self.url, self.timeout) {
+                if let Ok(fresh) = transport_of(&self.url, self.timeout, self.pool_size) {
                     *self.transport.write().unwrap_or_else(|e| e.into_inner()) = fresh;
                 }
                 Outcome::Retry {
@@ -123,23 +145,27 @@ impl SmtpProvider {
 }
 
 /// A pooled transport to `url`.
-fn transport(url: &str, timeout: Duration) -> anyhow::Result<Transport> {
+fn transport(url: &str, timeout: Duration, pool_size: u32) -> anyhow::Result<Transport> {
     Ok(Transport::from_url(url)
         .context("SMTP_URL is not an smtp:// or smtps:// URL")?
         .timeout(Some(timeout))
-        // A relay handles a few parallel sessions well; past that it starts
-        // answering 421. Idle connections are closed after a minute, before
-        // most relays' own idle limit.
+        // A relay handles a number of parallel sessions well (SMTP_POOL_SIZE);
+        // past its limit it answers 421. Idle connections are closed after a
+        // minute, before most relays' own idle limit.
         .pool_config(
             PoolConfig::new()
-                .max_size(8)
+                .max_size(pool_size.max(1))
                 .idle_timeout(Duration::from_secs(60)),
         )
         .build())
 }
 
-fn transport_of(url: &SecretString, timeout: Duration) -> anyhow::Result<Transport> {
-    transport(url.expose_secret(), timeout)
+fn transport_of(
+    url: &SecretString,
+    timeout: Duration,
+    pool_size: u32,
+) -> anyhow::Result<Transport> {
+    transport(url.expose_secret(), timeout, pool_size)
 }
 
 impl fmt::Debug for SmtpProvider {

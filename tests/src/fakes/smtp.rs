@@ -33,6 +33,22 @@ struct State {
     rcpt_stall: Mutex<Option<Duration>>,
     data_replies: Mutex<VecDeque<String>>,
     connections: Mutex<usize>,
+    /// Mail transactions in progress (MAIL accepted, DATA not finished) and
+    /// the most there ever were at once.
+    transactions: Mutex<(usize, usize)>,
+}
+
+impl State {
+    fn transaction_started(&self) {
+        let mut t = self.transactions.lock().expect("transactions");
+        t.0 += 1;
+        t.1 = t.1.max(t.0);
+    }
+
+    fn transaction_ended(&self) {
+        let mut t = self.transactions.lock().expect("transactions");
+        t.0 = t.0.saturating_sub(1);
+    }
 }
 
 /// The fake relay.
@@ -55,7 +71,11 @@ impl SmtpFake {
                 *shared.connections.lock().expect("count") += 1;
                 let state = shared.clone();
                 tokio::spawn(async move {
-                    let _ = session(&state, stream).await;
+                    let mut open = false;
+                    let _ = session(&state, stream, &mut open).await;
+                    if open {
+                        state.transaction_ended();
+                    }
                 });
             }
         });
@@ -112,6 +132,12 @@ impl SmtpFake {
     pub fn connections(&self) -> usize {
         *self.state.connections.lock().expect("count")
     }
+
+    /// The most mail transactions that were ever in progress at once, across
+    /// connections: the parallel sessions a sender actually used.
+    pub fn peak_transactions(&self) -> usize {
+        self.state.transactions.lock().expect("transactions").1
+    }
 }
 
 /// The address inside `FROM:<a@b>` / `TO:<a@b>`, parameters dropped.
@@ -121,7 +147,7 @@ fn path_arg(rest: &str) -> Option<String> {
     Some(rest[start + 1..end].to_owned())
 }
 
-async fn session(state: &State, stream: TcpStream) -> std::io::Result<()> {
+async fn session(state: &State, stream: TcpStream, open: &mut bool) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     write
@@ -152,6 +178,10 @@ async fn session(state: &State, stream: TcpStream) -> std::io::Result<()> {
                 Some(address) => {
                     from = Some(address);
                     to.clear();
+                    if !*open {
+                        *open = true;
+                        state.transaction_started();
+                    }
                     "250 2.1.0 Ok".into()
                 }
                 None => "501 5.1.7 Bad sender address syntax".into(),
@@ -211,12 +241,18 @@ async fn session(state: &State, stream: TcpStream) -> std::io::Result<()> {
                     }
                     from = None;
                     to.clear();
+                    if std::mem::take(open) {
+                        state.transaction_ended();
+                    }
                     reply
                 }
             }
             "RSET" => {
                 from = None;
                 to.clear();
+                if std::mem::take(open) {
+                    state.transaction_ended();
+                }
                 "250 2.0.0 Ok".into()
             }
             "NOOP" => "250 2.0.0 Ok".into(),

@@ -519,3 +519,67 @@ async fn a_worker_killed_mid_send_is_taken_over_by_another() {
     worker.stop().await;
     p.stop().await;
 }
+
+/// A handler that panics must not strand its message: the consumer loop
+/// requeues it and the next delivery of it is handled normally.
+#[tokio::test]
+async fn a_panicking_handler_gets_its_message_again() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use herald::broker::{
+        Headers, Names, Outgoing, Publisher,
+        consumer::{self, ConsumerSpec},
+    };
+    use lapin::options::BasicAckOptions;
+
+    let env = TestEnv::new().await;
+    let broker = env.broker().await;
+    let queue = env.names().delivery_queue(Channel::Sms, Lane::Normal);
+    let message = Outgoing::json(
+        env.names().deliveries_exchange(),
+        Names::delivery_key(Channel::Sms, Lane::Normal),
+        b"{}".to_vec(),
+        Headers::default(),
+    );
+    Publisher::new(broker.clone())
+        .publish(&message)
+        .await
+        .expect("publish");
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let spec = ConsumerSpec { queue, prefetch: 1 };
+    let consuming = tokio::spawn(consumer::run(broker.clone(), spec, cancel.clone(), {
+        let calls = calls.clone();
+        move |delivery: lapin::message::Delivery| {
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first sight of the message");
+                }
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+        }
+    }));
+    let handled_twice = env
+        .eventually(Duration::from_secs(10), || {
+            let calls = calls.clone();
+            async move { (calls.load(Ordering::SeqCst) >= 2).then_some(()) }
+        })
+        .await;
+    cancel.cancel();
+    consuming.await.expect("consumer loop");
+    assert!(
+        handled_twice.is_some(),
+        "the message was not redelivered after the panic"
+    );
+    let q = broker
+        .inspect(&env.names().delivery_queue(Channel::Sms, Lane::Normal))
+        .await
+        .expect("queue");
+    assert_eq!(q.messages, 0, "the acked message is gone");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

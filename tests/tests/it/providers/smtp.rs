@@ -13,7 +13,7 @@ use super::{SHORT, TIMEOUT, address, ctx, email, permanent, retry, sent};
 const FROM: &str = "Herald <noreply@example.com>";
 
 fn provider(url: &str, timeout: Duration) -> SmtpProvider {
-    SmtpProvider::new(url, FROM, timeout).expect("provider")
+    SmtpProvider::new(url, FROM, timeout, 4).expect("provider")
 }
 
 #[tokio::test]
@@ -92,6 +92,36 @@ async fn connections_are_pooled() {
     }
     assert_eq!(fake.messages().len(), 3);
     assert_eq!(fake.connections(), 1);
+}
+
+/// lettre's pool caps only the connections it keeps idle; the provider caps
+/// the sessions in use, so a burst never opens more than the pool size
+/// against the relay.
+#[tokio::test]
+async fn parallel_sends_use_at_most_the_pool_size_of_sessions() {
+    let fake = SmtpFake::start().await;
+    let smtp = SmtpProvider::new(&fake.url(), FROM, TIMEOUT, 3).expect("provider");
+    let sends = (0..24).map(|i| {
+        let smtp = &smtp;
+        async move {
+            let to = address(&format!("user{i}@example.com"));
+            sent(
+                smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+                    .await,
+            )
+        }
+    });
+    futures::future::join_all(sends).await;
+    assert_eq!(fake.messages().len(), 24);
+    assert!(
+        fake.peak_transactions() <= 3,
+        "{} transactions at once",
+        fake.peak_transactions()
+    );
+    assert!(
+        fake.peak_transactions() >= 2,
+        "sends did not overlap at all"
+    );
 }
 
 #[tokio::test]
