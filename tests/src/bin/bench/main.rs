@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! cargo run --release -p herald-tests --bin bench -- ingest [--requests N] [--concurrency C]
+//! cargo run --release -p herald-tests --bin bench -- router [--subscribers N]
+//! RUST_LOG=warn cargo run --release -p herald-tests --bin bench -- delivery \
+//!     [--deliveries N] [--rounds R] [--only push,email,sms,log]
 //! ```
 //!
 //! Each benchmark measures a baseline on the same broker in the same run, so
@@ -50,6 +53,9 @@ enum Bench {
         /// Only these rows: push, email, sms, log (the engine alone). All by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Rounds; each row's median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Routed deliveries/s, a topic of N subscribers (time, router peak RSS),
     /// and `high` latency while that topic drains.
@@ -77,7 +83,11 @@ async fn main() -> anyhow::Result<()> {
             batch,
         } => ingest(requests, concurrency, batch).await,
         Bench::Router { subscribers, sends } => router::run(subscribers, sends).await,
-        Bench::Delivery { deliveries, only } => delivery::run(deliveries, &only).await,
+        Bench::Delivery {
+            deliveries,
+            only,
+            rounds,
+        } => delivery::run(deliveries, &only, rounds).await,
     }
 }
 
