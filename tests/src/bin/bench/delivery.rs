@@ -176,11 +176,12 @@ async fn wait_sent(env: &TestEnv, n: usize) -> Duration {
 /// relay limit, and a fast relay's throughput is sessions / round-trip time.
 const SMTP_SESSIONS: u32 = 64;
 
-fn provider_name(channel: Channel) -> &'static str {
-    match channel {
-        Channel::Push => "fcm",
-        Channel::Email => "smtp",
-        Channel::Sms => "twilio",
+fn provider_name(row: Option<Channel>) -> &'static str {
+    match row {
+        Some(Channel::Push) => "fcm",
+        Some(Channel::Email) => "smtp",
+        Some(Channel::Sms) => "twilio",
+        None => "log",
     }
 }
 
@@ -236,25 +237,34 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// One round: each wanted row's ceiling and worker rate.
+/// One round: each wanted row's ceiling and worker rate. A row is a channel
+/// with its fake provider, or `None`: SMS through the `log` provider, the
+/// engine alone with no provider traffic.
 async fn run_round(n: usize, only: &[String]) -> anyhow::Result<Vec<(Option<Channel>, f64, f64)>> {
-    let wanted = |row: &str| only.is_empty() || only.iter().any(|o| o == row);
-    let mut rows = Vec::new();
-    for channel in Channel::ALL.into_iter().filter(|c| wanted(c.as_str())) {
+    let rows = [
+        Some(Channel::Push),
+        Some(Channel::Email),
+        Some(Channel::Sms),
+        None,
+    ];
+    let mut measured = Vec::new();
+    for row in rows {
+        let name = row.map_or("log", Channel::as_str);
+        if !(only.is_empty() || only.iter().any(|o| o == name)) {
+            continue;
+        }
+        let channel = row.unwrap_or(Channel::Sms);
         let env = TestEnv::new().await;
         let queue = env.names().delivery_queue(channel, Lane::Normal);
         let msgs = seed(&env, channel, n).await;
         publish(&env, &msgs).await;
         let ceiling = raw_consume(&env, &queue, n).await;
 
-        let fcm;
-        let mut smtp_connections = None;
-        let smtp;
-        let twilio;
         publish(&env, &msgs).await;
-        let worker = match channel {
-            Channel::Push => {
-                fcm = FcmFake::start().await;
+        let (mut fcm, mut smtp, mut twilio) = (None, None, None);
+        let worker = match row {
+            Some(Channel::Push) => {
+                let fcm = fcm.insert(FcmFake::start().await);
                 env.spawn_worker(channel, |c| {
                     let p = &mut c.providers;
                     p.push_provider = vec![PushProviderKind::Fcm];
@@ -265,9 +275,8 @@ async fn run_round(n: usize, only: &[String]) -> anyhow::Result<Vec<(Option<Chan
                 })
                 .await
             }
-            Channel::Email => {
-                smtp = SmtpFake::start().await;
-                smtp_connections = Some(&smtp);
+            Some(Channel::Email) => {
+                let smtp = smtp.insert(SmtpFake::start().await);
                 env.spawn_worker(channel, |c| {
                     c.providers.email_provider = EmailProviderKind::Smtp;
                     c.providers.smtp_url = Some(smtp.url().into());
@@ -276,8 +285,8 @@ async fn run_round(n: usize, only: &[String]) -> anyhow::Result<Vec<(Option<Chan
                 })
                 .await
             }
-            Channel::Sms => {
-                twilio = TwilioFake::start().await;
+            Some(Channel::Sms) => {
+                let twilio = twilio.insert(TwilioFake::start().await);
                 env.spawn_worker(channel, |c| {
                     c.providers.sms_provider = SmsProviderKind::Twilio;
                     c.providers.twilio_base_url = twilio.base_url();
@@ -287,65 +296,55 @@ async fn run_round(n: usize, only: &[String]) -> anyhow::Result<Vec<(Option<Chan
                 })
                 .await
             }
+            None => env.spawn_worker(channel, |_| {}).await,
         };
-        let took = wait_sent(&env, n).await;
-        let rate = n as f64 / took.as_secs_f64();
+        let rate = n as f64 / wait_sent(&env, n).await.as_secs_f64();
         let metrics = reqwest::get(worker.url("/metrics")).await?.text().await?;
-        let pick = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
-        let mean = |name: &str, labels: &str| {
-            pick(&format!("{name}_sum{{{labels}}}"))
-                / pick(&format!("{name}_count{{{labels}}}")).max(1.0)
-        };
         eprintln!(
-            "{channel}: mean provider call {:.1} ms; per claim statement {:.1} rows in {:.1} ms, per outcome statement {:.1} rows in {:.1} ms",
-            mean(
-                "herald_provider_duration_seconds",
-                &format!(
-                    "channel=\"{channel}\",provider=\"{}\"",
-                    provider_name(channel)
-                )
-            ) * 1000.0,
-            mean(
-                "herald_ledger_batch_rows",
-                &format!("channel=\"{channel}\",write=\"claim\"")
-            ),
-            mean(
-                "herald_ledger_write_seconds",
-                &format!("channel=\"{channel}\",write=\"claim\"")
-            ) * 1000.0,
-            mean(
-                "herald_ledger_batch_rows",
-                &format!("channel=\"{channel}\",write=\"outcome\"")
-            ),
-            mean(
-                "herald_ledger_write_seconds",
-                &format!("channel=\"{channel}\",write=\"outcome\"")
-            ) * 1000.0,
+            "{name}: {}",
+            where_time_went(&metrics, channel, provider_name(row))
         );
-        if let Some(connections) = smtp_connections.map(|f: &SmtpFake| f.connections()) {
-            eprintln!("email: {connections} SMTP connections for {n} emails");
+        if let Some(smtp) = &smtp {
+            eprintln!(
+                "email: {} SMTP connections for {n} emails",
+                smtp.connections()
+            );
         }
         worker.stop().await;
-        rows.push((Some(channel), ceiling, rate));
+        measured.push((row, ceiling, rate));
     }
-    // The engine alone: the same SMS path with the `log` provider, no HTTP.
-    if wanted("log") {
-        let env = TestEnv::new().await;
-        let queue = env.names().delivery_queue(Channel::Sms, Lane::Normal);
-        let msgs = seed(&env, Channel::Sms, n).await;
-        publish(&env, &msgs).await;
-        let ceiling = raw_consume(&env, &queue, n).await;
-        publish(&env, &msgs).await;
-        let worker = env.spawn_worker(Channel::Sms, |_| {}).await;
-        let rate = n as f64 / wait_sent(&env, n).await.as_secs_f64();
-        worker.stop().await;
-        rows.push((None, ceiling, rate));
-    }
-    Ok(rows)
+    Ok(measured)
+}
+
+/// The mean provider call and the ledger statements' size and time, from a
+/// worker's Prometheus text.
+fn where_time_went(metrics: &str, channel: Channel, provider: &str) -> String {
+    let pick = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mean = |name: &str, labels: String| {
+        pick(&format!("{name}_sum{{{labels}}}"))
+            / pick(&format!("{name}_count{{{labels}}}")).max(1.0)
+    };
+    let write = |kind: &str| {
+        let labels = format!("channel=\"{channel}\",write=\"{kind}\"");
+        (
+            mean("herald_ledger_batch_rows", labels.clone()),
+            mean("herald_ledger_write_seconds", labels) * 1000.0,
+        )
+    };
+    let call = mean(
+        "herald_provider_duration_seconds",
+        format!("channel=\"{channel}\",provider=\"{provider}\""),
+    ) * 1000.0;
+    let (claim_rows, claim_ms) = write("claim");
+    let (outcome_rows, outcome_ms) = write("outcome");
+    format!(
+        "mean provider call {call:.1} ms; per claim statement {claim_rows:.1} rows in {claim_ms:.1} ms, \
+         per outcome statement {outcome_rows:.1} rows in {outcome_ms:.1} ms"
+    )
 }
