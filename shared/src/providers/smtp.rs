@@ -1,4 +1,5 @@
-//! Email over SMTP, through a pool of connections to one relay (`SMTP_URL`).
+//! Email over SMTP, through up to `SMTP_POOL_SIZE` sessions to one relay
+//! (`SMTP_URL`), kept open between emails (see `sessions`).
 //!
 //! `SMTP_URL` takes lettre's forms: `smtp://host:port` (no TLS: loopback and
 //! test relays only), `smtp://host:port?tls=required` (STARTTLS, refused
@@ -14,53 +15,41 @@
 //! | 4xx (greylisting, full queue, try later) | `Retry(Server)` |
 //! | no end to the session in time / connection refused, broken or TLS failed | `Retry(Timeout)` / `Retry(Connection)` |
 
-use std::{fmt, sync::RwLock, time::Duration};
-
-use tokio::sync::Semaphore;
+use std::{fmt, time::Duration};
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use lettre::{
-    Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    Address, Message,
     message::{Mailbox, MultiPart, SinglePart},
-    transport::smtp::{self, PoolConfig},
+    transport::smtp,
 };
-use secrecy::{ExposeSecret, SecretString};
 
 use super::{Destination, EmailMessage, ErrorClass, Outcome, Provider, Rendered, SendContext};
 
-type Transport = AsyncSmtpTransport<Tokio1Executor>;
+mod sessions;
+
+use sessions::{Failure, Sessions};
 
 /// Sends email through an SMTP relay.
 pub struct SmtpProvider {
-    // Replaced whole after a timeout (see `send_email`); a std lock is enough
-    // since it is held only to clone or swap the handle, never across I/O.
-    transport: RwLock<Transport>,
-    url: SecretString,
+    sessions: Sessions,
     timeout: Duration,
-    pool_size: u32,
-    /// One permit per SMTP session. lettre's pool caps only the connections
-    /// it keeps idle, not those open at once: without this, a worker with
-    /// hundreds of emails in flight would open hundreds of sessions, and
-    /// close most of them again after one email each.
-    sessions: Semaphore,
     from: Mailbox,
 }
 
 impl SmtpProvider {
-    /// A pooled transport to `url` sending as `from` (`noreply@example.com`
-    /// or `Example <noreply@example.com>`). Each send, connection included,
-    /// must finish within `timeout`; at most `pool_size` sessions at once.
+    /// Sessions to the relay at `url`, sending as `from`
+    /// (`noreply@example.com` or `Example <noreply@example.com>`). Each send,
+    /// waiting for a session and connecting included, must finish within
+    /// `timeout`; at most `pool_size` sessions are open at once.
     pub fn new(url: &str, from: &str, timeout: Duration, pool_size: u32) -> anyhow::Result<Self> {
         let from: Mailbox = from
             .parse()
             .with_context(|| format!("EMAIL_FROM `{from}` is not an email address"))?;
         Ok(Self {
-            transport: RwLock::new(transport(url, timeout, pool_size)?),
-            url: SecretString::from(url),
+            sessions: Sessions::new(url, pool_size)?,
             timeout,
-            pool_size,
-            sessions: Semaphore::new(pool_size.max(1) as usize),
             from,
         })
     }
@@ -102,70 +91,32 @@ impl SmtpProvider {
                 };
             }
         };
-        // Waiting for a session counts against the timeout too: it bounds
-        // the whole send as the caller sees it.
-        let started = tokio::time::Instant::now();
-        let Ok(Ok(_session)) = tokio::time::timeout(self.timeout, self.sessions.acquire()).await
-        else {
-            return Outcome::Retry {
+        let sent = self
+            .sessions
+            .send(message.envelope(), &message.formatted(), self.timeout)
+            .await;
+        match sent {
+            Ok(()) => Outcome::Sent {
+                provider_id: Some(message_id),
+            },
+            Err(Failure::Smtp(err)) => classify(&err),
+            Err(Failure::Connect(err)) => Outcome::Retry {
+                class: ErrorClass::Connection,
+                reason: format!("smtp: cannot connect to the relay: {err}"),
+                after: None,
+            },
+            Err(Failure::Busy) => Outcome::Retry {
                 class: ErrorClass::Timeout,
                 reason: format!("smtp: no free session within {:?}", self.timeout),
                 after: None,
-            };
-        };
-        let transport = self
-            .transport
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        // lettre bounds only the connect by its timeout, not the replies, so
-        // the whole session is bounded here.
-        let left = self.timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, transport.send(message)).await {
-            Ok(Ok(_)) => Outcome::Sent {
-                provider_id: Some(message_id),
             },
-            Ok(Err(err)) => classify(&err),
-            Err(_) => {
-                // The abandoned connection may be mid-command, and lettre would
-                // park it in the pool, where a late reply would be read as the
-                // answer to the next command. A fresh pool leaves it behind; the
-                // old one closes its connections once its last user is done.
-                if let Ok(fresh) = transport_of(&self.url, self.timeout, self.pool_size) {
-                    *self.transport.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-                }
-                Outcome::Retry {
-                    class: ErrorClass::Timeout,
-                    reason: format!("smtp: no answer within {:?}", self.timeout),
-                    after: None,
-                }
-            }
+            Err(Failure::Timeout) => Outcome::Retry {
+                class: ErrorClass::Timeout,
+                reason: format!("smtp: no answer within {:?}", self.timeout),
+                after: None,
+            },
         }
     }
-}
-
-/// A pooled transport to `url`.
-fn transport(url: &str, timeout: Duration, pool_size: u32) -> anyhow::Result<Transport> {
-    Ok(Transport::from_url(url)
-        .context("SMTP_URL is not an smtp:// or smtps:// URL")?
-        .timeout(Some(timeout))
-        // A relay handles a number of parallel sessions well (SMTP_POOL_SIZE);
-        // past its limit it answers 421. Idle connections are closed after a
-        // minute, before most relays' own idle limit.
-        .pool_config(
-            PoolConfig::new()
-                .max_size(pool_size.max(1))
-                .idle_timeout(Duration::from_secs(60)),
-        )
-        .build())
-}
-
-fn transport_of(
-    url: &SecretString,
-    timeout: Duration,
-    pool_size: u32,
-) -> anyhow::Result<Transport> {
-    transport(url.expose_secret(), timeout, pool_size)
 }
 
 impl fmt::Debug for SmtpProvider {

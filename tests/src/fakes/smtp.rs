@@ -12,6 +12,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
+    sync::watch,
 };
 
 use super::Task;
@@ -33,6 +34,8 @@ struct State {
     rcpt_stall: Mutex<Option<Duration>>,
     data_replies: Mutex<VecDeque<String>>,
     connections: Mutex<usize>,
+    /// Sessions not yet closed.
+    live: Mutex<usize>,
     /// Mail transactions in progress (MAIL accepted, DATA not finished) and
     /// the most there ever were at once.
     transactions: Mutex<(usize, usize)>,
@@ -55,6 +58,8 @@ impl State {
 pub struct SmtpFake {
     addr: SocketAddr,
     state: Arc<State>,
+    /// Bumped to make every session waiting for a command close.
+    closing: watch::Sender<u64>,
     _task: Task,
 }
 
@@ -64,24 +69,31 @@ impl SmtpFake {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State::default());
+        let closing = watch::Sender::new(0);
         let shared = state.clone();
+        let close = closing.subscribe();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
                 *shared.connections.lock().expect("count") += 1;
+                *shared.live.lock().expect("live") += 1;
                 let state = shared.clone();
+                let mut close = close.clone();
+                close.mark_unchanged();
                 tokio::spawn(async move {
                     let mut open = false;
-                    let _ = session(&state, stream, &mut open).await;
+                    let _ = session(&state, stream, &mut open, close).await;
                     if open {
                         state.transaction_ended();
                     }
+                    *state.live.lock().expect("live") -= 1;
                 });
             }
         });
         Self {
             addr,
             state,
+            closing,
             _task: Task(task),
         }
     }
@@ -118,6 +130,20 @@ impl SmtpFake {
             .push_back(reply);
     }
 
+    /// Closes every session that is waiting for a command with `421`, as a
+    /// relay does at its idle timeout or when it restarts, and returns once
+    /// they are closed.
+    pub async fn close_idle_sessions(&self) {
+        self.closing.send_modify(|n| *n += 1);
+        for _ in 0..200 {
+            if *self.state.live.lock().expect("live") == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("sessions still open after 2 s");
+    }
+
     /// Messages accepted (250 after DATA).
     pub fn messages(&self) -> Vec<Envelope> {
         self.state.messages.lock().expect("messages").clone()
@@ -147,7 +173,12 @@ fn path_arg(rest: &str) -> Option<String> {
     Some(rest[start + 1..end].to_owned())
 }
 
-async fn session(state: &State, stream: TcpStream, open: &mut bool) -> std::io::Result<()> {
+async fn session(
+    state: &State,
+    stream: TcpStream,
+    open: &mut bool,
+    mut closing: watch::Receiver<u64>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     write
@@ -159,7 +190,16 @@ async fn session(state: &State, stream: TcpStream, open: &mut bool) -> std::io::
     let mut raw = Vec::new();
     loop {
         raw.clear();
-        if reader.read_until(b'\n', &mut raw).await? == 0 {
+        let read = tokio::select! {
+            read = reader.read_until(b'\n', &mut raw) => read?,
+            _ = closing.changed() => {
+                write
+                    .write_all(b"421 4.4.2 fake.smtp.test Error: timeout exceeded\r\n")
+                    .await?;
+                return Ok(());
+            }
+        };
+        if read == 0 {
             return Ok(());
         }
         let line = String::from_utf8_lossy(&raw).trim_end().to_owned();

@@ -86,17 +86,37 @@ async fn connections_are_pooled() {
             smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
                 .await,
         );
-        // lettre parks a finished connection from a spawned task: give it
-        // the moment it needs before the next send looks in the pool.
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fake.messages().len(), 3);
     assert_eq!(fake.connections(), 1);
+    // A kept session is checked with NOOP before it is used again.
+    let noops = fake.commands().iter().filter(|c| *c == "NOOP").count();
+    assert_eq!(noops, 2);
 }
 
-/// lettre's pool caps only the connections it keeps idle; the provider caps
-/// the sessions in use, so a burst never opens more than the pool size
-/// against the relay.
+/// A relay closes idle sessions on its own schedule (421 at its idle timeout,
+/// a restart): the next email notices at the NOOP and opens a new session,
+/// rather than failing and waiting for a retry.
+#[tokio::test]
+async fn a_session_the_relay_closed_is_replaced_without_a_failure() {
+    let fake = SmtpFake::start().await;
+    let smtp = provider(&fake.url(), TIMEOUT);
+    let to = address("ada@example.com");
+    sent(
+        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+            .await,
+    );
+    fake.close_idle_sessions().await;
+    sent(
+        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+            .await,
+    );
+    assert_eq!(fake.connections(), 2);
+    assert_eq!(fake.messages().len(), 2);
+}
+
+/// A burst never opens more than the pool size of sessions against the
+/// relay (lettre's own pool capped only the connections it kept idle).
 #[tokio::test]
 async fn parallel_sends_use_at_most_the_pool_size_of_sessions() {
     let fake = SmtpFake::start().await;
@@ -222,7 +242,6 @@ async fn a_timed_out_session_is_not_reused() {
         smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
             .await,
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The relay stalls before answering RCPT: the send times out mid-session.
     fake.stall_next_rcpt(Duration::from_secs(2));
@@ -230,8 +249,6 @@ async fn a_timed_out_session_is_not_reused() {
         .send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
         .await;
     retry(outcome, ErrorClass::Timeout);
-    // Time for lettre to park the abandoned connection, were it to.
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The next send opens a new connection instead of reading the stalled
     // session's late reply as its own.
