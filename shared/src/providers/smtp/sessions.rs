@@ -130,12 +130,12 @@ impl Sessions {
 struct Relay {
     host: String,
     port: u16,
-    tls: Tls,
+    encryption: Encryption,
     hello: ClientId,
     credentials: Option<Credentials>,
 }
 
-enum Tls {
+enum Encryption {
     None,
     /// STARTTLS after the greeting; `required` refuses a relay without it.
     StartTls {
@@ -156,16 +156,16 @@ impl Relay {
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
         let parameters = || TlsParameters::new(host.clone()).context("SMTP_URL: TLS setup");
-        let (tls, default_port) = match (url.scheme(), tls_param.as_deref()) {
-            ("smtp", None) => (Tls::None, 25),
+        let (encryption, default_port) = match (url.scheme(), tls_param.as_deref()) {
+            ("smtp", None) => (Encryption::None, 25),
             ("smtp", Some(mode @ ("required" | "opportunistic"))) => (
-                Tls::StartTls {
+                Encryption::StartTls {
                     parameters: parameters()?,
                     required: mode == "required",
                 },
                 587,
             ),
-            ("smtps", _) => (Tls::Implicit(parameters()?), 465),
+            ("smtps", _) => (Encryption::Implicit(parameters()?), 465),
             (scheme, tls) => anyhow::bail!(
                 "{NOT_SMTP}: scheme `{scheme}`, tls `{}` (use smtp://, \
                  smtp://...?tls=required, or smtps://)",
@@ -189,7 +189,7 @@ impl Relay {
         Ok(Self {
             port: url.port().unwrap_or(default_port),
             host,
-            tls,
+            encryption,
             hello,
             credentials,
         })
@@ -197,10 +197,10 @@ impl Relay {
 
     /// Greeting, EHLO, STARTTLS and AUTH as configured.
     async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
-        let mut conn = match &self.tls {
+        let mut conn = match &self.encryption {
             // TLS from the first byte goes through lettre's own connect,
             // which does not set TCP_NODELAY (fixed upstream, unreleased).
-            Tls::Implicit(parameters) => AsyncSmtpConnection::connect_tokio1(
+            Encryption::Implicit(parameters) => AsyncSmtpConnection::connect_tokio1(
                 (self.host.as_str(), self.port),
                 None,
                 &self.hello,
@@ -209,7 +209,7 @@ impl Relay {
             )
             .await
             .map_err(Failure::Smtp)?,
-            Tls::None | Tls::StartTls { .. } => {
+            Encryption::None | Encryption::StartTls { .. } => {
                 let stream = TcpStream::connect((self.host.as_str(), self.port))
                     .await
                     .map_err(Failure::Connect)?;
@@ -219,10 +219,10 @@ impl Relay {
                     .map_err(Failure::Smtp)?
             }
         };
-        if let Tls::StartTls {
+        if let Encryption::StartTls {
             parameters,
             required,
-        } = &self.tls
+        } = &self.encryption
             && (*required || conn.can_starttls())
         {
             conn.starttls(parameters.clone(), &self.hello)
@@ -245,13 +245,16 @@ mod tests {
     #[test]
     fn urls_take_lettres_forms() {
         let plain = Relay::from_url("smtp://127.0.0.1:2525").expect("plain");
-        assert!(matches!(plain.tls, Tls::None));
+        assert!(matches!(plain.encryption, Encryption::None));
         assert_eq!((plain.host.as_str(), plain.port), ("127.0.0.1", 2525));
         assert!(plain.credentials.is_none());
 
         let starttls =
             Relay::from_url("smtp://u%40x:p%2Fw@relay.example.com?tls=required").expect("starttls");
-        assert!(matches!(starttls.tls, Tls::StartTls { required: true, .. }));
+        assert!(matches!(
+            starttls.encryption,
+            Encryption::StartTls { required: true, .. }
+        ));
         assert_eq!(starttls.port, 587);
         assert_eq!(
             starttls.credentials,
@@ -261,8 +264,8 @@ mod tests {
         let opportunistic =
             Relay::from_url("smtp://relay.example.com?tls=opportunistic").expect("opportunistic");
         assert!(matches!(
-            opportunistic.tls,
-            Tls::StartTls {
+            opportunistic.encryption,
+            Encryption::StartTls {
                 required: false,
                 ..
             }
@@ -270,7 +273,7 @@ mod tests {
 
         let implicit =
             Relay::from_url("smtps://relay.example.com/mail.example.org").expect("implicit");
-        assert!(matches!(implicit.tls, Tls::Implicit(_)));
+        assert!(matches!(implicit.encryption, Encryption::Implicit(_)));
         assert_eq!(implicit.port, 465);
         assert_eq!(implicit.hello, ClientId::Domain("mail.example.org".into()));
 
