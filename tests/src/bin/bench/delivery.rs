@@ -12,7 +12,10 @@ use herald::{
         message::{DeliveryMessage, Destination, EmailMessage, PushMessage, Rendered, SmsMessage},
         user::Platform,
     },
-    providers::config::{EmailProviderKind, PushProviderKind, SmsProviderKind},
+    providers::{
+        Outcome, SendContext,
+        config::{EmailProviderKind, ProviderConfig, PushProviderKind, SmsProviderKind},
+    },
 };
 use herald_tests::{
     TestEnv,
@@ -185,8 +188,45 @@ fn provider_name(row: Option<Channel>) -> &'static str {
     }
 }
 
-/// One measurement of a row: (ceiling, worker rate), both per second.
-type Measured = (f64, f64);
+/// One measurement of a row, each per second.
+#[derive(Clone, Copy)]
+struct Measured {
+    /// Raw consume-and-ack of the lane queue.
+    ceiling: f64,
+    /// The provider client against its fake, nothing else (NaN: no provider).
+    alone: f64,
+    /// The worker, end to end.
+    worker: f64,
+    /// The machine's CPU time per delivery, in microseconds, while each of
+    /// the three ran: (ceiling, provider alone, worker).
+    cpu: (f64, f64, f64),
+}
+
+/// The machine's busy and total CPU time so far, in clock ticks, from
+/// `/proc/stat` (every process: broker, database, fakes and this one).
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let idle = at(3) + at(4);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    (busy, busy + idle)
+}
+
+/// Microseconds of busy CPU per item since `from`, counting every core.
+fn cpu_per(from: (u64, u64), items: usize) -> f64 {
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let busy = cpu_ticks().0.saturating_sub(from.0) as f64;
+    busy / ticks_per_sec * 1e6 / items as f64
+}
 
 /// Runs `rounds` rounds of every wanted row and prints each row's medians:
 /// on a shared machine one round can land on a busy moment, so every round
@@ -196,10 +236,10 @@ pub async fn run(n: usize, only: &[String], rounds: usize) -> anyhow::Result<()>
     let mut rows: Vec<(Option<Channel>, Vec<Measured>)> = Vec::new();
     for round in 1..=rounds.max(1) {
         eprintln!("round {round} of {rounds}");
-        for (channel, ceiling, rate) in run_round(n, only).await? {
+        for (channel, m) in run_round(n, only).await? {
             match rows.iter_mut().find(|(c, _)| *c == channel) {
-                Some((_, runs)) => runs.push((ceiling, rate)),
-                None => rows.push((channel, vec![(ceiling, rate)])),
+                Some((_, runs)) => runs.push(m),
+                None => rows.push((channel, vec![m])),
             }
         }
     }
@@ -207,24 +247,55 @@ pub async fn run(n: usize, only: &[String], rounds: usize) -> anyhow::Result<()>
         "delivery benchmark: {n} deliveries per channel, normal lane, unlimited budget, median of {rounds} rounds"
     );
     println!(
-        "{:<34} {:>20} {:>22} {:>8} {:>14}",
-        "channel", "raw consume+ack /s", "worker delivered /s", "ratio", "ratio range"
+        "{:<34} {:>20} {:>20} {:>22} {:>8} {:>14}",
+        "channel",
+        "raw consume+ack /s",
+        "provider alone /s",
+        "worker delivered /s",
+        "ratio",
+        "ratio range"
     );
-    for (channel, runs) in rows {
+    for (channel, runs) in &rows {
         let name = channel.map_or("sms, log provider (engine alone)", |c| c.as_str());
-        let ceiling = median(runs.iter().map(|r| r.0).collect());
-        let rate = median(runs.iter().map(|r| r.1).collect());
-        let ratios: Vec<f64> = runs.iter().map(|r| r.1 / r.0).collect();
+        let ceiling = median(runs.iter().map(|r| r.ceiling).collect());
+        let alone = median(runs.iter().map(|r| r.alone).collect());
+        let rate = median(runs.iter().map(|r| r.worker).collect());
+        let ratios: Vec<f64> = runs.iter().map(|r| r.worker / r.ceiling).collect();
         let (lo, hi) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         println!(
-            "{name:<34} {ceiling:>20.0} {rate:>22.0} {:>8.2} {:>14}",
+            "{name:<34} {ceiling:>20.0} {:>20} {rate:>22.0} {:>8.2} {:>14}",
+            or_dash(alone),
             median(ratios),
             format!("{lo:.2}-{hi:.2}")
         );
     }
+    println!();
+    println!("machine CPU time per delivery, microseconds (every process, every core; medians)");
+    println!(
+        "{:<34} {:>20} {:>20} {:>22}",
+        "channel", "raw consume+ack", "provider alone", "worker"
+    );
+    for (channel, runs) in &rows {
+        let name = channel.map_or("sms, log provider (engine alone)", |c| c.as_str());
+        let cpu = |pick: fn(&Measured) -> f64| median(runs.iter().map(pick).collect());
+        println!(
+            "{name:<34} {:>20.0} {:>20} {:>22.0}",
+            cpu(|m| m.cpu.0),
+            or_dash(cpu(|m| m.cpu.1)),
+            cpu(|m| m.cpu.2)
+        );
+    }
     Ok(())
+}
+
+fn or_dash(value: f64) -> String {
+    if value.is_nan() {
+        "-".to_owned()
+    } else {
+        format!("{value:.0}")
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -237,10 +308,81 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// One round: each wanted row's ceiling and worker rate. A row is a channel
-/// with its fake provider, or `None`: SMS through the `log` provider, the
-/// engine alone with no provider traffic.
-async fn run_round(n: usize, only: &[String]) -> anyhow::Result<Vec<(Option<Channel>, f64, f64)>> {
+/// The fake providers of one row.
+#[derive(Default)]
+struct Fakes {
+    fcm: Option<FcmFake>,
+    smtp: Option<SmtpFake>,
+    twilio: Option<TwilioFake>,
+}
+
+impl Fakes {
+    async fn start(row: Option<Channel>) -> Self {
+        let mut fakes = Self::default();
+        match row {
+            Some(Channel::Push) => fakes.fcm = Some(FcmFake::start().await),
+            Some(Channel::Email) => fakes.smtp = Some(SmtpFake::start().await),
+            Some(Channel::Sms) => fakes.twilio = Some(TwilioFake::start().await),
+            None => {}
+        }
+        fakes
+    }
+
+    /// Points the row's provider at its fake (no fake: the `log` provider).
+    fn configure(&self, p: &mut ProviderConfig) {
+        if let Some(fcm) = &self.fcm {
+            p.push_provider = vec![PushProviderKind::Fcm];
+            p.fcm_base_url = fcm.base_url();
+            p.fcm_token_url = Some(fcm.token_url());
+            p.fcm_project_id = Some(fcm.project_id().to_owned());
+            p.fcm_credentials_file = Some(fcm.credentials_file());
+        }
+        if let Some(smtp) = &self.smtp {
+            p.email_provider = EmailProviderKind::Smtp;
+            p.smtp_url = Some(smtp.url().into());
+            p.smtp_pool_size = SMTP_SESSIONS;
+            p.email_from = Some("bench@example.com".into());
+        }
+        if let Some(twilio) = &self.twilio {
+            p.sms_provider = SmsProviderKind::Twilio;
+            p.twilio_base_url = twilio.base_url();
+            p.twilio_account_sid = Some(twilio.account_sid().to_owned());
+            p.twilio_auth_token = Some(twilio.auth_token().to_owned().into());
+            p.twilio_from = Some("+15005550006".into());
+        }
+    }
+}
+
+/// The provider alone: its client sending every message to the fake with
+/// the worker's prefetch in flight, no broker and no database.
+async fn provider_alone(channel: Channel, fakes: &Fakes, msgs: &[DeliveryMessage]) -> f64 {
+    let mut cfg = ProviderConfig::default();
+    fakes.configure(&mut cfg);
+    let set = herald::providers::config::build(channel, &cfg).expect("providers");
+    let started = Instant::now();
+    stream::iter(msgs)
+        .for_each_concurrent(herald::delivery::prefetch(Lane::Normal) as usize, |m| {
+            let set = &set;
+            async move {
+                let ctx = SendContext {
+                    delivery_id: m.delivery_id,
+                    notification_id: m.notification_id,
+                    lane: m.lane,
+                    expires_at: None,
+                };
+                let provider = set.for_destination(&m.destination);
+                let outcome = provider.send(&m.rendered, &m.destination, &ctx).await;
+                assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");
+            }
+        })
+        .await;
+    msgs.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One round: each wanted row's ceiling, provider-alone and worker rates.
+/// A row is a channel with its fake provider, or `None`: SMS through the
+/// `log` provider, the engine alone with no provider traffic.
+async fn run_round(n: usize, only: &[String]) -> anyhow::Result<Vec<(Option<Channel>, Measured)>> {
     let rows = [
         Some(Channel::Push),
         Some(Channel::Email),
@@ -258,60 +400,51 @@ async fn run_round(n: usize, only: &[String]) -> anyhow::Result<Vec<(Option<Chan
         let queue = env.names().delivery_queue(channel, Lane::Normal);
         let msgs = seed(&env, channel, n).await;
         publish(&env, &msgs).await;
+        let cpu = cpu_ticks();
         let ceiling = raw_consume(&env, &queue, n).await;
+        let cpu_ceiling = cpu_per(cpu, n);
 
-        publish(&env, &msgs).await;
-        let (mut fcm, mut smtp, mut twilio) = (None, None, None);
-        let worker = match row {
-            Some(Channel::Push) => {
-                let fcm = fcm.insert(FcmFake::start().await);
-                env.spawn_worker(channel, |c| {
-                    let p = &mut c.providers;
-                    p.push_provider = vec![PushProviderKind::Fcm];
-                    p.fcm_base_url = fcm.base_url();
-                    p.fcm_token_url = Some(fcm.token_url());
-                    p.fcm_project_id = Some(fcm.project_id().to_owned());
-                    p.fcm_credentials_file = Some(fcm.credentials_file());
-                })
-                .await
-            }
-            Some(Channel::Email) => {
-                let smtp = smtp.insert(SmtpFake::start().await);
-                env.spawn_worker(channel, |c| {
-                    c.providers.email_provider = EmailProviderKind::Smtp;
-                    c.providers.smtp_url = Some(smtp.url().into());
-                    c.providers.smtp_pool_size = SMTP_SESSIONS;
-                    c.providers.email_from = Some("bench@example.com".into());
-                })
-                .await
-            }
-            Some(Channel::Sms) => {
-                let twilio = twilio.insert(TwilioFake::start().await);
-                env.spawn_worker(channel, |c| {
-                    c.providers.sms_provider = SmsProviderKind::Twilio;
-                    c.providers.twilio_base_url = twilio.base_url();
-                    c.providers.twilio_account_sid = Some(twilio.account_sid().to_owned());
-                    c.providers.twilio_auth_token = Some(twilio.auth_token().to_owned().into());
-                    c.providers.twilio_from = Some("+15005550006".into());
-                })
-                .await
-            }
-            None => env.spawn_worker(channel, |_| {}).await,
+        let fakes = Fakes::start(row).await;
+        let cpu = cpu_ticks();
+        let (alone, cpu_alone) = match row {
+            Some(_) => (
+                provider_alone(channel, &fakes, &msgs).await,
+                cpu_per(cpu, n),
+            ),
+            None => (f64::NAN, f64::NAN),
         };
+
+        // The worker meets a fresh fake: the provider-alone run's journal
+        // and connections do not carry over.
+        let fakes = Fakes::start(row).await;
+        publish(&env, &msgs).await;
+        let cpu = cpu_ticks();
+        let worker = env
+            .spawn_worker(channel, |c| fakes.configure(&mut c.providers))
+            .await;
         let rate = n as f64 / wait_sent(&env, n).await.as_secs_f64();
+        let cpu_worker = cpu_per(cpu, n);
         let metrics = reqwest::get(worker.url("/metrics")).await?.text().await?;
         eprintln!(
             "{name}: {}",
             where_time_went(&metrics, channel, provider_name(row))
         );
-        if let Some(smtp) = &smtp {
+        if let Some(smtp) = &fakes.smtp {
             eprintln!(
                 "email: {} SMTP connections for {n} emails",
                 smtp.connections()
             );
         }
         worker.stop().await;
-        measured.push((row, ceiling, rate));
+        measured.push((
+            row,
+            Measured {
+                ceiling,
+                alone,
+                worker: rate,
+                cpu: (cpu_ceiling, cpu_alone, cpu_worker),
+            },
+        ));
     }
     Ok(measured)
 }
