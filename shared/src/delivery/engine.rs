@@ -24,7 +24,7 @@ use crate::{
     db::deliveries::{self, Claim, ClaimRequest, Settle, SettleRequest},
     dlq::{self, DeadLetterReason},
     model::{Channel, message::DeliveryMessage, user::mask},
-    providers::{ErrorClass, Outcome, Providers, SendContext},
+    providers::{Destination, ErrorClass, Outcome, Provider, Providers, SendContext},
 };
 
 /// How long a claimed delivery is held before another worker may take it
@@ -110,6 +110,32 @@ impl Engine {
         }
     }
 
+    /// The provider to call for `to`, its circuit, and whether the call is
+    /// that circuit's half-open probe: the destination's provider, or while
+    /// its circuit is open the channel's failover provider, if there is one
+    /// and its own circuit lets the call through. `Err`: how long to wait.
+    fn choose(&self, to: &Destination) -> Result<(&dyn Provider, Arc<Circuit>, bool), Duration> {
+        let primary = self.providers.for_destination(to);
+        let circuit = self.circuit(primary.name());
+        let wait = match circuit.permit() {
+            Permit::Go => return Ok((primary, circuit, false)),
+            Permit::Probe => return Ok((primary, circuit, true)),
+            Permit::Wait(wait) => wait,
+        };
+        let Some(failover) = self.providers.failover(to) else {
+            return Err(wait);
+        };
+        let backup = self.circuit(failover.name());
+        let probe = match backup.permit() {
+            Permit::Go => false,
+            Permit::Probe => true,
+            Permit::Wait(other) => return Err(wait.min(other)),
+        };
+        metrics::counter!("herald_provider_failovers_total", "channel" => self.channel.as_str(), "from" => primary.name(), "to" => failover.name())
+            .increment(1);
+        Ok((failover, backup, probe))
+    }
+
     async fn deliver(&self, delivery: &Delivery, msg: &DeliveryMessage) -> anyhow::Result<()> {
         let now = Utc::now();
         if msg.expires_at.is_some_and(|e| e <= now) {
@@ -118,14 +144,11 @@ impl Engine {
             tracing::info!(to = %mask(&msg.destination.address), outcome = "expired", "delivery expired unsent");
             return Ok(());
         }
-        let provider = self.providers.for_destination(&msg.destination);
-        let circuit = self.circuit(provider.name());
-        let probe = match circuit.permit() {
-            Permit::Go => false,
-            Permit::Probe => true,
-            Permit::Wait(wait) => {
-                // The provider is refusing: wait in a tier without claiming,
-                // so no attempt is burned.
+        let (provider, circuit, probe) = match self.choose(&msg.destination) {
+            Ok(chosen) => chosen,
+            Err(wait) => {
+                // The provider is refusing (and so is the failover, if any):
+                // wait in a tier without claiming, so no attempt is burned.
                 return self.defer(delivery, msg, wait, "circuit_open").await;
             }
         };

@@ -99,6 +99,10 @@ pub struct ProviderConfig {
     /// Email provider: `smtp`, `http` or `log`.
     #[arg(long, env = "EMAIL_PROVIDER", default_value = "log")]
     pub email_provider: EmailProviderKind,
+    /// A second email provider (`smtp` or `http`), used while the first
+    /// one's circuit is open. Both must be configured.
+    #[arg(long, env = "EMAIL_FAILOVER_PROVIDER")]
+    pub email_failover_provider: Option<EmailProviderKind>,
     /// SMTP relay: `smtp://host:port`, `smtp://host?tls=required`, `smtps://user:pass@host`.
     #[arg(long, env = "SMTP_URL", value_parser = secret)]
     pub smtp_url: Option<SecretString>,
@@ -153,6 +157,7 @@ impl Default for ProviderConfig {
             apns_team_id: None,
             apns_topic: None,
             email_provider: EmailProviderKind::Log,
+            email_failover_provider: None,
             smtp_url: None,
             smtp_pool_size: 16,
             email_from: None,
@@ -183,6 +188,7 @@ impl fmt::Debug for ProviderConfig {
             .field("apns_team_id", &self.apns_team_id)
             .field("apns_topic", &self.apns_topic)
             .field("email_provider", &self.email_provider)
+            .field("email_failover_provider", &self.email_failover_provider)
             .field(
                 "smtp_url",
                 &self
@@ -210,36 +216,60 @@ fn required<'a, T>(value: &'a Option<T>, var: &str, chosen: &str) -> anyhow::Res
         .with_context(|| format!("{chosen} needs {var}, which is not set"))
 }
 
+/// The email provider of `kind`, chosen by the variable `var`.
+fn email(
+    kind: EmailProviderKind,
+    cfg: &ProviderConfig,
+    var: &str,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let chosen = match kind {
+        EmailProviderKind::Smtp => format!("{var}=smtp"),
+        EmailProviderKind::Http => format!("{var}=http"),
+        EmailProviderKind::Log => format!("{var}=log"),
+    };
+    let from = || required(&cfg.email_from, "EMAIL_FROM", &chosen);
+    let timeout = cfg.provider_timeout;
+    Ok(match kind {
+        EmailProviderKind::Log => Arc::new(LogProvider),
+        EmailProviderKind::Smtp => {
+            let url = required(&cfg.smtp_url, "SMTP_URL", &chosen)?;
+            Arc::new(SmtpProvider::new(
+                url.expose_secret(),
+                from()?,
+                timeout,
+                cfg.smtp_pool_size,
+            )?)
+        }
+        EmailProviderKind::Http => {
+            let url = required(&cfg.email_http_url, "EMAIL_HTTP_URL", &chosen)?;
+            let token = cfg.email_http_token.clone();
+            Arc::new(HttpEmailProvider::new(url, token, from()?, timeout)?)
+        }
+    })
+}
+
 /// Builds `channel`'s providers from `cfg`: reads key files and checks the
 /// settings of every chosen provider, failing with the missing variable's name.
 pub fn build(channel: Channel, cfg: &ProviderConfig) -> anyhow::Result<ProviderSet> {
     let timeout = cfg.provider_timeout;
-    let from = || required(&cfg.email_from, "EMAIL_FROM", "EMAIL_PROVIDER");
     let single = |provider: Arc<dyn Provider>| Ok(ProviderSet::single(provider));
     match channel {
         Channel::Push => build_push(cfg),
-        Channel::Email => match cfg.email_provider {
-            EmailProviderKind::Log => single(Arc::new(LogProvider)),
-            EmailProviderKind::Smtp => {
-                let url = required(&cfg.smtp_url, "SMTP_URL", "EMAIL_PROVIDER=smtp")?;
-                single(Arc::new(SmtpProvider::new(
-                    url.expose_secret(),
-                    from()?,
-                    timeout,
-                    cfg.smtp_pool_size,
-                )?))
-            }
-            EmailProviderKind::Http => {
-                let url = required(&cfg.email_http_url, "EMAIL_HTTP_URL", "EMAIL_PROVIDER=http")?;
-                let token = cfg.email_http_token.clone();
-                single(Arc::new(HttpEmailProvider::new(
-                    url,
-                    token,
-                    from()?,
-                    timeout,
-                )?))
-            }
-        },
+        Channel::Email => {
+            let set = ProviderSet::single(email(cfg.email_provider, cfg, "EMAIL_PROVIDER")?);
+            Ok(match cfg.email_failover_provider {
+                None => set,
+                Some(EmailProviderKind::Log) => anyhow::bail!(
+                    "EMAIL_FAILOVER_PROVIDER=log would record emails as sent without sending them; \
+                     use smtp or http"
+                ),
+                Some(kind) if kind == cfg.email_provider => anyhow::bail!(
+                    "EMAIL_FAILOVER_PROVIDER is the same as EMAIL_PROVIDER ({kind:?}); \
+                     a failover needs a second provider"
+                ),
+                Some(kind) => set.with_failover(email(kind, cfg, "EMAIL_FAILOVER_PROVIDER")?),
+            })
+        }
         Channel::Sms => match cfg.sms_provider {
             SmsProviderKind::Log => single(Arc::new(LogProvider)),
             SmsProviderKind::Twilio => {

@@ -135,4 +135,10 @@ pub trait Provider: Send + Sync {
 pub trait Providers: Send + Sync {
     /// The provider that serves `to`.
     fn for_destination(&self, to: &Destination) -> &dyn Provider;
+
+    /// The provider that serves `to` while the first one's circuit is open,
+    /// if the channel has one.
+    fn failover(&self, _to: &Destination) -> Option<&dyn Provider> {
+        None
+    }
 }

@@ -1,5 +1,6 @@
 //! The providers of one channel and the choice among them: on push, a
-//! device's platform picks FCM or APNs.
+//! device's platform picks FCM or APNs; email may have a failover provider
+//! for while the first one's circuit is open.
 
 use std::{fmt, sync::Arc};
 
@@ -14,6 +15,8 @@ pub struct ProviderSet {
     apns: Arc<dyn Provider>,
     /// Email, SMS, and push devices whose platform is unknown.
     other: Arc<dyn Provider>,
+    /// Takes `other`'s destinations while `other`'s circuit is open.
+    failover: Option<Arc<dyn Provider>>,
     names: Vec<&'static str>,
 }
 
@@ -29,6 +32,7 @@ impl ProviderSet {
             fcm,
             apns,
             other,
+            failover: None,
             names,
         }
     }
@@ -40,7 +44,17 @@ impl ProviderSet {
             fcm: provider.clone(),
             apns: provider.clone(),
             other: provider,
+            failover: None,
         }
+    }
+
+    /// Adds `failover` for the destinations of the single provider
+    /// (email): the engine sends through it while that provider's circuit
+    /// is open.
+    pub fn with_failover(mut self, failover: Arc<dyn Provider>) -> Self {
+        self.names.push(failover.name());
+        self.failover = Some(failover);
+        self
     }
 
     /// The provider `to` goes to: on push, its device's platform decides.
@@ -106,6 +120,13 @@ impl super::Providers for ProviderSet {
     fn for_destination(&self, to: &Destination) -> &dyn Provider {
         ProviderSet::for_destination(self, to)
     }
+
+    fn failover(&self, to: &Destination) -> Option<&dyn Provider> {
+        match to.platform {
+            None => self.failover.as_deref(),
+            Some(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +154,7 @@ mod tests {
             fcm: Arc::new(LogProvider),
             apns: Arc::new(Unconfigured::new("apns is not configured".into())),
             other: Arc::new(LogProvider),
+            failover: None,
             names: vec!["log"],
         };
         let to = Destination {

@@ -11,7 +11,10 @@ use herald::{
 };
 use herald_tests::{
     Client, Spawned, TestEnv,
-    fakes::{apns::ApnsFake, fcm::FcmFake, smtp::SmtpFake, twilio::TwilioFake},
+    fakes::{
+        apns::ApnsFake, closed_port, email_api::EmailApiFake, fcm::FcmFake, smtp::SmtpFake,
+        twilio::TwilioFake,
+    },
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -306,6 +309,62 @@ async fn email_through_smtp_and_exhausted_retries_land_in_the_dead_letters() {
         row.6, "email.normal",
         "replay can put it back where it came from"
     );
+    worker.stop().await;
+    p.stop().await;
+}
+
+/// While the SMTP relay is down and its circuit is open, email goes out
+/// through the failover provider instead of waiting for the relay.
+#[tokio::test]
+async fn email_fails_over_to_the_second_provider_while_the_circuit_is_open() {
+    let p = pipeline("1s,1s,1s").await;
+    let api = EmailApiFake::start().await;
+    let relay = format!("smtp://127.0.0.1:{}", closed_port().await);
+    let worker = p
+        .env
+        .spawn_worker(Channel::Email, |c| {
+            c.providers.email_provider = EmailProviderKind::Smtp;
+            c.providers.smtp_url = Some(relay.into());
+            c.providers.email_failover_provider = Some(EmailProviderKind::Http);
+            c.providers.email_http_url = Some(api.url());
+            c.providers.email_http_token = Some(api.token().to_owned().into());
+            c.providers.email_from = Some("Herald <noreply@example.com>".into());
+        })
+        .await;
+    let users: Vec<String> = (0..6).map(|i| format!("u-{i}")).collect();
+    for (i, user) in users.iter().enumerate() {
+        p.user(user, json!({"email": format!("user{i}@example.com")}))
+            .await;
+    }
+    let id = p
+        .send(json!({"category": "receipts", "to": {"users": users},
+                     "content": {"email": {"subject": "Receipt", "text": "Thanks"}}}))
+        .await;
+
+    // Six refused connections open the relay's circuit (five in a row do);
+    // each retry then goes to the API, one email per delivery.
+    let body = p.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(body["counts"], json!({"sent": 6}), "{body}");
+    let requests = api.requests();
+    assert_eq!(requests.len(), 6);
+    for delivery in body["deliveries"].as_array().expect("deliveries") {
+        assert_eq!(delivery["attempts"], 2, "{delivery}");
+    }
+    let metrics = reqwest::get(worker.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let failovers = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("herald_provider_failovers_total")
+                && l.contains(r#"from="smtp""#)
+                && l.contains(r#"to="http""#)
+        })
+        .expect("failovers are counted");
+    assert!(failovers.ends_with(" 6"), "{failovers}");
     worker.stop().await;
     p.stop().await;
 }

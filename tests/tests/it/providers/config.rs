@@ -133,3 +133,44 @@ async fn email_and_sms_use_their_configured_provider() {
     let err = build(Channel::Email, &no_sender).expect_err("EMAIL_FROM is required");
     assert!(format!("{err:#}").contains("EMAIL_FROM"), "{err:#}");
 }
+
+#[tokio::test]
+async fn an_email_failover_must_be_a_second_configured_provider() {
+    let relay = SmtpFake::start().await;
+    let base = ProviderConfig {
+        email_provider: EmailProviderKind::Smtp,
+        smtp_url: Some(relay.url().into()),
+        email_from: Some("noreply@example.com".into()),
+        email_failover_provider: Some(EmailProviderKind::Http),
+        email_http_url: Some("http://127.0.0.1:9/send".into()),
+        ..ProviderConfig::default()
+    };
+    let set = build(Channel::Email, &base).expect("builds");
+    assert_eq!(set.names(), ["smtp", "http"]);
+
+    for (failover, http_url, expected) in [
+        (
+            EmailProviderKind::Http,
+            None,
+            "EMAIL_FAILOVER_PROVIDER=http needs EMAIL_HTTP_URL",
+        ),
+        (
+            EmailProviderKind::Smtp,
+            Some("http://x"),
+            "same as EMAIL_PROVIDER",
+        ),
+        (
+            EmailProviderKind::Log,
+            Some("http://x"),
+            "without sending them",
+        ),
+    ] {
+        let cfg = ProviderConfig {
+            email_failover_provider: Some(failover),
+            email_http_url: http_url.map(str::to_owned),
+            ..base.clone()
+        };
+        let err = build(Channel::Email, &cfg).expect_err("refused");
+        assert!(format!("{err:#}").contains(expected), "{err:#}");
+    }
+}
