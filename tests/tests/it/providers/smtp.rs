@@ -275,3 +275,37 @@ async fn a_refused_connection_is_retried() {
         .await;
     retry(outcome, ErrorClass::Connection);
 }
+
+/// `?tls=required` never sends in the clear: against a relay that does not
+/// offer STARTTLS the send fails before any envelope is given.
+#[tokio::test]
+async fn required_tls_refuses_a_relay_without_starttls() {
+    let fake = SmtpFake::start().await;
+    let smtp = provider(&format!("{}?tls=required", fake.url()), TIMEOUT);
+    let outcome = smtp
+        .send(
+            &email("s", Some("t"), None),
+            &address("ada@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await;
+    retry(outcome, ErrorClass::Connection);
+    let commands = fake.commands();
+    assert!(commands[0].starts_with("EHLO "), "{commands:?}");
+    assert!(
+        !commands.iter().any(|c| c.starts_with("MAIL")),
+        "{commands:?}"
+    );
+    assert!(fake.messages().is_empty());
+
+    // Opportunistic TLS takes the relay as it is.
+    let smtp = provider(&format!("{}?tls=opportunistic", fake.url()), TIMEOUT);
+    sent(
+        smtp.send(
+            &email("s", Some("t"), None),
+            &address("ada@example.com"),
+            &ctx(Lane::Normal),
+        )
+        .await,
+    );
+}
