@@ -341,15 +341,24 @@ async fn email_fails_over_to_the_second_provider_while_the_circuit_is_open() {
                      "content": {"email": {"subject": "Receipt", "text": "Thanks"}}}))
         .await;
 
-    // Six refused connections open the relay's circuit (five in a row do);
-    // each retry then goes to the API, one email per delivery.
+    // Refused connections open the relay's circuit (five in a row do); the
+    // retries, and anything that comes after, go to the API, one email per
+    // delivery.
     let body = p.settled(&id, Duration::from_secs(30)).await;
     assert_eq!(body["counts"], json!({"sent": 6}), "{body}");
     let requests = api.requests();
     assert_eq!(requests.len(), 6);
-    for delivery in body["deliveries"].as_array().expect("deliveries") {
-        assert_eq!(delivery["attempts"], 2, "{delivery}");
-    }
+    let attempts: Vec<i64> = body["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| d["attempts"].as_i64().expect("attempts"))
+        .collect();
+    assert!(
+        attempts.iter().all(|a| *a == 1 || *a == 2)
+            && attempts.iter().filter(|a| **a == 2).count() >= 5,
+        "{attempts:?}"
+    );
     let metrics = reqwest::get(worker.url("/metrics"))
         .await
         .expect("metrics")
