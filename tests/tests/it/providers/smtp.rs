@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use herald::{
     model::Lane,
-    providers::{ErrorClass, Provider, smtp::SmtpProvider},
+    providers::{ErrorClass, Outcome, Provider, smtp::SmtpProvider},
 };
 use herald_tests::fakes::{Silent, closed_port, smtp::SmtpFake};
 
@@ -14,6 +14,16 @@ const FROM: &str = "Herald <noreply@example.com>";
 
 fn provider(url: &str, timeout: Duration) -> SmtpProvider {
     SmtpProvider::new(url, FROM, timeout, 4).expect("provider")
+}
+
+/// One plain email to ada@example.com.
+async fn send_to_ada(smtp: &SmtpProvider) -> Outcome {
+    smtp.send(
+        &email("s", Some("t"), None),
+        &address("ada@example.com"),
+        &ctx(Lane::Normal),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -162,14 +172,7 @@ async fn an_unknown_mailbox_is_an_invalid_address() {
     assert!(!permanent(outcome, ErrorClass::InvalidAddress));
 
     // The relay is still usable afterwards.
-    sent(
-        smtp.send(
-            &email("s", Some("t"), None),
-            &address("ada@example.com"),
-            &ctx(Lane::Normal),
-        )
-        .await,
-    );
+    sent(send_to_ada(&smtp).await);
 }
 
 #[tokio::test]
@@ -177,13 +180,7 @@ async fn a_policy_refusal_is_a_rejection() {
     let fake = SmtpFake::start().await;
     fake.push_data_reply(550, "5.7.1 Message rejected as spam");
     let smtp = provider(&fake.url(), TIMEOUT);
-    let outcome = smtp
-        .send(
-            &email("s", Some("t"), None),
-            &address("ada@example.com"),
-            &ctx(Lane::Normal),
-        )
-        .await;
+    let outcome = send_to_ada(&smtp).await;
     permanent(outcome, ErrorClass::Rejected);
 }
 
@@ -223,13 +220,7 @@ async fn an_unparseable_address_never_reaches_the_relay() {
 async fn a_silent_relay_times_out() {
     let silent = Silent::start().await;
     let smtp = provider(&format!("smtp://{}", silent.addr()), SHORT);
-    let outcome = smtp
-        .send(
-            &email("s", Some("t"), None),
-            &address("ada@example.com"),
-            &ctx(Lane::Normal),
-        )
-        .await;
+    let outcome = send_to_ada(&smtp).await;
     retry(outcome, ErrorClass::Timeout);
 }
 
@@ -266,13 +257,7 @@ async fn a_refused_connection_is_retried() {
         &format!("smtp://127.0.0.1:{}", closed_port().await),
         TIMEOUT,
     );
-    let outcome = smtp
-        .send(
-            &email("s", Some("t"), None),
-            &address("ada@example.com"),
-            &ctx(Lane::Normal),
-        )
-        .await;
+    let outcome = send_to_ada(&smtp).await;
     retry(outcome, ErrorClass::Connection);
 }
 
@@ -282,13 +267,7 @@ async fn a_refused_connection_is_retried() {
 async fn required_tls_refuses_a_relay_without_starttls() {
     let fake = SmtpFake::start().await;
     let smtp = provider(&format!("{}?tls=required", fake.url()), TIMEOUT);
-    let outcome = smtp
-        .send(
-            &email("s", Some("t"), None),
-            &address("ada@example.com"),
-            &ctx(Lane::Normal),
-        )
-        .await;
+    let outcome = send_to_ada(&smtp).await;
     retry(outcome, ErrorClass::Connection);
     let commands = fake.commands();
     assert!(commands[0].starts_with("EHLO "), "{commands:?}");
@@ -300,12 +279,5 @@ async fn required_tls_refuses_a_relay_without_starttls() {
 
     // Opportunistic TLS takes the relay as it is.
     let smtp = provider(&format!("{}?tls=opportunistic", fake.url()), TIMEOUT);
-    sent(
-        smtp.send(
-            &email("s", Some("t"), None),
-            &address("ada@example.com"),
-            &ctx(Lane::Normal),
-        )
-        .await,
-    );
+    sent(send_to_ada(&smtp).await);
 }
