@@ -111,6 +111,10 @@ pub struct ProviderConfig {
     /// this bounds the email rate; keep it under the relay's own limit.
     #[arg(long, env = "SMTP_POOL_SIZE", default_value_t = 16)]
     pub smtp_pool_size: u32,
+    /// PEM file of certificate authorities to trust for the relay's TLS, in
+    /// addition to the system's (a relay with a private CA).
+    #[arg(long, env = "SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
     /// Sender of every email, `noreply@example.com` or `Name <noreply@example.com>`.
     #[arg(long, env = "EMAIL_FROM")]
     pub email_from: Option<String>,
@@ -160,6 +164,7 @@ impl Default for ProviderConfig {
             email_failover_provider: None,
             smtp_url: None,
             smtp_pool_size: 16,
+            smtp_ca_file: None,
             email_from: None,
             email_http_url: None,
             email_http_token: None,
@@ -196,6 +201,8 @@ impl fmt::Debug for ProviderConfig {
                     .as_ref()
                     .map(|u| redact_url(u.expose_secret())),
             )
+            .field("smtp_pool_size", &self.smtp_pool_size)
+            .field("smtp_ca_file", &self.smtp_ca_file)
             .field("email_from", &self.email_from)
             .field("email_http_url", &self.email_http_url)
             .field("email_http_token", &hidden(&self.email_http_token))
@@ -233,11 +240,19 @@ fn email(
         EmailProviderKind::Log => Arc::new(LogProvider),
         EmailProviderKind::Smtp => {
             let url = required(&cfg.smtp_url, "SMTP_URL", &chosen)?;
+            let roots =
+                match &cfg.smtp_ca_file {
+                    Some(path) => Some(std::fs::read(path).with_context(|| {
+                        format!("SMTP_CA_FILE {} cannot be read", path.display())
+                    })?),
+                    None => None,
+                };
             Arc::new(SmtpProvider::new(
                 url.expose_secret(),
                 from()?,
                 timeout,
                 cfg.smtp_pool_size,
+                roots.as_deref(),
             )?)
         }
         EmailProviderKind::Http => {

@@ -4,6 +4,7 @@
 //! `SMTP_URL` takes lettre's forms: `smtp://host:port` (no TLS: loopback and
 //! test relays only), `smtp://host:port?tls=required` (STARTTLS, refused
 //! without it), `smtps://user:pass@host` (TLS from the first byte, port 465).
+//! TLS trusts the platform's authorities and those of `SMTP_CA_FILE`.
 //!
 //! | answer | outcome |
 //! |---|---|
@@ -42,13 +43,20 @@ impl SmtpProvider {
     /// Sessions to the relay at `url`, sending as `from`
     /// (`noreply@example.com` or `Example <noreply@example.com>`). Each send,
     /// waiting for a session and connecting included, must finish within
-    /// `timeout`; at most `pool_size` sessions are open at once.
-    pub fn new(url: &str, from: &str, timeout: Duration, pool_size: u32) -> anyhow::Result<Self> {
+    /// `timeout`; at most `pool_size` sessions are open at once. `ca_pem`
+    /// adds certificate authorities to trust for the relay's TLS.
+    pub fn new(
+        url: &str,
+        from: &str,
+        timeout: Duration,
+        pool_size: u32,
+        ca_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Self> {
         let from: Mailbox = from
             .parse()
             .with_context(|| format!("EMAIL_FROM `{from}` is not an email address"))?;
         Ok(Self {
-            sessions: Sessions::new(url, pool_size)?,
+            sessions: Sessions::new(url, pool_size, ca_pem)?,
             timeout,
             from,
         })

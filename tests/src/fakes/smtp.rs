@@ -1,6 +1,8 @@
 //! A fake SMTP relay: greeting, EHLO (PIPELINING, 8BITMIME, SIZE), MAIL,
 //! RCPT, DATA with dot-unstuffing, RSET, NOOP and QUIT, several transactions
-//! per connection, as a pooled client uses it.
+//! per connection, as a pooled client uses it; optionally TLS, by STARTTLS
+//! or from the first byte, with a certificate from the test CA
+//! (`tests/fixtures/tls`, [`CA_PEM`]).
 
 use std::{
     collections::VecDeque,
@@ -10,9 +12,16 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
+    net::TcpListener,
     sync::watch,
+};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
 };
 
 use super::Task;
@@ -26,6 +35,38 @@ pub struct Envelope {
     pub data: String,
 }
 
+/// The test CA that signed the relay's certificate (`localhost`,
+/// `127.0.0.1`): what a client must trust (`SMTP_CA_FILE`).
+pub const CA_PEM: &[u8] = include_bytes!("../../fixtures/tls/ca.pem");
+const RELAY_CERT: &[u8] = include_bytes!("../../fixtures/tls/relay.pem");
+const RELAY_KEY: &[u8] = include_bytes!("../../fixtures/tls/relay.key");
+
+/// How the relay speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain text only.
+    None,
+    /// Offers STARTTLS after the greeting.
+    StartTls,
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
+}
+
+fn acceptor() -> TlsAcceptor {
+    let certs = CertificateDer::pem_slice_iter(RELAY_CERT)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("relay certificate");
+    let key = PrivateKeyDer::from_pem_slice(RELAY_KEY).expect("relay key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("relay TLS config");
+    TlsAcceptor::from(Arc::new(config))
+}
+
 #[derive(Default)]
 struct State {
     messages: Mutex<Vec<Envelope>>,
@@ -36,6 +77,8 @@ struct State {
     connections: Mutex<usize>,
     /// Sessions not yet closed.
     live: Mutex<usize>,
+    /// Sessions that ran TLS.
+    encrypted: Mutex<usize>,
     /// Mail transactions in progress (MAIL accepted, DATA not finished) and
     /// the most there ever were at once.
     transactions: Mutex<(usize, usize)>,
@@ -58,20 +101,27 @@ impl State {
 pub struct SmtpFake {
     addr: SocketAddr,
     state: Arc<State>,
+    tls: Tls,
     /// Bumped to make every session waiting for a command close.
     closing: watch::Sender<u64>,
     _task: Task,
 }
 
 impl SmtpFake {
-    /// Starts the relay on a fresh loopback port.
+    /// Starts a plain-text relay on a fresh loopback port.
     pub async fn start() -> Self {
+        Self::start_with(Tls::None).await
+    }
+
+    /// Starts a relay speaking TLS as `tls` says.
+    pub async fn start_with(tls: Tls) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State::default());
         let closing = watch::Sender::new(0);
         let shared = state.clone();
         let close = closing.subscribe();
+        let acceptor = (tls != Tls::None).then(acceptor);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
@@ -80,9 +130,23 @@ impl SmtpFake {
                 let state = shared.clone();
                 let mut close = close.clone();
                 close.mark_unchanged();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let mut open = false;
-                    let _ = session(&state, stream, &mut open, close).await;
+                    let _ = match (tls, acceptor) {
+                        (Tls::Implicit, Some(acceptor)) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                *state.encrypted.lock().expect("encrypted") += 1;
+                                session(&state, Box::new(stream), &mut open, close, true, None)
+                                    .await
+                            }
+                            Err(_) => Ok(()),
+                        },
+                        (_, acceptor) => {
+                            session(&state, Box::new(stream), &mut open, close, true, acceptor)
+                                .await
+                        }
+                    };
                     if open {
                         state.transaction_ended();
                     }
@@ -93,14 +157,25 @@ impl SmtpFake {
         Self {
             addr,
             state,
+            tls,
             closing,
             _task: Task(task),
         }
     }
 
-    /// `smtp://127.0.0.1:port` (`SMTP_URL`, no TLS).
+    /// The relay's `SMTP_URL`: `smtp://127.0.0.1:port`, with
+    /// `?tls=required` for STARTTLS, or `smtps://` for TLS from the start.
     pub fn url(&self) -> String {
-        format!("smtp://{}", self.addr)
+        match self.tls {
+            Tls::None => format!("smtp://{}", self.addr),
+            Tls::StartTls => format!("smtp://{}?tls=required", self.addr),
+            Tls::Implicit => format!("smtps://{}", self.addr),
+        }
+    }
+
+    /// Sessions that ran TLS (after STARTTLS, or from the start).
+    pub fn encrypted_sessions(&self) -> usize {
+        *self.state.encrypted.lock().expect("encrypted")
     }
 
     /// Scripts the reply to the next RCPT, e.g. `(550, "5.1.1 User unknown")`.
@@ -173,17 +248,27 @@ fn path_arg(rest: &str) -> Option<String> {
     Some(rest[start + 1..end].to_owned())
 }
 
+/// A session's byte stream: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One SMTP session over `stream`. `greet`: send the greeting (not again
+/// after STARTTLS); `starttls`: offer STARTTLS and upgrade with it.
 async fn session(
     state: &State,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     open: &mut bool,
     mut closing: watch::Receiver<u64>,
+    greet: bool,
+    starttls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
-    write
-        .write_all(b"220 fake.smtp.test ESMTP ready\r\n")
-        .await?;
+    if greet {
+        write
+            .write_all(b"220 fake.smtp.test ESMTP ready\r\n")
+            .await?;
+    }
     let mut from: Option<String> = None;
     let mut to: Vec<String> = Vec::new();
     let mut queued = 0u32;
@@ -209,9 +294,24 @@ async fn session(
         let reply: String = match verb {
             "EHLO" => {
                 let name = line.split_whitespace().nth(1).unwrap_or("client");
+                let tls = if starttls.is_some() {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "250-fake.smtp.test greets {name}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10485760"
+                    "250-fake.smtp.test greets {name}\r\n{tls}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10485760"
                 )
+            }
+            "STARTTLS" if starttls.is_some() => {
+                write.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                let stream = reader.into_inner().unsplit(write);
+                let acceptor = starttls.expect("offered");
+                let stream = acceptor.accept(stream).await?;
+                *state.encrypted.lock().expect("encrypted") += 1;
+                // RFC 3207: the session starts over, EHLO first.
+                return Box::pin(session(state, Box::new(stream), open, closing, false, None))
+                    .await;
             }
             "HELO" => "250 fake.smtp.test".into(),
             "MAIL" if upper.starts_with("MAIL FROM:") => match path_arg(&line) {

@@ -174,3 +174,32 @@ async fn an_email_failover_must_be_a_second_configured_provider() {
         assert!(format!("{err:#}").contains(expected), "{err:#}");
     }
 }
+
+#[tokio::test]
+async fn smtp_trusts_the_authorities_of_smtp_ca_file() {
+    use herald_tests::fakes::smtp::Tls;
+    let relay = SmtpFake::start_with(Tls::StartTls).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    let cfg = ProviderConfig {
+        email_provider: EmailProviderKind::Smtp,
+        smtp_url: Some(relay.url().into()),
+        smtp_ca_file: Some(fixtures.join("ca.pem")),
+        email_from: Some("noreply@example.com".into()),
+        ..ProviderConfig::default()
+    };
+    let set = build(Channel::Email, &cfg).expect("builds");
+    let to = address("ada@example.com");
+    sent(
+        set.for_destination(&to)
+            .send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
+            .await,
+    );
+    assert_eq!(relay.encrypted_sessions(), 1);
+
+    let missing = ProviderConfig {
+        smtp_ca_file: Some(fixtures.join("missing.pem")),
+        ..cfg
+    };
+    let err = build(Channel::Email, &missing).expect_err("unreadable CA file");
+    assert!(format!("{err:#}").contains("SMTP_CA_FILE"), "{err:#}");
+}

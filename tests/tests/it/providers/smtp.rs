@@ -6,14 +6,17 @@ use herald::{
     model::Lane,
     providers::{ErrorClass, Outcome, Provider, smtp::SmtpProvider},
 };
-use herald_tests::fakes::{Silent, closed_port, smtp::SmtpFake};
+use herald_tests::fakes::{
+    Silent, closed_port,
+    smtp::{CA_PEM, SmtpFake, Tls},
+};
 
 use super::{SHORT, TIMEOUT, address, ctx, email, permanent, retry, sent};
 
 const FROM: &str = "Herald <noreply@example.com>";
 
 fn provider(url: &str, timeout: Duration) -> SmtpProvider {
-    SmtpProvider::new(url, FROM, timeout, 4).expect("provider")
+    SmtpProvider::new(url, FROM, timeout, 4, None).expect("provider")
 }
 
 /// One plain email to ada@example.com.
@@ -130,7 +133,7 @@ async fn a_session_the_relay_closed_is_replaced_without_a_failure() {
 #[tokio::test]
 async fn parallel_sends_use_at_most_the_pool_size_of_sessions() {
     let fake = SmtpFake::start().await;
-    let smtp = SmtpProvider::new(&fake.url(), FROM, TIMEOUT, 3).expect("provider");
+    let smtp = SmtpProvider::new(&fake.url(), FROM, TIMEOUT, 3, None).expect("provider");
     let sends = (0..24).map(|i| {
         let smtp = &smtp;
         async move {
@@ -280,4 +283,51 @@ async fn required_tls_refuses_a_relay_without_starttls() {
     // Opportunistic TLS takes the relay as it is.
     let smtp = provider(&format!("{}?tls=opportunistic", fake.url()), TIMEOUT);
     sent(send_to_ada(&smtp).await);
+}
+
+/// STARTTLS: the envelope and message go only over TLS, verified against
+/// the relay's CA (`SMTP_CA_FILE`), and the TLS session is reused.
+#[tokio::test]
+async fn starttls_sends_over_a_verified_tls_session() {
+    let fake = SmtpFake::start_with(Tls::StartTls).await;
+    let smtp = SmtpProvider::new(&fake.url(), FROM, TIMEOUT, 4, Some(CA_PEM)).expect("provider");
+    sent(send_to_ada(&smtp).await);
+    sent(send_to_ada(&smtp).await);
+    assert_eq!(fake.messages().len(), 2);
+    assert_eq!((fake.connections(), fake.encrypted_sessions()), (1, 1));
+    let commands = fake.commands();
+    let starttls = commands.iter().position(|c| c == "STARTTLS");
+    let mail = commands.iter().position(|c| c.starts_with("MAIL FROM"));
+    assert!(starttls.is_some() && starttls < mail, "{commands:?}");
+    assert!(commands[starttls.expect("starttls") + 1].starts_with("EHLO "));
+}
+
+#[tokio::test]
+async fn implicit_tls_sends_over_a_verified_tls_session() {
+    let fake = SmtpFake::start_with(Tls::Implicit).await;
+    assert!(fake.url().starts_with("smtps://"));
+    let smtp = SmtpProvider::new(&fake.url(), FROM, TIMEOUT, 4, Some(CA_PEM)).expect("provider");
+    sent(send_to_ada(&smtp).await);
+    assert_eq!(fake.messages().len(), 1);
+    assert_eq!(fake.encrypted_sessions(), 1);
+}
+
+/// A certificate from an authority the worker does not trust ends the
+/// session before anything is sent.
+#[tokio::test]
+async fn a_relay_certificate_from_an_unknown_authority_is_refused() {
+    for tls in [Tls::StartTls, Tls::Implicit] {
+        let fake = SmtpFake::start_with(tls).await;
+        let smtp = provider(&fake.url(), TIMEOUT);
+        let outcome = send_to_ada(&smtp).await;
+        assert!(
+            matches!(outcome, Outcome::Retry { .. }),
+            "{tls:?}: {outcome:?}"
+        );
+        assert!(fake.messages().is_empty());
+        assert!(
+            !fake.commands().iter().any(|c| c.starts_with("MAIL")),
+            "{tls:?}"
+        );
+    }
 }
