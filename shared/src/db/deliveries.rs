@@ -358,11 +358,11 @@ pub struct ClaimRequest {
 
 /// Claims deliveries before calling the provider, so a message delivered
 /// twice is sent once: many in one statement (one commit for all), answering
-/// per request in order. The statement is `herald_claim_deliveries` (see its
-/// migration for why the batch is a loop of primary-key updates). A `sending` row is taken over only when the broker
-/// redelivered the message (its previous holder's channel closed) or its
-/// lease ran out. A delivery asked for twice in one batch is claimed for the
-/// first request only.
+/// per request in order. The statement is `herald_claim_deliveries` (its
+/// migration says why the batch is a loop of primary-key updates). A
+/// `sending` row is taken over only when the broker redelivered the message
+/// (its previous holder's channel closed) or its lease ran out. A delivery
+/// asked for twice in one batch is claimed for the first request only.
 pub async fn claim_many(
     pool: &PgPool,
     requests: &[ClaimRequest],
@@ -372,9 +372,8 @@ pub async fn claim_many(
     // batch (the second copy would take over the first one's claim).
     let mut seen = std::collections::HashSet::new();
     let first: Vec<bool> = requests.iter().map(|r| seen.insert(r.id)).collect();
-    let unique = requests.iter().zip(&first).filter(|(_, f)| **f);
     let (mut created, mut ids, mut redelivered) = (Vec::new(), Vec::new(), Vec::new());
-    for (r, _) in unique {
+    for (r, _) in requests.iter().zip(&first).filter(|(_, first)| **first) {
         created.push(r.created_at);
         ids.push(r.id);
         redelivered.push(r.redelivered);

@@ -94,8 +94,8 @@ fn default_addr(channel: Channel) -> SocketAddr {
 /// Unacked messages per lane consumer. Each lane has its own consumer and
 /// channel, so `high` is never behind `bulk`. The prefetch bounds in-flight
 /// work and memory; it is sized so that the two group commits a delivery
-/// waits for (claim, outcome) never leave the provider idle: with ~10 ms of
-/// commits per delivery, 128 in flight sustain several thousand per second.
+/// waits for (claim, outcome) never leave the provider idle: 512 in flight
+/// keep ~40-50 rows in each ledger statement (docs/delivery.md).
 pub fn prefetch(lane: Lane) -> u16 {
     match lane {
         Lane::High => 32,

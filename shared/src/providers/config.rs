@@ -42,6 +42,17 @@ pub enum EmailProviderKind {
     Log,
 }
 
+impl EmailProviderKind {
+    /// The value that selects it (`smtp`, `http`, `log`).
+    fn name(self) -> &'static str {
+        match self {
+            Self::Smtp => "smtp",
+            Self::Http => "http",
+            Self::Log => "log",
+        }
+    }
+}
+
 /// The SMS provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SmsProviderKind {
@@ -229,11 +240,7 @@ fn email(
     cfg: &ProviderConfig,
     var: &str,
 ) -> anyhow::Result<Arc<dyn Provider>> {
-    let chosen = match kind {
-        EmailProviderKind::Smtp => format!("{var}=smtp"),
-        EmailProviderKind::Http => format!("{var}=http"),
-        EmailProviderKind::Log => format!("{var}=log"),
-    };
+    let chosen = format!("{var}={}", kind.name());
     let from = || required(&cfg.email_from, "EMAIL_FROM", &chosen);
     let timeout = cfg.provider_timeout;
     Ok(match kind {
@@ -279,8 +286,9 @@ pub fn build(channel: Channel, cfg: &ProviderConfig) -> anyhow::Result<ProviderS
                      use smtp or http"
                 ),
                 Some(kind) if kind == cfg.email_provider => anyhow::bail!(
-                    "EMAIL_FAILOVER_PROVIDER is the same as EMAIL_PROVIDER ({kind:?}); \
-                     a failover needs a second provider"
+                    "EMAIL_FAILOVER_PROVIDER is the same as EMAIL_PROVIDER ({}); \
+                     a failover needs a second provider",
+                    kind.name()
                 ),
                 Some(kind) => set.with_failover(email(kind, cfg, "EMAIL_FAILOVER_PROVIDER")?),
             })

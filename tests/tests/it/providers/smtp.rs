@@ -114,16 +114,9 @@ async fn connections_are_pooled() {
 async fn a_session_the_relay_closed_is_replaced_without_a_failure() {
     let fake = SmtpFake::start().await;
     let smtp = provider(&fake.url(), TIMEOUT);
-    let to = address("ada@example.com");
-    sent(
-        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
-            .await,
-    );
+    sent(send_to_ada(&smtp).await);
     fake.close_idle_sessions().await;
-    sent(
-        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
-            .await,
-    );
+    sent(send_to_ada(&smtp).await);
     assert_eq!(fake.connections(), 2);
     assert_eq!(fake.messages().len(), 2);
 }
@@ -192,15 +185,9 @@ async fn a_transient_refusal_is_retried_then_succeeds() {
     let fake = SmtpFake::start().await;
     fake.push_data_reply(451, "4.3.0 Try again later");
     let smtp = provider(&fake.url(), TIMEOUT);
-    let to = address("ada@example.com");
-    let outcome = smtp
-        .send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
-        .await;
+    let outcome = send_to_ada(&smtp).await;
     retry(outcome, ErrorClass::Server);
-    sent(
-        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
-            .await,
-    );
+    sent(send_to_ada(&smtp).await);
     assert_eq!(fake.messages().len(), 1);
 }
 
@@ -231,25 +218,16 @@ async fn a_silent_relay_times_out() {
 async fn a_timed_out_session_is_not_reused() {
     let fake = SmtpFake::start().await;
     let smtp = provider(&fake.url(), SHORT);
-    let to = address("ada@example.com");
-    sent(
-        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
-            .await,
-    );
+    sent(send_to_ada(&smtp).await);
 
     // The relay stalls before answering RCPT: the send times out mid-session.
     fake.stall_next_rcpt(Duration::from_secs(2));
-    let outcome = smtp
-        .send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
-        .await;
+    let outcome = send_to_ada(&smtp).await;
     retry(outcome, ErrorClass::Timeout);
 
     // The next send opens a new connection instead of reading the stalled
     // session's late reply as its own.
-    sent(
-        smtp.send(&email("s", Some("t"), None), &to, &ctx(Lane::Normal))
-            .await,
-    );
+    sent(send_to_ada(&smtp).await);
     assert_eq!(fake.connections(), 2);
     assert_eq!(fake.messages().len(), 2);
 }
