@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod fakes;
+pub mod pipeline;
 pub mod prism;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -304,6 +305,22 @@ impl TestEnv {
         let q = broker.inspect(queue).await.expect("queue exists");
         broker.close().await;
         q.messages
+    }
+
+    /// Ready messages in every queue of this environment that holds any:
+    /// what the broker keeps after a scenario (retry copies, stranded work).
+    pub async fn broker_messages(&self) -> Vec<(String, u32)> {
+        let broker = Broker::new(amqp_url(), self.names());
+        let stats = broker
+            .queue_stats(&self.schedule)
+            .await
+            .expect("broker answers");
+        broker.close().await;
+        stats
+            .into_iter()
+            .filter(|q| q.messages > 0)
+            .map(|q| (q.queue, q.messages))
+            .collect()
     }
 }
 

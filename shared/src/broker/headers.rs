@@ -27,8 +27,13 @@ impl Headers {
     /// What dead-lettered the message (`ingest`, `router`, `worker-push` ...).
     pub const SOURCE: &'static str = "x-herald-source";
     /// Delay of the retry tier a message waits in, in ms; the retry exchange
-    /// routes on it.
-    pub const RETRY_DELAY_MS: &'static str = "x-herald-retry-delay-ms";
+    /// routes on it. Deliberately without the `x-` prefix: a headers
+    /// exchange ignores binding arguments named `x-...` (unless `x-match`
+    /// is `all-with-x`), so a binding on such a header matches every message.
+    pub const RETRY_DELAY_MS: &'static str = "herald-retry-delay-ms";
+    /// The name the retry header had before: its bindings matched every
+    /// message. Kept only to remove those bindings from existing brokers.
+    pub const LEGACY_RETRY_DELAY_MS: &'static str = "x-herald-retry-delay-ms";
     /// When the notification was accepted (Unix ms), for end-to-end latency.
     pub const ACCEPTED_AT_MS: &'static str = "x-herald-accepted-at-ms";
     /// Routing key the message had when it was dead-lettered, so replay can

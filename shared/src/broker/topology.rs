@@ -175,6 +175,14 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Re
     .await
 }
 
+/// The binding arguments of one retry tier: messages whose `header` is `tier`.
+fn retry_match(header: &str, tier: AMQPValue) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-match".into(), long_str("all"));
+    args.insert(ShortString::from(header), tier);
+    args
+}
+
 /// Declares every exchange, queue and binding. Safe to run concurrently from
 /// many processes and again on every start.
 pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> lapin::Result<()> {
@@ -226,18 +234,24 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
             AMQPValue::LongLongInt(delay.as_millis() as i64),
         );
         queue(ch, &q, args).await?;
-        let mut match_args = FieldTable::default();
-        match_args.insert("x-match".into(), long_str("all"));
-        match_args.insert(
-            ShortString::from(Headers::RETRY_DELAY_MS),
-            AMQPValue::LongLongInt(delay.as_millis() as i64),
-        );
+        let tier = AMQPValue::LongLongInt(delay.as_millis() as i64);
         ch.queue_bind(
             q.as_str().into(),
             names.retry_exchange().into(),
             "".into(),
             QueueBindOptions::default(),
-            match_args,
+            retry_match(Headers::RETRY_DELAY_MS, tier.clone()),
+        )
+        .await?;
+        // Brokers set up by earlier versions bound the tier on a header named
+        // `x-...`, which a headers exchange ignores: that binding matched
+        // every retry, copying it into every tier. Unbinding a binding that
+        // does not exist is a no-op, so this is safe on every start.
+        ch.queue_unbind(
+            q.as_str().into(),
+            names.retry_exchange().into(),
+            "".into(),
+            retry_match(Headers::LEGACY_RETRY_DELAY_MS, tier),
         )
         .await?;
     }

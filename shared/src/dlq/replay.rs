@@ -105,6 +105,7 @@ fn added_by_dead_lettering(key: &str) -> bool {
         || key.starts_with("x-last-death-")
         || key == Headers::SOURCE
         || key == Headers::RETRY_DELAY_MS
+        || key == Headers::LEGACY_RETRY_DELAY_MS
         || key == "x-death"
 }
 

@@ -37,6 +37,8 @@ pub struct Recorded {
     /// Header names in lower case, in the order received.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the fake received it (retry gaps are measured between these).
+    pub received: std::time::Instant,
 }
 
 impl Recorded {
@@ -84,6 +86,7 @@ impl Recorded {
                 })
                 .collect(),
             body,
+            received: std::time::Instant::now(),
         }
     }
 

@@ -4,87 +4,20 @@
 use std::time::Duration;
 
 use herald::{
-    db::keys::Scope,
     delivery::WorkerConfig,
     model::{Channel, Lane},
-    providers::config::{EmailProviderKind, PushProviderKind, SmsProviderKind},
+    providers::config::{EmailProviderKind, PushProviderKind},
 };
 use herald_tests::{
-    Client, Spawned, TestEnv,
+    TestEnv,
     fakes::{
         apns::ApnsFake, closed_port, email_api::EmailApiFake, fcm::FcmFake, smtp::SmtpFake,
         twilio::TwilioFake,
     },
+    pipeline::{Pipeline, twilio},
 };
 use reqwest::Method;
 use serde_json::{Value, json};
-
-struct Pipeline {
-    env: TestEnv,
-    ingest: Spawned,
-    router: Spawned,
-    client: Client,
-}
-
-async fn pipeline(schedule: &str) -> Pipeline {
-    let env = TestEnv::with_schedule(schedule).await;
-    let ingest = env.spawn_ingest().await;
-    let router = env.spawn_router().await;
-    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
-    let client = Client::new(&ingest, &key);
-    Pipeline {
-        env,
-        ingest,
-        router,
-        client,
-    }
-}
-
-fn twilio(fake: &TwilioFake) -> impl FnOnce(&mut WorkerConfig) + '_ {
-    move |c| {
-        c.providers.sms_provider = SmsProviderKind::Twilio;
-        c.providers.twilio_base_url = fake.base_url();
-        c.providers.twilio_account_sid = Some(fake.account_sid().to_owned());
-        c.providers.twilio_auth_token = Some(fake.auth_token().to_owned().into());
-        c.providers.twilio_from = Some("+15005550006".into());
-    }
-}
-
-impl Pipeline {
-    async fn user(&self, id: &str, profile: Value) {
-        let (status, body) = self
-            .client
-            .json(Method::PUT, &format!("/v1/users/{id}"), Some(profile))
-            .await;
-        assert!(status == 200 || status == 201, "{body}");
-    }
-
-    async fn send(&self, body: Value) -> String {
-        let (status, resp) = self
-            .client
-            .json(Method::POST, "/v1/notifications", Some(body))
-            .await;
-        assert_eq!(status, 202, "{resp}");
-        resp["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Waits until every delivery of the notification is settled.
-    async fn settled(&self, id: &str, timeout: Duration) -> Value {
-        let path = format!("/v1/notifications/{id}");
-        self.env
-            .eventually(timeout, || async {
-                let (_, body) = self.client.json(Method::GET, &path, None).await;
-                (body["status"] == "completed").then_some(body)
-            })
-            .await
-            .unwrap_or_else(|| panic!("notification {id} did not complete"))
-    }
-
-    async fn stop(self) {
-        self.ingest.stop().await;
-        self.router.stop().await;
-    }
-}
 
 fn sms(users: &[&str]) -> Value {
     json!({"category": "security", "priority": "high", "to": {"users": users}, "content": {"sms": {"text": "Code {{code}}"}}, "data": {"code": "123456"}})
@@ -92,7 +25,7 @@ fn sms(users: &[&str]) -> Value {
 
 #[tokio::test]
 async fn sms_through_twilio_retries_a_5xx_and_is_sent_once() {
-    let p = pipeline("300ms,600ms").await;
+    let p = Pipeline::start("300ms,600ms").await;
     let fake = TwilioFake::start().await;
     let worker = p.env.spawn_worker(Channel::Sms, twilio(&fake)).await;
     p.user("u-1", json!({"phone": "+14155550100"})).await;
@@ -118,7 +51,7 @@ async fn sms_through_twilio_retries_a_5xx_and_is_sent_once() {
 
 #[tokio::test]
 async fn throttle_waits_for_retry_after_without_burning_an_attempt() {
-    let p = pipeline("300ms,600ms").await;
+    let p = Pipeline::start("300ms,600ms").await;
     let fake = TwilioFake::start().await;
     let worker = p.env.spawn_worker(Channel::Sms, twilio(&fake)).await;
     p.user("u-1", json!({"phone": "+14155550100"})).await;
@@ -152,7 +85,7 @@ async fn throttle_waits_for_retry_after_without_burning_an_attempt() {
 
 #[tokio::test]
 async fn push_through_fcm_and_apns_and_unregistered_tokens_are_deactivated() {
-    let p = pipeline("300ms,600ms").await;
+    let p = Pipeline::start("300ms,600ms").await;
     let fcm = FcmFake::start().await;
     let apns = ApnsFake::start().await;
     let worker = p
@@ -243,7 +176,7 @@ async fn push_through_fcm_and_apns_and_unregistered_tokens_are_deactivated() {
 
 #[tokio::test]
 async fn email_through_smtp_and_exhausted_retries_land_in_the_dead_letters() {
-    let p = pipeline("200ms,400ms").await;
+    let p = Pipeline::start("200ms,400ms").await;
     let smtp = SmtpFake::start().await;
     let worker = p
         .env
@@ -317,7 +250,7 @@ async fn email_through_smtp_and_exhausted_retries_land_in_the_dead_letters() {
 /// through the failover provider instead of waiting for the relay.
 #[tokio::test]
 async fn email_fails_over_to_the_second_provider_while_the_circuit_is_open() {
-    let p = pipeline("1s,1s,1s").await;
+    let p = Pipeline::start("1s,1s,1s").await;
     let api = EmailApiFake::start().await;
     let relay = format!("smtp://127.0.0.1:{}", closed_port().await);
     let worker = p
@@ -380,7 +313,7 @@ async fn email_fails_over_to_the_second_provider_while_the_circuit_is_open() {
 
 #[tokio::test]
 async fn expired_deliveries_are_never_sent_late() {
-    let p = pipeline("300ms").await;
+    let p = Pipeline::start("300ms").await;
     let fake = TwilioFake::start().await;
     p.user("u-1", json!({"phone": "+14155550100"})).await;
     let expires = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
@@ -402,7 +335,7 @@ async fn expired_deliveries_are_never_sent_late() {
 
 #[tokio::test]
 async fn a_redelivered_message_of_a_sent_delivery_is_not_sent_again() {
-    let p = pipeline("300ms").await;
+    let p = Pipeline::start("300ms").await;
     let fake = TwilioFake::start().await;
     let worker = p.env.spawn_worker(Channel::Sms, twilio(&fake)).await;
     p.user("u-1", json!({"phone": "+14155550100"})).await;
@@ -469,7 +402,7 @@ async fn a_redelivered_message_of_a_sent_delivery_is_not_sent_again() {
 
 #[tokio::test]
 async fn the_budget_holds_across_two_replicas() {
-    let p = pipeline("300ms").await;
+    let p = Pipeline::start("300ms").await;
     let fake = TwilioFake::start().await;
     const RATE: u32 = 20;
     let budget = |c: &mut WorkerConfig| c.sms_rate_per_sec = RATE;
@@ -531,7 +464,7 @@ async fn the_budget_holds_across_two_replicas() {
 #[tokio::test]
 async fn a_worker_killed_mid_send_is_taken_over_by_another() {
     use herald_tests::fakes::Scripted;
-    let p = pipeline("300ms").await;
+    let p = Pipeline::start("300ms").await;
     let fake = TwilioFake::start().await;
     // The first call hangs long enough for the worker to be killed in it.
     fake.push_scripted(

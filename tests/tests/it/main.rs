@@ -6,4 +6,5 @@ mod delivery;
 mod ingest;
 mod operators;
 mod providers;
+mod reliability;
 mod routing;

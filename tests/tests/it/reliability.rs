@@ -1,0 +1,125 @@
+//! The delivery path under ordinary trouble: retries that follow the
+//! schedule with one message per retry, a failing circuit probe, a give-up
+//! whose dead letter cannot be published at first.
+
+use std::time::Duration;
+
+use herald::model::Channel;
+use herald_tests::{
+    fakes::fcm::FcmFake,
+    pipeline::{Pipeline, fcm},
+};
+use serde_json::{Value, json};
+
+fn push(users: &[&str]) -> Value {
+    json!({"category": "orders", "to": {"users": users},
+           "content": {"push": {"title": "Shipped", "body": "Order {{order}}"}},
+           "data": {"order": "A-1"}})
+}
+
+/// Retries wait out the schedule's delays, never less and at most the
+/// tier's jitter more, and each retry is one message: after the delivery is
+/// sent the broker holds nothing for it, and nothing comes back later.
+#[tokio::test]
+async fn retries_follow_the_schedule_and_one_retry_is_one_message() {
+    let p = Pipeline::start("1s,2s,3s").await;
+    let fake = FcmFake::start().await;
+    let worker = p.env.spawn_worker(Channel::Push, fcm(&fake)).await;
+    p.user("u-1", json!({"name": "Ada"})).await;
+    p.device("u-1", "fcm-token-0001", "fcm").await;
+    for _ in 0..3 {
+        fake.push_error(503, "UNAVAILABLE", "UNAVAILABLE", &[]);
+    }
+    let id = p.send(push(&["u-1"])).await;
+    let body = p.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(body["counts"], json!({"sent": 1}));
+    assert_eq!(body["deliveries"][0]["attempts"], 4);
+
+    // Long enough for any stray copy in the longest tier (3 s x 1.3) to
+    // come back and be sent again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 4, "three failures, one success, no copies");
+    let gaps: Vec<Duration> = requests
+        .windows(2)
+        .map(|w| w[1].received - w[0].received)
+        .collect();
+    for (gap, tier) in gaps.iter().zip([1.0, 2.0, 3.0]) {
+        let floor = Duration::from_secs_f64(tier);
+        // The tier's jitter is up to 30%; the rest is a loaded machine.
+        let ceiling = Duration::from_secs_f64(tier * 1.3 + 0.7);
+        assert!(
+            *gap >= floor && *gap <= ceiling,
+            "gaps {gaps:?} do not follow 1s,2s,3s"
+        );
+    }
+    assert_eq!(
+        p.env.broker_messages().await,
+        vec![],
+        "the broker holds nothing once the delivery is sent"
+    );
+    worker.stop().await;
+    p.stop().await;
+}
+
+/// A broker set up by an earlier version has tier bindings on a header the
+/// headers exchange ignores, so they match every retry. Declaring the
+/// topology again removes them: one retry lands in one tier queue.
+#[tokio::test]
+async fn declaring_the_topology_removes_the_bindings_that_copied_retries() {
+    use herald::broker::{Headers, Outgoing, Publisher};
+    use lapin::{
+        options::QueueBindOptions,
+        types::{AMQPValue, FieldTable, LongString},
+    };
+
+    let env = herald_tests::TestEnv::with_schedule("1s,2s").await;
+    let broker = env.broker().await;
+    let names = env.names();
+    let channel = broker.channel().await.unwrap();
+    for delay in env.schedule.queue_delays() {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-match".into(),
+            AMQPValue::LongString(LongString::from(b"all".to_vec())),
+        );
+        args.insert(
+            Headers::LEGACY_RETRY_DELAY_MS.into(),
+            AMQPValue::LongLongInt(delay.as_millis() as i64),
+        );
+        channel
+            .queue_bind(
+                names.retry_queue(delay).as_str().into(),
+                names.retry_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                args,
+            )
+            .await
+            .unwrap();
+    }
+    let publisher = Publisher::new(broker.clone());
+    let retry = |ms: i64| {
+        Outgoing::json(
+            names.retry_exchange(),
+            "push.normal",
+            b"{}".to_vec(),
+            Headers::default().int(Headers::RETRY_DELAY_MS, ms),
+        )
+    };
+    publisher.publish(&retry(1000)).await.unwrap();
+    let copies: u32 = env.broker_messages().await.iter().map(|q| q.1).sum();
+    assert_eq!(copies, 8, "the old bindings copy a retry into every tier");
+
+    broker.declare_topology(&env.schedule).await.unwrap();
+    for delay in env.schedule.queue_delays() {
+        let _ = channel
+            .queue_purge(names.retry_queue(delay).as_str().into(), Default::default())
+            .await;
+    }
+    publisher.publish(&retry(2200)).await.unwrap();
+    assert_eq!(
+        env.broker_messages().await,
+        vec![(names.retry_queue(Duration::from_millis(2200)), 1)]
+    );
+}
