@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod intake;
 pub mod model;
 pub mod ops;
+pub mod outage;
 pub mod providers;
 pub mod routing;
 pub mod shutdown;

@@ -6,6 +6,11 @@
 //! connection or a broken channel restarts the loop after a pause and a log
 //! line; it is never a silent stall. On cancellation the loop cancels its
 //! consumer, waits for in-flight handlers, then returns.
+//!
+//! Each message travels with a token that fires when its channel is gone
+//! (the connection broke, or the consumer is stopping): from then on the
+//! broker owns the message again and will hand it out anew, so a handler
+//! holding it through an outage (see [`crate::outage`]) lets go.
 
 use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
@@ -28,6 +33,15 @@ pub struct ConsumerSpec {
     pub prefetch: u16,
 }
 
+/// A message and what its handler needs to know about its channel.
+pub struct Incoming {
+    /// The message; ack or nack it on its own channel.
+    pub delivery: Delivery,
+    /// Fires when the message's channel is gone or the consumer is stopping:
+    /// the broker hands the message out again, so holding it is pointless.
+    pub lost: CancellationToken,
+}
+
 /// Longest pause between reconnect attempts.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
@@ -38,7 +52,7 @@ pub async fn run<H, F>(
     cancel: CancellationToken,
     handler: H,
 ) where
-    H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Incoming) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let mut pause = Duration::from_millis(500);
@@ -67,7 +81,7 @@ async fn consume_once<H, F>(
     handler: H,
 ) -> anyhow::Result<()>
 where
-    H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Incoming) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let channel = broker.channel().await?;
@@ -85,6 +99,7 @@ where
         .await?;
     tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
     let tracker = TaskTracker::new();
+    let lost = cancel.child_token();
     let outcome = loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -98,10 +113,11 @@ where
                     let acker = delivery.acker.clone();
                     let handler = handler.clone();
                     let queue = spec.queue.clone();
+                    let incoming = Incoming { delivery, lost: lost.clone() };
                     tracker.spawn(async move {
                         // One task per message; a panic is caught here rather
                         // than by a second task around the handler.
-                        if let Err(panic) = AssertUnwindSafe(handler(delivery)).catch_unwind().await {
+                        if let Err(panic) = AssertUnwindSafe(handler(incoming)).catch_unwind().await {
                             // A panicking handler must not strand its message:
                             // requeue it, and let the delivery limit catch poison.
                             let error = panic_message(&*panic);
@@ -115,6 +131,7 @@ where
             }
         }
     };
+    lost.cancel();
     tracker.close();
     tracker.wait().await;
     let _ = channel.close(200, "consumer stopped".into()).await;

@@ -1,9 +1,15 @@
 //! Deliveries: written by the router in batches, claimed and settled by the
 //! channel workers, released by the deferred-delivery scheduler.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
+
+/// How long a claimed delivery is held before another worker may take it
+/// over: well past the provider timeout, so a slow call is never doubled.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(120);
 
 /// A delivery row to insert.
 #[derive(Debug, Clone)]
@@ -215,7 +221,9 @@ pub enum Settle<'a> {
     Expired,
 }
 
-/// Expires a delivery that was never claimed (still pending).
+/// Expires a delivery that nobody is sending: still pending, or claimed by
+/// a worker whose lease ran out. A delivery another worker is sending right
+/// now is left to that worker's outcome.
 pub async fn expire_unclaimed(
     pool: &PgPool,
     created_at: DateTime<Utc>,
@@ -223,10 +231,13 @@ pub async fn expire_unclaimed(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE deliveries SET status = 'expired', reason = 'expired before it could be sent', updated_at = now()
-         WHERE created_at = $1 AND id = $2 AND status IN ('pending', 'sending')",
+         WHERE created_at = $1 AND id = $2
+           AND (status = 'pending'
+                OR (status = 'sending' AND claimed_at < now() - make_interval(secs => $3)))",
     )
     .bind(created_at)
     .bind(id)
+    .bind(CLAIM_LEASE.as_secs_f64())
     .execute(pool)
     .await
     .map(|_| ())
@@ -270,7 +281,8 @@ pub enum Reset {
 }
 
 /// Statuses a replayed delivery may be taken back from: given up on
-/// (`dead`, `failed`) or stranded by a crashing worker (`sending`, `pending`).
+/// (`dead`, `failed`) or stranded (`pending`, or `sending` by a worker whose
+/// claim lease ran out: one still within its lease may be mid-call).
 const REPLAYABLE: [&str; 4] = ["dead", "failed", "sending", "pending"];
 
 /// Puts a delivery back to `pending` with no attempts, so the worker's claim
@@ -285,14 +297,17 @@ pub async fn reset_for_replay(
         "WITH old AS (
              SELECT created_at, id, status, attempts FROM deliveries
              WHERE created_at = $1 AND id = $2 FOR UPDATE)
-         UPDATE deliveries d SET status = 'pending', attempts = 0, claimed_at = NULL, updated_at = now()
+         UPDATE deliveries d SET status = 'pending', attempts = 0, claimed_at = NULL,
+                claim_token = NULL, updated_at = now()
          FROM old
          WHERE d.created_at = old.created_at AND d.id = old.id AND old.status = ANY($3)
+           AND (old.status <> 'sending' OR d.claimed_at < now() - make_interval(secs => $4))
          RETURNING old.status, old.attempts",
     )
     .bind(created_at)
     .bind(id)
     .bind(&REPLAYABLE[..])
+    .bind(CLAIM_LEASE.as_secs_f64())
     .fetch_optional(pool)
     .await?;
     if let Some((previous_status, previous_attempts)) = previous {
@@ -354,6 +369,9 @@ pub struct ClaimRequest {
     pub created_at: DateTime<Utc>,
     pub id: Uuid,
     pub redelivered: bool,
+    /// Names this claim: a retry of it after a lost answer is recognised,
+    /// and only its holder records the outcome.
+    pub token: Uuid,
 }
 
 /// Claims deliveries before calling the provider, so a message delivered
@@ -361,30 +379,34 @@ pub struct ClaimRequest {
 /// per request in order. The statement is `herald_claim_deliveries` (its
 /// migration says why the batch is a loop of primary-key updates). A
 /// `sending` row is taken over only when the broker redelivered the message
-/// (its previous holder's channel closed) or its lease ran out. A delivery
-/// asked for twice in one batch is claimed for the first request only.
+/// (its previous holder's channel closed), its lease ran out, or it is this
+/// same claim retried. A delivery asked for twice in one batch is claimed for
+/// the first request only.
 pub async fn claim_many(
     pool: &PgPool,
     requests: &[ClaimRequest],
-    lease: std::time::Duration,
+    lease: Duration,
 ) -> Result<Vec<Claim>, sqlx::Error> {
     // Each delivery once: the function must not claim a row twice in one
     // batch (the second copy would take over the first one's claim).
     let mut seen = std::collections::HashSet::new();
     let first: Vec<bool> = requests.iter().map(|r| seen.insert(r.id)).collect();
-    let (mut created, mut ids, mut redelivered) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut created, mut ids, mut redelivered, mut tokens) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (r, _) in requests.iter().zip(&first).filter(|(_, first)| **first) {
         created.push(r.created_at);
         ids.push(r.id);
         redelivered.push(r.redelivered);
+        tokens.push(r.token);
     }
     let rows: Vec<(bool, Option<i32>, Option<String>)> = sqlx::query_as(
-        "SELECT claimed, attempts, status FROM herald_claim_deliveries($1, $2, $3, $4)",
+        "SELECT claimed, attempts, status FROM herald_claim_deliveries($1, $2, $3, $4, $5)",
     )
     .bind(&created)
     .bind(&ids)
     .bind(&redelivered)
     .bind(lease.as_secs_f64())
+    .bind(&tokens)
     .fetch_all(pool)
     .await?;
     let mut answers = rows.into_iter();
@@ -416,11 +438,13 @@ pub struct SettleRequest {
     pub error: Option<String>,
     pub provider_id: Option<String>,
     pub refund: bool,
+    /// The claim this outcome belongs to.
+    pub token: Uuid,
 }
 
 impl SettleRequest {
-    /// The request recording `outcome` on a delivery.
-    pub fn new(created_at: DateTime<Utc>, id: Uuid, outcome: &Settle<'_>) -> Self {
+    /// The request recording `outcome` on a delivery claimed with `token`.
+    pub fn new(created_at: DateTime<Utc>, id: Uuid, token: Uuid, outcome: &Settle<'_>) -> Self {
         let (status, class, error, provider_id, refund) = match outcome {
             Settle::Sent { provider_id } => {
                 ("sent", None, None, provider_id.map(str::to_owned), false)
@@ -448,13 +472,15 @@ impl SettleRequest {
             error: error.map(str::to_owned),
             provider_id,
             refund,
+            token,
         }
     }
 }
 
 /// Records many outcomes in one statement (one commit for all), through
-/// `herald_settle_deliveries`.
-pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<(), sqlx::Error> {
+/// `herald_settle_deliveries`; each only while its claim still holds the
+/// row. Answers how many were recorded.
+pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<i32, sqlx::Error> {
     let created: Vec<DateTime<Utc>> = requests.iter().map(|r| r.created_at).collect();
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
     let statuses: Vec<&str> = requests.iter().map(|r| r.status).collect();
@@ -463,7 +489,8 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<()
     let provider_ids: Vec<Option<&str>> =
         requests.iter().map(|r| r.provider_id.as_deref()).collect();
     let refunds: Vec<bool> = requests.iter().map(|r| r.refund).collect();
-    sqlx::query("SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7)")
+    let tokens: Vec<Uuid> = requests.iter().map(|r| r.token).collect();
+    sqlx::query_scalar("SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(&created)
         .bind(&ids)
         .bind(&statuses)
@@ -471,7 +498,7 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<()
         .bind(&errors)
         .bind(&provider_ids)
         .bind(&refunds)
-        .execute(pool)
+        .bind(&tokens)
+        .fetch_one(pool)
         .await
-        .map(|_| ())
 }

@@ -9,7 +9,7 @@
 //! coordination point on the hot path.
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -29,7 +29,7 @@ enum State {
 
 /// Whether a call may go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
+enum Permit {
     /// Go ahead.
     Go,
     /// Go ahead as the half-open probe.
@@ -54,8 +54,30 @@ impl Circuit {
         }
     }
 
-    /// Asks to make a call.
-    pub fn permit(&self) -> Permit {
+    /// Asks to make a call: a pass, or how long to wait first. The pass of
+    /// the half-open probe gives the probe back when it is dropped without
+    /// an outcome (an early return, an error before the call, a panic), so
+    /// the circuit can never stay "probing" for ever.
+    pub fn pass(self: &Arc<Self>) -> Result<Pass, Duration> {
+        match self.permit() {
+            Permit::Go => Ok(Pass {
+                circuit: self.clone(),
+                probe: false,
+            }),
+            Permit::Probe => Ok(Pass {
+                circuit: self.clone(),
+                probe: true,
+            }),
+            Permit::Wait(wait) => Err(wait),
+        }
+    }
+
+    /// The provider this circuit guards.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn permit(&self) -> Permit {
         let mut state = self.state.lock().expect("not poisoned");
         match *state {
             State::Closed { .. } => Permit::Go,
@@ -87,7 +109,7 @@ impl Circuit {
     }
 
     /// Records a success: closes the circuit.
-    pub fn success(&self) {
+    fn success(&self) {
         let mut state = self.state.lock().expect("not poisoned");
         if !matches!(*state, State::Closed { failures: 0 }) {
             if !matches!(*state, State::Closed { .. }) {
@@ -99,7 +121,7 @@ impl Circuit {
     }
 
     /// Records a throttle (429): opens at once for `retry_after` (or the base period).
-    pub fn throttled(&self, retry_after: Option<Duration>) {
+    fn throttled(&self, retry_after: Option<Duration>) {
         let period = retry_after
             .unwrap_or(BASE_OPEN)
             .clamp(Duration::from_secs(1), MAX_OPEN);
@@ -108,7 +130,7 @@ impl Circuit {
 
     /// Records a retryable failure (5xx, timeout, connection): opens after a
     /// run of them, or again at once if it was the half-open probe.
-    pub fn failure(&self) {
+    fn failure(&self) {
         let mut state = self.state.lock().expect("not poisoned");
         match *state {
             State::Closed { failures } if failures + 1 >= FAILURE_THRESHOLD => {
@@ -129,7 +151,7 @@ impl Circuit {
     }
 
     /// Releases a probe that ended neither in success nor failure.
-    pub fn abandon_probe(&self) {
+    fn abandon_probe(&self) {
         let mut state = self.state.lock().expect("not poisoned");
         if let State::HalfOpen { period, .. } = *state {
             *state = State::HalfOpen {
@@ -160,6 +182,53 @@ impl Circuit {
     }
 }
 
+/// Leave to make one call through a circuit. Report how the call went with
+/// [`Pass::success`], [`Pass::failure`] or [`Pass::throttled`]; a pass
+/// dropped without an outcome says nothing about the provider.
+#[derive(Debug)]
+pub struct Pass {
+    circuit: Arc<Circuit>,
+    probe: bool,
+}
+
+impl Pass {
+    /// The provider answered (sent, or refused the message for good).
+    pub fn success(self) {
+        self.circuit.success();
+        self.settled();
+    }
+
+    /// The call failed in a way that counts against the provider.
+    pub fn failure(self) {
+        self.circuit.failure();
+        self.settled();
+    }
+
+    /// The provider throttled the call.
+    pub fn throttled(self, retry_after: Option<Duration>) {
+        self.circuit.throttled(retry_after);
+        self.settled();
+    }
+
+    /// Whether this is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    fn settled(mut self) {
+        // The outcome moved the circuit on; nothing to give back.
+        self.probe = false;
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if self.probe {
+            self.circuit.abandon_probe();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +254,26 @@ mod tests {
             State::Open { period, .. } => assert_eq!(period, BASE_OPEN * 2),
             s => panic!("{s:?}"),
         }
+    }
+
+    #[test]
+    fn a_probe_dropped_without_an_outcome_is_given_back() {
+        let c = Arc::new(Circuit::new("t"));
+        c.throttled(Some(Duration::from_secs(1)));
+        *c.state.lock().unwrap() = State::Open {
+            until: Instant::now(),
+            period: BASE_OPEN,
+        };
+        let probe = c.pass().expect("the probe");
+        assert!(probe.is_probe());
+        assert!(c.pass().is_err(), "one probe at a time");
+        // The claim before the call failed (`?`), or the handler panicked.
+        drop(probe);
+        let again = c.pass().expect("the probe was given back");
+        assert!(again.is_probe());
+        again.success();
+        let go = c.pass().expect("closed");
+        assert!(!go.is_probe());
     }
 
     #[test]

@@ -22,7 +22,10 @@ const BATCH: usize = 256;
 /// and the database's CPU is not idle during the flush.
 const WRITERS: usize = 2;
 
-type Reply<T> = oneshot::Sender<Result<T, String>>;
+/// The answer to one request: the database's error is shared by every
+/// request of the failed batch, and kept typed so the engine can tell an
+/// outage from a bad message.
+type Reply<T> = oneshot::Sender<Result<T, Arc<sqlx::Error>>>;
 
 /// The handle handlers use; cheap to clone.
 #[derive(Clone)]
@@ -54,7 +57,15 @@ impl Ledger {
                 let pool = pool.clone();
                 async move {
                     let n = requests.len();
-                    deliveries::settle_many(&pool, &requests).await?;
+                    let recorded = deliveries::settle_many(&pool, &requests).await?;
+                    // An outcome is dropped when its claim no longer holds the
+                    // row: retried after its first commit went through, or
+                    // taken over by another worker after the lease ran out.
+                    let dropped = n.saturating_sub(recorded.max(0) as usize);
+                    if dropped > 0 {
+                        metrics::counter!("herald_outcomes_not_recorded_total", "channel" => channel.as_str())
+                            .increment(dropped as u64);
+                    }
                     Ok(vec![(); n])
                 }
             },
@@ -69,7 +80,7 @@ impl Ledger {
             .send((request, tx))
             .await
             .map_err(|_| anyhow::anyhow!("ledger stopped"))?;
-        rx.await?.map_err(anyhow::Error::msg)
+        Ok(rx.await??)
     }
 
     /// Records an outcome (see [`deliveries::settle_many`]).
@@ -79,7 +90,7 @@ impl Ledger {
             .send((request, tx))
             .await
             .map_err(|_| anyhow::anyhow!("ledger stopped"))?;
-        rx.await?.map_err(anyhow::Error::msg)
+        Ok(rx.await??)
     }
 }
 
@@ -143,7 +154,7 @@ async fn writer<R, A, W, F>(
                     }
                 }
                 Err(e) => {
-                    let e = e.to_string();
+                    let e = Arc::new(e);
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }

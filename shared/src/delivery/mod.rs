@@ -9,6 +9,7 @@ pub mod budget;
 pub mod circuit;
 pub mod engine;
 pub mod ledger;
+mod outcome;
 pub mod retry;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -125,6 +126,7 @@ pub async fn run(
         budget::Budget::new(config.rate_per_sec(channel), config.recipient_rate_per_min),
         retry::RetryPolicy::new(config.common.retry_schedule.clone()),
         config.providers.provider_timeout,
+        cancel.clone(),
     ));
     {
         let (broker, schedule, cancel) = (
@@ -145,9 +147,9 @@ pub async fn run(
                     broker.clone(),
                     spec,
                     cancel.clone(),
-                    move |delivery| {
+                    move |incoming| {
                         let engine = engine.clone();
-                        async move { engine.handle(delivery).await }
+                        async move { engine.handle(incoming).await }
                     },
                 ));
             }

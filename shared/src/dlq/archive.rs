@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{
         Broker, Headers,
-        consumer::{self, ConsumerSpec},
+        consumer::{self, ConsumerSpec, Incoming},
         header_i64, header_str,
     },
     db::dead_letters::{self, NewDeadLetter},
+    outage::{self, Held},
 };
 
 /// Dead letters archived at once.
@@ -33,16 +34,22 @@ pub async fn run(broker: Arc<Broker>, pool: PgPool, cancel: CancellationToken) {
         queue: broker.names().dead_queue(),
         prefetch: PREFETCH,
     };
-    consumer::run(broker, spec, cancel, move |delivery| {
+    consumer::run(broker, spec, cancel, move |incoming| {
         let pool = pool.clone();
-        async move { handle(&pool, delivery).await }
+        async move { handle(&pool, incoming).await }
     })
     .await;
 }
 
-async fn handle(pool: &PgPool, delivery: Delivery) {
+/// Stores one dead letter, holding it while the database is down.
+async fn handle(pool: &PgPool, incoming: Incoming) {
+    let Incoming { delivery, lost } = incoming;
     let record = to_record(&delivery);
-    match dead_letters::insert(pool, &record).await {
+    let stored = outage::hold("archive", &lost, || async {
+        Ok(dead_letters::insert(pool, &record).await?)
+    })
+    .await;
+    match stored {
         Ok(stored) => {
             if stored {
                 metrics::counter!("herald_dead_letters_archived_total",
@@ -53,8 +60,14 @@ async fn handle(pool: &PgPool, delivery: Delivery) {
             }
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not archive dead letter; requeueing");
+        Err(Held::Stopped) => {}
+        Err(Held::Failed(e)) => {
+            // The dead-letter queue has no delivery limit: a record the
+            // database refuses waits there, visible in its depth.
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not archive dead letter; requeueing"
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
             let _ = delivery
                 .nack(BasicNackOptions {

@@ -99,16 +99,23 @@ pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("`{s}` is too long ago"))
 }
 
-/// Dead-letters `delivery` with `reason` and acks it; if the dead letter
-/// cannot be published, requeues the message after `pause` instead, so it
-/// is never dropped.
+/// Dead-letters `delivery` with `reason` and acks it. While the dead letter
+/// cannot be published (the broker is down or blocked) the message is held
+/// and the publish retried; if its channel goes first, the broker hands the
+/// message out again. It is never dropped.
 pub async fn reject(
     publisher: &Publisher,
     delivery: &Delivery,
     reason: &DeadLetterReason,
-    pause: std::time::Duration,
+    lost: &tokio_util::sync::CancellationToken,
 ) {
-    match publish(publisher, delivery, reason).await {
+    let published = crate::outage::hold("dead_letter", lost, || async {
+        publish(publisher, delivery, reason)
+            .await
+            .map_err(anyhow::Error::new)
+    })
+    .await;
+    match published {
         Ok(()) => {
             tracing::info!(source = reason.source, error_class = reason.error_class, error = %reason.error,
                 tenant = reason.tenant.as_deref().unwrap_or(""), "message dead-lettered");
@@ -117,8 +124,7 @@ pub async fn reject(
                 .await;
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not dead-letter; requeueing");
-            crate::broker::consumer::requeue_after(delivery, pause).await;
+            tracing::warn!(error = ?e, "could not dead-letter before the channel went; the broker will redeliver");
         }
     }
 }

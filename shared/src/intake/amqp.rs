@@ -5,26 +5,26 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{message::Delivery, options::BasicAckOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{Intake, IntakeError};
 use crate::{
     broker::{
         Broker, Headers, Publisher,
-        consumer::{self, ConsumerSpec},
+        consumer::{self, ConsumerSpec, Incoming},
         header_str,
     },
     db,
     dlq::{self, DeadLetterReason},
     model::IdempotencyKey,
+    outage::{self, Held, Unavailable},
 };
 
 /// Messages processed at once per ingest replica.
 const PREFETCH: u16 = 64;
-/// Pause before requeueing a message the database or broker could not take,
-/// so an outage is waited out instead of burning the delivery limit.
-const UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
+/// Pause before returning a message that failed on its own to its queue.
+const POISON_PAUSE: Duration = Duration::from_secs(2);
 
 /// Consumes the ingest queue until cancelled.
 pub async fn run(
@@ -37,21 +37,36 @@ pub async fn run(
         queue: broker.names().ingest_queue(),
         prefetch: PREFETCH,
     };
-    consumer::run(broker, spec, cancel, move |delivery| {
+    consumer::run(broker, spec, cancel, move |incoming| {
         let intake = intake.clone();
         let publisher = publisher.clone();
-        async move { handle(&intake, &publisher, delivery).await }
+        async move { handle(&intake, &publisher, incoming).await }
     })
     .await;
 }
 
-async fn handle(intake: &Intake, publisher: &Publisher, delivery: Delivery) {
+/// Accepts one message. While the database or broker cannot make it
+/// durable the message is held and retried in process, never returned to
+/// its queue (which would spend its delivery limit on an outage).
+async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
+    let Incoming { delivery, lost } = incoming;
     let tenant = delivery.routing_key.as_str().to_owned();
     let headers = delivery.properties.headers().as_ref();
-    let outcome = match check(intake, &tenant, headers, &delivery.data).await {
-        Ok((body, key)) => intake.accept(&tenant, body, key).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
+    let outcome = outage::hold("ingest", &lost, || async {
+        let accepted = match check(intake, &tenant, headers, &delivery.data).await {
+            Ok((body, key)) => intake.accept(&tenant, body, key).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match accepted {
+            Err(IntakeError::Unavailable(e)) => Err(anyhow::Error::new(Unavailable(e))),
+            // Another message with the same key is being made durable.
+            Err(IntakeError::KeyInProgress) => Err(anyhow::Error::new(Unavailable(
+                "a message with the same idempotency-key is in progress".into(),
+            ))),
+            other => Ok(other),
+        }
+    })
+    .await;
     let reject = |class: &'static str, error: String| DeadLetterReason {
         source: "ingest",
         error_class: class,
@@ -59,21 +74,32 @@ async fn handle(intake: &Intake, publisher: &Publisher, delivery: Delivery) {
         tenant: Some(tenant.clone()),
     };
     let reason = match outcome {
-        Ok(()) => {
+        Ok(Ok(())) => {
             metrics::counter!("herald_ingest_amqp_total", "outcome" => "accepted").increment(1);
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }
-        Err(IntakeError::Unavailable(e)) => {
-            tracing::warn!(error = %e, "ingest message could not be made durable; requeueing");
-            consumer::requeue_after(&delivery, UNAVAILABLE_PAUSE).await;
+        Err(Held::Stopped) => {
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
             return;
         }
-        Err(IntakeError::KeyInProgress) => {
-            consumer::requeue_after(&delivery, UNAVAILABLE_PAUSE).await;
+        Err(Held::Failed(e)) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "ingest message failed; returning it to its queue"
+            );
+            consumer::requeue_after(&delivery, POISON_PAUSE).await;
             return;
         }
-        Err(IntakeError::Invalid(errors)) => {
+        Ok(Err(IntakeError::Unavailable(_) | IntakeError::KeyInProgress)) => {
+            unreachable!("held above")
+        }
+        Ok(Err(IntakeError::Invalid(errors))) => {
             let detail: Vec<String> = errors
                 .iter()
                 .map(|e| {
@@ -86,13 +112,13 @@ async fn handle(intake: &Intake, publisher: &Publisher, delivery: Delivery) {
                 .collect();
             reject("invalid", detail.join("; "))
         }
-        Err(IntakeError::KeyReused) => reject(
+        Ok(Err(IntakeError::KeyReused)) => reject(
             "idempotency_conflict",
             "idempotency-key was already used with a different body".into(),
         ),
     };
     metrics::counter!("herald_ingest_amqp_total", "outcome" => "dead_lettered").increment(1);
-    dlq::reject(publisher, &delivery, &reason, UNAVAILABLE_PAUSE).await;
+    dlq::reject(publisher, &delivery, &reason, &lost).await;
 }
 
 /// Parses what the message carries: tenant, JSON body, idempotency key.

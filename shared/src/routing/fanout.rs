@@ -279,9 +279,9 @@ impl Fanout {
                 .into_iter()
                 .find(Result::is_err)
             {
-                return Err(RouteError::Transient(anyhow::anyhow!(
-                    "publishing topic pages: {e}"
-                )));
+                return Err(RouteError::Transient(
+                    anyhow::Error::new(e).context("publishing topic pages"),
+                ));
             }
             let lasts: Vec<&str> = pages.iter().map(|p| p.last.as_str()).collect();
             db::routing::pages_handed_out(&self.pool, row.id, &lasts).await?;
@@ -420,9 +420,9 @@ impl Fanout {
             .into_iter()
             .find(Result::is_err)
         {
-            return Err(RouteError::Transient(anyhow::anyhow!(
-                "publishing deliveries: {e}"
-            )));
+            return Err(RouteError::Transient(
+                anyhow::Error::new(e).context("publishing deliveries"),
+            ));
         }
         let lane_label = lane.as_str();
         for p in &planned {

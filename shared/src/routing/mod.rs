@@ -14,7 +14,7 @@ pub mod scheduler;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::Router;
-use lapin::{message::Delivery, options::BasicAckOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{
         Publisher,
-        consumer::{self, ConsumerSpec},
+        consumer::{self, ConsumerSpec, Incoming},
     },
     config::CommonConfig,
     db,
@@ -30,6 +30,7 @@ use crate::{
     intake::RouteMessage,
     model::Lane,
     ops,
+    outage::{self, Held},
 };
 use fanout::{Fanout, RouteError};
 
@@ -64,7 +65,8 @@ fn prefetch(lane: Lane) -> u16 {
     }
 }
 
-/// Pause before requeueing a message that failed for a transient reason.
+/// Pause before returning a message that failed on its own (not an outage)
+/// to its queue.
 const TRANSIENT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs the router until `cancel` fires.
@@ -97,9 +99,9 @@ pub async fn run(
                     broker.clone(),
                     spec,
                     cancel.clone(),
-                    move |delivery| {
+                    move |incoming| {
                         let (fanout, publisher) = (fanout.clone(), publisher.clone());
-                        async move { handle(&fanout, &publisher, delivery, lane).await }
+                        async move { handle(&fanout, &publisher, incoming, lane).await }
                     },
                 ));
             }
@@ -121,22 +123,29 @@ pub async fn run(
         .await
 }
 
-async fn handle(fanout: &Fanout, publisher: &Publisher, delivery: Delivery, lane: Lane) {
-    let outcome = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
-        Ok(msg) => fanout.route(&msg, lane).await,
-        Err(e) => Err(RouteError::Permanent(format!(
-            "routing message does not parse: {e}"
-        ))),
+/// Routes one message. A database or broker outage holds the message and
+/// retries the (idempotent) routing in process rather than returning it to
+/// its queue, where each try would spend one of its deliveries.
+async fn handle(fanout: &Fanout, publisher: &Publisher, incoming: Incoming, lane: Lane) {
+    let Incoming { delivery, lost } = incoming;
+    let routed = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
+        Ok(msg) => {
+            outage::hold("route", &lost, || async {
+                match fanout.route(&msg, lane).await {
+                    Ok(()) => Ok(Ok(())),
+                    Err(RouteError::Permanent(reason)) => Ok(Err(reason)),
+                    Err(RouteError::Transient(e)) => Err(e),
+                }
+            })
+            .await
+        }
+        Err(e) => Ok(Err(format!("routing message does not parse: {e}"))),
     };
-    match outcome {
-        Ok(()) => {
+    match routed {
+        Ok(Ok(())) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
-        Err(RouteError::Transient(e)) => {
-            tracing::warn!(error = %e, "routing failed; requeueing");
-            consumer::requeue_after(&delivery, TRANSIENT_PAUSE).await;
-        }
-        Err(RouteError::Permanent(reason)) => {
+        Ok(Err(reason)) => {
             tracing::error!(error = %reason, "routing message cannot be routed; dead-lettering");
             let reason = DeadLetterReason {
                 source: "router",
@@ -144,7 +153,22 @@ async fn handle(fanout: &Fanout, publisher: &Publisher, delivery: Delivery, lane
                 error: reason,
                 tenant: None,
             };
-            dlq::reject(publisher, &delivery, &reason, TRANSIENT_PAUSE).await;
+            dlq::reject(publisher, &delivery, &reason, &lost).await;
+        }
+        Err(Held::Stopped) => {
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+        Err(Held::Failed(e)) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "routing failed; returning the message to its queue"
+            );
+            consumer::requeue_after(&delivery, TRANSIENT_PAUSE).await;
         }
     }
 }

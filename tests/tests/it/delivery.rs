@@ -555,13 +555,17 @@ async fn a_panicking_handler_gets_its_message_again() {
     let spec = ConsumerSpec { queue, prefetch: 1 };
     let consuming = tokio::spawn(consumer::run(broker.clone(), spec, cancel.clone(), {
         let calls = calls.clone();
-        move |delivery: lapin::message::Delivery| {
+        move |incoming: consumer::Incoming| {
             let calls = calls.clone();
             async move {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                     panic!("first sight of the message");
                 }
-                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                incoming
+                    .delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
             }
         }
     }));
