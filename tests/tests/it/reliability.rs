@@ -123,3 +123,121 @@ async fn declaring_the_topology_removes_the_bindings_that_copied_retries() {
         vec![(names.retry_queue(Duration::from_millis(2200)), 1)]
     );
 }
+
+/// The half-open probe whose claim fails before the provider is called
+/// gives the probe back: the circuit does not stay "probing" for ever, and
+/// the delivery goes out once the database answers again.
+#[tokio::test]
+async fn a_probe_that_fails_before_its_call_releases_the_circuit() {
+    let p = Pipeline::start("300ms,600ms").await;
+    let fake = FcmFake::start().await;
+    let worker = p.env.spawn_worker(Channel::Push, fcm(&fake)).await;
+    p.user("u-1", json!({"name": "Ada"})).await;
+    p.device("u-1", "fcm-token-0001", "fcm").await;
+    // A throttle opens the circuit at once for its Retry-After.
+    fake.push_error(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "QUOTA_EXCEEDED",
+        &[("retry-after", "2")],
+    );
+    let id = p.send(push(&["u-1"])).await;
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            (!fake.requests().is_empty()).then_some(())
+        })
+        .await
+        .expect("the first call");
+    // Every claim now fails, the probe's included.
+    let claim =
+        "herald_claim_deliveries(timestamptz[], uuid[], boolean[], double precision, uuid[])";
+    let definition: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_get_functiondef('{claim}'::regprocedure)"
+    )))
+    .fetch_one(&p.env.pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP FUNCTION {claim}")))
+        .execute(&p.env.pool)
+        .await
+        .unwrap();
+    // Past the open period: the probe has been tried, and failed to claim.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fake.requests().len(), 1);
+    sqlx::query(sqlx::AssertSqlSafe(definition))
+        .execute(&p.env.pool)
+        .await
+        .unwrap();
+    let body = p.settled(&id, Duration::from_secs(20)).await;
+    assert_eq!(body["counts"], json!({"sent": 1}));
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "the throttled call, then the send"
+    );
+    worker.stop().await;
+    p.stop().await;
+}
+
+/// The last attempt failed and the dead letter cannot be published: the
+/// delivery is not recorded `dead` until its dead letter is confirmed, and
+/// once the broker takes it, it is in the store.
+#[tokio::test]
+async fn a_give_up_whose_dead_letter_cannot_be_published_still_ends_in_the_store() {
+    use lapin::options::ExchangeDeleteOptions;
+
+    let p = Pipeline::start("300ms").await;
+    let fake = FcmFake::start().await;
+    let worker = p.env.spawn_worker(Channel::Push, fcm(&fake)).await;
+    p.user("u-1", json!({"name": "Ada"})).await;
+    p.device("u-1", "fcm-token-0001", "fcm").await;
+    for _ in 0..2 {
+        fake.push_error(503, "UNAVAILABLE", "UNAVAILABLE", &[]);
+    }
+    let broker = p.env.broker().await;
+    let channel = broker.channel().await.unwrap();
+    channel
+        .exchange_delete(
+            p.env.names().dead_exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let id = p.send(push(&["u-1"])).await;
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            (fake.requests().len() == 2).then_some(())
+        })
+        .await
+        .expect("both attempts made");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = p.status(&id).await;
+    assert_eq!(
+        status["deliveries"][0]["status"], "sending",
+        "not dead before its dead letter exists: {status}"
+    );
+
+    broker.declare_topology(&p.env.schedule).await.unwrap();
+    let body = p.settled(&id, Duration::from_secs(20)).await;
+    assert_eq!(body["counts"], json!({"dead": 1}));
+    let delivery_id: uuid::Uuid = body["deliveries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let archived = p
+        .env
+        .eventually(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters WHERE delivery_id = $1")
+                .bind(delivery_id)
+                .fetch_one(&p.env.pool)
+                .await
+                .ok()
+                .filter(|n| *n > 0)
+        })
+        .await;
+    assert_eq!(archived, Some(1), "the dead delivery is in the store, once");
+    assert_eq!(fake.requests().len(), 2, "no attempt beyond the schedule");
+    worker.stop().await;
+    p.stop().await;
+}
