@@ -18,11 +18,16 @@ use super::{Broker, Headers};
 /// answer (503) rather than hang.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a publish did not happen.
+/// Why a publish did not happen, or may not have.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The message was not sent: no channel, or the channel refused it.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The message was sent but no confirm came back (timeout, or the
+    /// channel closed while waiting): the broker may or may not hold it.
+    #[error("broker did not confirm the message: {0}")]
+    Unconfirmed(String),
     #[error("broker refused the message (nack)")]
     Nacked,
     #[error("no queue is bound for exchange `{exchange}` key `{key}`")]
@@ -38,6 +43,22 @@ pub struct Outgoing {
     pub headers: Headers,
     /// Stable id of the message (dead-letter dedupe and tracing).
     pub message_id: String,
+}
+
+impl PublishError {
+    /// Whether the broker certainly does not hold the message (as opposed
+    /// to [`PublishError::Unconfirmed`], which cannot tell).
+    pub fn certainly_not_queued(&self) -> bool {
+        !matches!(self, PublishError::Unconfirmed(_))
+    }
+
+    /// Whether the broker itself is out of reach or not answering.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Unavailable(_) | PublishError::Unconfirmed(_)
+        )
+    }
 }
 
 impl Outgoing {
@@ -119,8 +140,8 @@ impl Publisher {
         let ch = self.channel().await?;
         let result = tokio::time::timeout(CONFIRM_TIMEOUT, publish_on(&ch, msg))
             .await
-            .unwrap_or_else(|_| Err(PublishError::Unavailable("confirm timed out".into())));
-        if matches!(result, Err(PublishError::Unavailable(_))) {
+            .unwrap_or_else(|_| Err(PublishError::Unconfirmed("confirm timed out".into())));
+        if result.as_ref().is_err_and(PublishError::is_unavailable) {
             self.forget().await;
         }
         result
@@ -141,12 +162,12 @@ impl Publisher {
         let results = join_all(msgs.iter().map(|m| async {
             tokio::time::timeout(CONFIRM_TIMEOUT, publish_on(&ch, m))
                 .await
-                .unwrap_or_else(|_| Err(PublishError::Unavailable("confirm timed out".into())))
+                .unwrap_or_else(|_| Err(PublishError::Unconfirmed("confirm timed out".into())))
         }))
         .await;
         if results
             .iter()
-            .any(|r| matches!(r, Err(PublishError::Unavailable(_))))
+            .any(|r| r.as_ref().is_err_and(PublishError::is_unavailable))
         {
             self.forget().await;
         }
@@ -155,7 +176,6 @@ impl Publisher {
 }
 
 async fn publish_on(ch: &Channel, msg: &Outgoing) -> Result<(), PublishError> {
-    let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
     let confirm = ch
         .basic_publish(
             msg.exchange.as_str().into(),
@@ -168,9 +188,11 @@ async fn publish_on(ch: &Channel, msg: &Outgoing) -> Result<(), PublishError> {
             msg.properties(),
         )
         .await
-        .map_err(unavailable)?
+        // Refused before it was sent (the channel is closed).
+        .map_err(|e| PublishError::Unavailable(e.to_string()))?
         .await
-        .map_err(unavailable)?;
+        // Sent, but the channel went before its confirm came back.
+        .map_err(|e| PublishError::Unconfirmed(e.to_string()))?;
     match confirm {
         Confirmation::Nack(_) => Err(PublishError::Nacked),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    broker::{Headers, Outgoing, PublishError, Publisher},
+    broker::{Headers, Outgoing, Publisher},
     db::{
         dead_letters::{self, DeadLetter, Filter},
         deliveries::{self, Reset},
@@ -344,7 +344,7 @@ async fn replay_one(
         {
             tracing::warn!(error = %db, delivery_id = %id, "could not restore a delivery after a failed replay");
         }
-        let stop = matches!(e, PublishError::Unavailable(_)).then(|| e.to_string());
+        let stop = e.is_unavailable().then(|| e.to_string());
         return (Outcome::Failed, Some(e.to_string()), stop);
     }
     let marked = async {

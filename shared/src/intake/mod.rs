@@ -352,7 +352,16 @@ impl Intake {
         Ok(None)
     }
 
-    /// Publishes the routing messages; on failure withdraws the notifications.
+    /// Publishes the routing messages. The rows are already committed, so
+    /// they are durable whatever the broker says: the outbox relay publishes
+    /// any row the broker did not confirm. Only when the broker certainly
+    /// holds none of the messages (no channel, refused, unroutable) are the
+    /// rows withdrawn and the caller told 503. When it may hold some (a
+    /// confirm timed out, the channel closed while waiting) withdrawing could
+    /// lose a notification the router is already delivering, and a 503 would
+    /// make the client send it again: the request is accepted, and the
+    /// unconfirmed messages are published again until confirmed (the router's
+    /// fan-out key makes a second copy harmless).
     async fn publish(
         &self,
         tenant: &str,
@@ -366,7 +375,10 @@ impl Intake {
             .collect();
         let results = self.publisher.publish_all(&msgs).await;
         let ids: Vec<Uuid> = items.iter().map(|p| p.row.id).collect();
-        if let Some(err) = results.into_iter().find_map(Result::err) {
+        let certainly_none = results
+            .iter()
+            .all(|r| r.as_ref().is_err_and(PublishError::certainly_not_queued));
+        if certainly_none && let Some(Err(err)) = results.first() {
             metrics::counter!("herald_ingest_publish_failures_total").increment(1);
             // Withdraw: the caller gets 503 and may retry. If the withdrawal
             // fails too, the relay publishes the rows later and a retry with
@@ -376,13 +388,29 @@ impl Intake {
             } else if let Some(key) = key {
                 let _ = idempotency::release(&self.pool, tenant, key.as_str()).await;
             }
-            return Err(match err {
-                PublishError::Unavailable(e) => IntakeError::Unavailable(format!("broker: {e}")),
-                other => IntakeError::Unavailable(other.to_string()),
-            });
+            return Err(IntakeError::Unavailable(err.to_string()));
         }
-        for id in &ids {
-            let _ = self.marks.send(*id);
+        let mut unconfirmed = Vec::new();
+        for ((id, msg), result) in ids.iter().zip(msgs).zip(results) {
+            match result {
+                Ok(()) => {
+                    let _ = self.marks.send(*id);
+                }
+                Err(e) => {
+                    tracing::warn!(notification_id = %id, error = %e,
+                        "routing message not confirmed; accepted, and publishing it again");
+                    unconfirmed.push((*id, msg));
+                }
+            }
+        }
+        if !unconfirmed.is_empty() {
+            metrics::counter!("herald_ingest_publish_unconfirmed_total")
+                .increment(unconfirmed.len() as u64);
+            tokio::spawn(republish(
+                self.publisher.clone(),
+                self.marks.clone(),
+                unconfirmed,
+            ));
         }
         if let Some(key) = key
             && let Err(e) = idempotency::complete(&self.pool, tenant, key.as_str()).await
@@ -391,5 +419,33 @@ impl Intake {
         }
         metrics::counter!("herald_notifications_accepted_total").increment(ids.len() as u64);
         Ok(())
+    }
+}
+
+/// Publishes accepted notifications whose routing message was not confirmed,
+/// with a growing pause, for as long as the relay's grace lasts; after that
+/// (or if this process dies) the relay takes the rows over.
+async fn republish(
+    publisher: Publisher,
+    marks: tokio::sync::mpsc::UnboundedSender<Uuid>,
+    mut pending: Vec<(Uuid, Outgoing)>,
+) {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(500);
+    while !pending.is_empty() && started.elapsed() + pause < RELAY_GRACE {
+        tokio::time::sleep(pause).await;
+        let msgs: Vec<Outgoing> = pending.iter().map(|(_, m)| m.clone()).collect();
+        let results = publisher.publish_all(&msgs).await;
+        let mut left = Vec::new();
+        for ((id, msg), result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    let _ = marks.send(id);
+                }
+                Err(_) => left.push((id, msg)),
+            }
+        }
+        pending = left;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
 }

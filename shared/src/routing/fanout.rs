@@ -359,6 +359,11 @@ impl Fanout {
         let users: Vec<&str> = by_user.keys().copied().collect();
         let stored =
             db::deliveries::stored_for_users(&self.pool, row.created_at, row.id, &users).await?;
+        let stale = super::replan::stale(&stored, &planned);
+        if !stale.is_empty() {
+            let changed = db::deliveries::replan(&self.pool, row.created_at, &stale).await?;
+            metrics::counter!("herald_router_replanned_total").increment(changed);
+        }
         let pending: HashSet<(&str, &str, &str)> = stored
             .iter()
             .filter(|s| s.status == "pending")

@@ -9,6 +9,7 @@ pub mod caps;
 pub mod fanout;
 pub mod plan;
 pub mod quiet;
+pub mod replan;
 pub mod scheduler;
 
 use std::{net::SocketAddr, time::Duration};

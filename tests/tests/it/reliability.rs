@@ -241,3 +241,53 @@ async fn a_give_up_whose_dead_letter_cannot_be_published_still_ends_in_the_store
     worker.stop().await;
     p.stop().await;
 }
+
+/// The router crashed after recording a delivery and before publishing it;
+/// its routing message comes back after the notification expired. The new
+/// plan expires the delivery, so it is not left `pending` for a message
+/// that will never come.
+#[tokio::test]
+async fn routing_again_settles_what_the_first_pass_left_pending() {
+    use herald::{broker::Publisher, model::Lane};
+
+    let p = Pipeline::start("300ms").await;
+    p.user("u-1", json!({"name": "Ada"})).await;
+    p.device("u-1", "fcm-token-0001", "fcm").await;
+    let expires = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let mut body = push(&["u-1"]);
+    body["expires_at"] = json!(expires);
+    let id = p.send(body).await;
+    let queue = p.env.names().delivery_queue(Channel::Push, Lane::Normal);
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            (p.env.queue_depth(&queue).await == 1).then_some(())
+        })
+        .await
+        .expect("routed");
+    // As if the first pass had died between its insert and its publish.
+    let broker = p.env.broker().await;
+    broker
+        .channel()
+        .await
+        .unwrap()
+        .queue_purge(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let notification: uuid::Uuid = id.parse().unwrap();
+    sqlx::query("UPDATE notifications SET status = 'accepted' WHERE id = $1")
+        .bind(notification)
+        .execute(&p.env.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let row = herald::db::routing::notification(&p.env.pool, notification)
+        .await
+        .unwrap()
+        .unwrap();
+    let again =
+        herald::intake::route_message(&p.env.names(), row.id, "acme", "normal", row.created_at);
+    Publisher::new(broker).publish(&again).await.unwrap();
+    let body = p.settled(&id, Duration::from_secs(10)).await;
+    assert_eq!(body["counts"], json!({"expired": 1}), "{body}");
+    p.stop().await;
+}
