@@ -184,3 +184,57 @@ pub async fn deliveries_page(
     .fetch_all(pool)
     .await
 }
+
+/// The smallest UUIDv7 of the millisecond `at`: notification ids are
+/// UUIDv7, so ids below it were made before `at`, and a primary-key range
+/// finds them without an index on `created_at`.
+fn v7_floor(at: DateTime<Utc>) -> Uuid {
+    let ms = at.timestamp_millis().max(0) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70; // version 7
+    bytes[8] = 0x80; // RFC 4122 variant
+    Uuid::from_bytes(bytes)
+}
+
+/// Deletes up to `limit` routed notifications accepted before `cutoff`
+/// (their topic pages go with them), keeping any that still has a held
+/// delivery; answers how many were deleted. Deliveries have the same
+/// retention, by dropping their day partitions.
+pub async fn purge_older_than(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM notifications WHERE id IN (
+             SELECT n.id FROM notifications n
+             WHERE n.id < $1 AND n.created_at < $2 AND n.status = 'routed'
+               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.created_at = n.created_at AND d.notification_id = n.id
+                                 AND d.rendered IS NOT NULL)
+             ORDER BY n.id LIMIT $3)",
+    )
+    .bind(v7_floor(cutoff))
+    .bind(cutoff)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v7_floor_sorts_below_ids_made_at_that_time() {
+        let at = Utc::now();
+        let floor = v7_floor(at);
+        assert_eq!(floor.get_version_num(), 7);
+        let later = Uuid::now_v7();
+        assert!(floor <= later);
+        let earlier = v7_floor(at - chrono::Duration::milliseconds(1));
+        assert!(earlier < floor);
+    }
+}

@@ -174,8 +174,9 @@ async fn handle(fanout: &Fanout, publisher: &Publisher, incoming: Incoming, lane
     }
 }
 
-/// Hourly: create upcoming delivery partitions, drop expired ones, trim the
-/// frequency-cap ledger.
+/// Hourly: create upcoming delivery partitions, drop expired ones (unless
+/// they still hold a delivery not yet due), purge notifications past the
+/// same retention, trim the frequency-cap ledger.
 async fn housekeeping(pool: PgPool, retention_days: i32, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -194,6 +195,18 @@ async fn housekeeping(pool: PgPool, retention_days: i32, cancel: CancellationTok
             Ok(0) => {}
             Ok(n) => tracing::info!(dropped = n, "old delivery partitions dropped"),
             Err(e) => tracing::warn!(error = %e, "could not drop old delivery partitions"),
+        }
+        // Notifications go with their deliveries' retention, in batches so
+        // no one statement holds many locks.
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+        loop {
+            match db::notifications::purge_older_than(&pool, cutoff, 1000).await {
+                Ok(1000) => continue,
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "old notifications purged"),
+                Err(e) => tracing::warn!(error = %e, "could not purge old notifications"),
+            }
+            break;
         }
         // Caps windows are at most 31 days.
         if let Err(e) =

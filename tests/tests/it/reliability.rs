@@ -291,3 +291,103 @@ async fn routing_again_settles_what_the_first_pass_left_pending() {
     assert_eq!(body["counts"], json!({"expired": 1}), "{body}");
     p.stop().await;
 }
+
+/// Retention drops a day of deliveries only once nothing in it is still
+/// held: a delivery deferred far ahead (`send_at`) lives in the partition
+/// of the day its notification was accepted. Notifications follow the same
+/// retention.
+#[tokio::test]
+async fn retention_keeps_a_day_that_still_holds_a_delivery() {
+    use herald::db::{
+        deliveries::{BatchOf, NewDelivery},
+        notifications::NewNotification,
+    };
+
+    let env = herald_tests::TestEnv::new().await;
+    env.key("acme", &[]).await;
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
+    let partition = format!("deliveries_{}", yesterday.format("%Y%m%d"));
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, yesterday.timestamp() as u64, 0);
+    let notification = uuid::Uuid::new_v7(ts);
+    herald::db::notifications::insert_many(
+        &env.pool,
+        &[NewNotification {
+            id: notification,
+            tenant_id: "acme".into(),
+            category: "reminders".into(),
+            priority: "normal".into(),
+            request: json!({}),
+            idempotency_key: None,
+            created_at: yesterday,
+        }],
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE notifications SET status = 'routed' WHERE id = $1")
+        .bind(notification)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let held = NewDelivery {
+        id: uuid::Uuid::now_v7(),
+        user_id: "u-1".into(),
+        channel: "sms",
+        destination: "+14155550100".into(),
+        platform: None,
+        status: "deferred",
+        reason: Some("send_at".into()),
+        rendered: Some(json!({"sms": {"text": "see you next month"}})),
+        not_before: Some(chrono::Utc::now() + chrono::Duration::days(40)),
+    };
+    let batch = BatchOf {
+        created_at: yesterday,
+        notification_id: notification,
+        tenant_id: "acme",
+        lane: "normal",
+        expires_at: None,
+    };
+    herald::db::deliveries::insert_batch(&env.pool, &batch, &[held])
+        .await
+        .unwrap();
+    let drop = || async {
+        sqlx::query_scalar::<_, i32>("SELECT herald_drop_delivery_partitions(0)")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    let exists = || async {
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&partition)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    let now = chrono::Utc::now();
+    drop().await;
+    assert!(exists().await, "a day holding a delivery is kept");
+    assert_eq!(
+        herald::db::notifications::purge_older_than(&env.pool, now, 100)
+            .await
+            .unwrap(),
+        0,
+        "and so is its notification"
+    );
+
+    // Released (the scheduler clears the content): the day can go.
+    sqlx::query("UPDATE deliveries SET rendered = NULL, status = 'sent'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(drop().await, 1);
+    assert!(!exists().await);
+    assert_eq!(
+        herald::db::notifications::purge_older_than(&env.pool, now, 100)
+            .await
+            .unwrap(),
+        1
+    );
+}
