@@ -1,13 +1,14 @@
 //! Replay: puts dead letters back where they came from, through the normal
 //! path. Used by `heraldctl dlq replay` and the admin page.
 //!
-//! Each record's payload goes back to its original exchange and routing key
-//! (an ingest dead letter to `herald.ingest` keyed by tenant, so it is
-//! validated again; a delivery to `herald.deliveries` keyed `channel.lane`)
-//! with its original headers, minus what dead-lettering added, and with the
-//! attempt count reset. A delivery's row is set back to `pending` first, so
-//! the worker's claim accepts the message; the worker still drops it if it
-//! has expired. A record is marked replayed only once its publish is
+//! A dead delivery goes back through the router: its row is set back to
+//! `pending` (with no attempts), then a routing message asks the router to
+//! route its notification again for that user, so preferences, erasure,
+//! suppressions, quiet hours and expiry apply as of now, and the content is
+//! rendered afresh. Any other record's payload goes back to its original
+//! exchange and routing key (an ingest dead letter to `herald.ingest` keyed
+//! by tenant, so it is validated again; a routing message to its lane) with
+//! its original headers, minus what dead-lettering added. A record is marked replayed only once its publish is
 //! confirmed, and by default only records never replayed are selected, so a
 //! replay interrupted halfway can simply be run again.
 
@@ -20,11 +21,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    broker::{Headers, Outgoing, Publisher},
+    broker::{Headers, Names, Outgoing, Publisher},
     db::{
         dead_letters::{self, DeadLetter, Filter},
         deliveries::{self, Reset},
     },
+    model::message::{DeliveryMessage, Replay, RouteMessage},
 };
 
 /// What to replay and how fast.
@@ -160,6 +162,28 @@ fn delivery_key(record: &DeadLetter, deliveries_exchange: &str) -> Option<(DateT
     let created_at = body.get("created_at")?.as_str()?.parse().ok()?;
     let id = body.get("delivery_id")?.as_str()?.parse().ok()?;
     Some((created_at, id))
+}
+
+/// The routing message that replays a dead delivery through the router,
+/// so preferences, erasure, suppressions, quiet hours and expiry apply as of
+/// now (PRODUCT.md: a replay goes through the normal path). `None` for a
+/// record whose payload is not a delivery: it goes back as it was.
+fn through_router(record: &DeadLetter, names: &Names) -> Option<(Uuid, Outgoing)> {
+    let msg: DeliveryMessage = serde_json::from_slice(&record.payload).ok()?;
+    let notification = msg.notification_id;
+    let route = RouteMessage {
+        notification_id: msg.notification_id,
+        tenant_id: msg.tenant_id,
+        page: None,
+        replay: Some(Replay {
+            users: vec![msg.user_id],
+            number: i64::from(record.replay_count) + 1,
+        }),
+    };
+    Some((
+        notification,
+        route.outgoing(names, msg.lane.as_str(), msg.created_at),
+    ))
 }
 
 /// Replays the records `request` selects, paced at its rate.
@@ -309,6 +333,19 @@ async fn replay_one(
     };
     let names = publisher.broker().names();
     let delivery = delivery_key(&record, &names.deliveries_exchange());
+    let routed = through_router(&record, names);
+    if let Some((notification, _)) = &routed {
+        match crate::db::routing::notification(pool, *notification).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return failed(
+                    "its notification is no longer stored (past retention); it cannot be routed again"
+                        .into(),
+                );
+            }
+            Err(e) => return failed(format!("database: {e}")),
+        }
+    }
     let mut restore = None;
     if let Some((created_at, id)) = delivery {
         // Committed on its own before the publish: the worker must find the
@@ -331,12 +368,14 @@ async fn replay_one(
             Err(e) => return failed(format!("database: {e}")),
         }
     }
-    let msg = Outgoing::json(
-        record.exchange.clone(),
-        record.routing_key.clone(),
-        record.payload.clone(),
-        replay_headers(&record),
-    );
+    let msg = routed.map(|(_, msg)| msg).unwrap_or_else(|| {
+        Outgoing::json(
+            record.exchange.clone(),
+            record.routing_key.clone(),
+            record.payload.clone(),
+            replay_headers(&record),
+        )
+    });
     if let Err(e) = publisher.publish(&msg).await {
         if let (Some((created_at, id)), Some((status, attempts))) = (delivery, &restore)
             && let Err(db) =

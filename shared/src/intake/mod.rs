@@ -20,13 +20,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    broker::{Headers, Names, Outgoing, PublishError, Publisher},
+    broker::{Names, Outgoing, PublishError, Publisher},
     db::{
         self,
         idempotency::{self, Claim},
         notifications::NewNotification,
     },
-    model::{FieldError, IdempotencyKey, notification::NotificationRequest},
+    model::{FieldError, IdempotencyKey, message::RouteMessage, notification::NotificationRequest},
 };
 
 /// How long a committed notification may stay unconfirmed before the relay
@@ -71,24 +71,6 @@ pub struct Accepted<T> {
     pub replayed: bool,
 }
 
-/// The routing message of a notification: small, since the router reads the
-/// request itself from PostgreSQL. A topic notification is routed in pages;
-/// each page travels as a routing message of its own.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RouteMessage {
-    pub notification_id: Uuid,
-    pub tenant_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub page: Option<Page>,
-}
-
-/// A page of a topic's subscribers: ids in `(after, last]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Page {
-    pub after: Option<String>,
-    pub last: String,
-}
-
 /// Builds the routing message of a notification, sent to its lane.
 pub fn route_message(
     names: &Names,
@@ -97,20 +79,13 @@ pub fn route_message(
     lane: &str,
     accepted_at: DateTime<Utc>,
 ) -> Outgoing {
-    let body = serde_json::to_vec(&RouteMessage {
+    RouteMessage {
         notification_id: id,
         tenant_id: tenant.to_owned(),
         page: None,
-    })
-    .expect("serialisable");
-    let headers = Headers::default()
-        .str(Headers::TENANT, tenant)
-        .str(Headers::NOTIFICATION, id.to_string())
-        .int(Headers::ACCEPTED_AT_MS, accepted_at.timestamp_millis());
-    let mut msg = Outgoing::json(names.notifications_exchange(), lane, body, headers);
-    // One message id per notification, however often it is (re)published.
-    msg.message_id = id.to_string();
-    msg
+        replay: None,
+    }
+    .outgoing(names, lane, accepted_at)
 }
 
 /// Accepts notification requests for a tenant.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::user::Platform;
 
@@ -80,4 +81,37 @@ pub struct DeliveryMessage {
     pub rendered: Rendered,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The routing message of a notification: small, since the router reads the
+/// request itself from PostgreSQL. A topic notification is routed in pages;
+/// each page travels as a routing message of its own. A replayed delivery
+/// travels as one too, so it takes the normal path again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteMessage {
+    pub notification_id: Uuid,
+    pub tenant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<Page>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+}
+
+/// A page of a topic's subscribers: ids in `(after, last]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    pub after: Option<String>,
+    pub last: String,
+}
+
+/// An operator's replay of dead deliveries: route the notification again for
+/// these users only, with preferences, erasure, suppressions, quiet hours and
+/// expiry applied as of now. Only deliveries set back to `pending` go out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replay {
+    pub users: Vec<String>,
+    /// How many times the dead letter was replayed, this time included: it
+    /// travels on to a new dead letter, so a replay that dies again is
+    /// archived anew.
+    pub number: i64,
 }

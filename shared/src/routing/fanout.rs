@@ -22,17 +22,16 @@ use super::{
     plan::{self, Initial, Planned, Policy, Recipient},
 };
 use crate::{
-    broker::{Outgoing, Publisher},
+    broker::{Headers, Outgoing, Publisher},
     db::{
         self,
         deliveries::{BatchOf, NewDelivery},
         notifications::NotificationRow,
         routing::RecipientRow,
     },
-    intake::{Page, RouteMessage},
     model::{
         Lane,
-        message::DeliveryMessage,
+        message::{DeliveryMessage, Page, RouteMessage},
         notification::{NotificationRequest, Recipients},
         user::{EmailAddress, PhoneE164, Platform, Profile},
     },
@@ -158,9 +157,15 @@ impl Fanout {
         }
     }
 
-    /// Routes one message from a route queue; `lane` is the queue's lane.
+    /// Routes one message from a route queue; `lane` is the queue's lane,
+    /// `redelivered` whether the broker handed the message out before.
     #[tracing::instrument(skip_all, fields(notification_id = %msg.notification_id))]
-    pub async fn route(&self, msg: &RouteMessage, lane: Lane) -> Result<(), RouteError> {
+    pub async fn route(
+        &self,
+        msg: &RouteMessage,
+        lane: Lane,
+        redelivered: bool,
+    ) -> Result<(), RouteError> {
         let _high = (lane == Lane::High).then(|| {
             self.high_in_flight
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -176,33 +181,27 @@ impl Fanout {
                 "routing message names another tenant".into(),
             ));
         }
-        if msg.page.is_none() && matches!(row.status.as_str(), "routed" | "completed") {
+        let first_pass = msg.page.is_none() && msg.replay.is_none();
+        if first_pass && matches!(row.status.as_str(), "routed" | "completed") {
             return Ok(());
         }
         let req: NotificationRequest = serde_json::from_value(row.request.clone())
             .map_err(|e| RouteError::Permanent(format!("stored request does not parse: {e}")))?;
+        if let Some(replay) = &msg.replay {
+            let ids: Vec<&str> = replay.users.iter().map(String::as_str).collect();
+            let recipients = self.users(&row.tenant_id, &ids).await?;
+            return self
+                .deliver(&row, &req, recipients, true, Some(replay.number))
+                .await;
+        }
         match (&req.to, &msg.page) {
             (Recipients::Users(users), _) => {
                 // A user list is routed in one step: `accepted -> routed`
                 // directly, one commit fewer on the path of one-time codes.
                 let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
-                let rows = db::routing::recipients(&self.pool, &row.tenant_id, &ids).await?;
-                let mut found: HashMap<String, Recipient> = rows
-                    .into_iter()
-                    .map(|r| (r.id.clone(), recipient(r)))
-                    .collect();
-                let recipients = ids
-                    .iter()
-                    .map(|id| {
-                        found.remove(*id).unwrap_or_else(|| Recipient {
-                            user_id: (*id).to_owned(),
-                            profile: None,
-                            preferences: Default::default(),
-                            devices: Vec::new(),
-                        })
-                    })
-                    .collect();
-                self.deliver(&row, &req, recipients).await?;
+                let recipients = self.users(&row.tenant_id, &ids).await?;
+                self.deliver(&row, &req, recipients, redelivered, None)
+                    .await?;
                 db::routing::finish_routing(&self.pool, row.id).await?;
             }
             (Recipients::Topic(topic), Some(page)) => {
@@ -214,13 +213,40 @@ impl Fanout {
                     &page.last,
                 )
                 .await?;
-                self.deliver(&row, &req, rows.into_iter().map(recipient).collect())
-                    .await?;
+                self.deliver(
+                    &row,
+                    &req,
+                    rows.into_iter().map(recipient).collect(),
+                    redelivered,
+                    None,
+                )
+                .await?;
                 db::routing::page_done(&self.pool, row.id, &page.last).await?;
             }
             (Recipients::Topic(topic), None) => self.enumerate(&row, topic.as_str()).await?,
         }
         Ok(())
+    }
+
+    /// The named users of a tenant as recipients; a user who does not exist
+    /// (never created, or erased) is a recipient without a profile.
+    async fn users(&self, tenant: &str, ids: &[&str]) -> Result<Vec<Recipient>, RouteError> {
+        let rows = db::routing::recipients(&self.pool, tenant, ids).await?;
+        let mut found: HashMap<String, Recipient> = rows
+            .into_iter()
+            .map(|r| (r.id.clone(), recipient(r)))
+            .collect();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                found.remove(*id).unwrap_or_else(|| Recipient {
+                    user_id: (*id).to_owned(),
+                    profile: None,
+                    preferences: Default::default(),
+                    devices: Vec::new(),
+                })
+            })
+            .collect())
     }
 
     /// Hands a topic's subscribers out in pages, on the notification's own
@@ -255,21 +281,13 @@ impl Fanout {
             let msgs: Vec<Outgoing> = pages
                 .iter()
                 .map(|page| {
-                    let mut msg = crate::intake::route_message(
-                        names,
-                        row.id,
-                        &row.tenant_id,
-                        &row.priority,
-                        row.created_at,
-                    );
-                    msg.body = serde_json::to_vec(&RouteMessage {
+                    RouteMessage {
                         notification_id: row.id,
                         tenant_id: row.tenant_id.clone(),
                         page: Some(page.clone()),
-                    })
-                    .expect("serialisable");
-                    msg.message_id = format!("{}:{}", row.id, page.last);
-                    msg
+                        replay: None,
+                    }
+                    .outgoing(names, &row.priority, row.created_at)
                 })
                 .collect();
             if let Some(Err(e)) = self
@@ -293,12 +311,16 @@ impl Fanout {
         Ok(())
     }
 
-    /// Decides, records and publishes the deliveries of some recipients.
+    /// Decides, records and publishes the deliveries of some recipients;
+    /// `again` when they may have been routed before, `replay` the replay
+    /// number when an operator replays them.
     async fn deliver(
         &self,
         row: &NotificationRow,
         req: &NotificationRequest,
         recipients: Vec<Recipient>,
+        again: bool,
+        replay: Option<i64>,
     ) -> Result<(), RouteError> {
         self.yield_to_high(req.priority).await;
         let now = Utc::now();
@@ -324,8 +346,24 @@ impl Fanout {
         }
 
         let lane = req.priority;
+        // Routed before (a redelivery, a replay): a user's channel that
+        // already has deliveries gets no extra "ended" row (opted out, no
+        // destination); the stored rows take the new plan's word instead.
+        let mut known = HashSet::new();
+        if again {
+            let users: Vec<&str> = by_user.keys().copied().collect();
+            for s in
+                db::deliveries::stored_for_users(&self.pool, row.created_at, row.id, &users).await?
+            {
+                known.insert((s.user_id, s.channel));
+            }
+        }
         let new_rows: Vec<NewDelivery> = planned
             .iter()
+            .filter(|p| {
+                !(p.destination.address.is_empty()
+                    && known.contains(&(p.user_id.clone(), p.channel.as_str().to_owned())))
+            })
             .map(|p| NewDelivery {
                 id: Uuid::now_v7(),
                 user_id: p.user_id.clone(),
@@ -416,6 +454,12 @@ impl Fanout {
                     }
                     .outgoing(names),
                 )
+                .map(|mut out| {
+                    if let Some(number) = replay {
+                        out.headers = out.headers.int(Headers::REPLAY, number);
+                    }
+                    out
+                })
             })
             .collect();
         if let Some(Err(e)) = self

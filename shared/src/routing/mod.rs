@@ -28,8 +28,7 @@ use crate::{
     config::CommonConfig,
     db,
     dlq::{self, DeadLetterReason},
-    intake::RouteMessage,
-    model::Lane,
+    model::{Lane, message::RouteMessage},
     ops,
     outage::{self, Held},
 };
@@ -132,7 +131,7 @@ async fn handle(fanout: &Fanout, publisher: &Publisher, incoming: Incoming, lane
     let routed = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
         Ok(msg) => {
             outage::hold("route", &lost, || async {
-                match fanout.route(&msg, lane).await {
+                match fanout.route(&msg, lane, delivery.redelivered).await {
                     Ok(()) => Ok(Ok(())),
                     Err(RouteError::Permanent(reason)) => Ok(Err(reason)),
                     Err(RouteError::Transient(e)) => Err(e),

@@ -12,7 +12,8 @@ use super::plan::{Initial, Planned};
 use crate::db::deliveries::{Replanned, Stored};
 
 /// Reason of a stored delivery the new plan no longer has: its address or
-/// device is gone, or the user was erased.
+/// device changed or is gone (a user with no destination left on the
+/// channel, or erased, gets the plan's own reason instead).
 pub const GONE: &str = "destination_changed";
 
 /// The stored `pending` deliveries the new plan `planned` settles otherwise.
@@ -30,6 +31,13 @@ pub fn stale(stored: &[Stored], planned: &[Planned]) -> Vec<Replanned> {
             )
         })
         .collect();
+    // What the plan says of a user's channel as a whole (no destination,
+    // opted out, unknown user): planned with no destination at all.
+    let ended: HashMap<(&str, &str), &Planned> = planned
+        .iter()
+        .filter(|p| p.destination.address.is_empty())
+        .map(|p| ((p.user_id.as_str(), p.channel.as_str()), p))
+        .collect();
     stored
         .iter()
         .filter(|s| s.status == "pending")
@@ -39,7 +47,11 @@ pub fn stale(stored: &[Stored], planned: &[Planned]) -> Vec<Replanned> {
                 s.channel.as_str(),
                 s.destination.as_str(),
             );
-            match plan.get(&key) {
+            let planned = plan
+                .get(&key)
+                .or_else(|| ended.get(&(key.0, key.1)))
+                .copied();
+            match planned {
                 Some(p) if p.status == Initial::Pending => None,
                 Some(p) => Some(Replanned {
                     id: s.id,
@@ -106,6 +118,7 @@ mod tests {
             stored("u-2", "+2", "pending"),
             stored("u-3", "+3", "pending"),
             stored("u-4", "+4", "sent"),
+            stored("u-5", "+5", "pending"),
         ];
         let plan = [
             planned("u-1", "+1", Initial::Pending, None),
@@ -113,6 +126,8 @@ mod tests {
             // u-3 changed number; u-4's row is past pending.
             planned("u-3", "+30", Initial::Pending, None),
             planned("u-4", "+4", Initial::Suppressed, Some("opted_out")),
+            // u-5 was erased: no destination at all now.
+            planned("u-5", "", Initial::Suppressed, Some("unknown_user")),
         ];
         let stale = stale(&rows, &plan);
         let got: Vec<(Uuid, &str, Option<&str>)> = stale
@@ -124,6 +139,7 @@ mod tests {
             vec![
                 (rows[1].id, "expired", Some("expired")),
                 (rows[2].id, "suppressed", Some(GONE)),
+                (rows[4].id, "suppressed", Some("unknown_user")),
             ]
         );
     }

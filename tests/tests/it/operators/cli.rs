@@ -78,7 +78,8 @@ async fn heraldctl_dlq_lists_replays_and_purges() {
     assert_eq!(report["replayed"], 1, "{report}");
     assert_eq!(report["results"][0]["outcome"], "replayed");
     assert_eq!(delivery_row(&env, &msg).await, ("pending".into(), 0));
-    let queue = env.names().delivery_queue(Channel::Sms, Lane::High);
+    // Back through the router, which routes it again for its user.
+    let queue = env.names().route_queue(Lane::High);
     assert_eq!(env.queue_depth(&queue).await, 1);
     // Twice: refused with the reason, nothing published.
     let (ok, _, err) = run(&env, &["dlq", "replay", "--id", &id]).await;

@@ -16,7 +16,7 @@ use herald::{
     dlq::replay::{self, Outcome, ReplayRequest},
     model::{
         Channel, Lane,
-        message::{DeliveryMessage, Destination, Rendered, SmsMessage},
+        message::{DeliveryMessage, Destination, Rendered, Replay, RouteMessage, SmsMessage},
     },
 };
 use herald_tests::{TestEnv, binary, browser::Browser};
@@ -90,6 +90,23 @@ pub(super) async fn dead_delivery(
         }),
         expires_at: None,
     };
+    // The notification stays stored (replay routes it again); its request
+    // matters only to a router, which these tests do not run.
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING")
+        .bind(tenant)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, category, priority, status, request, created_at)
+         VALUES ($1, $2, 'security', 'high', 'routed', '{}', $3)",
+    )
+    .bind(msg.notification_id)
+    .bind(tenant)
+    .bind(msg.created_at)
+    .execute(&env.pool)
+    .await
+    .unwrap();
     sqlx::query(
         "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, lane, user_id, channel,
              destination, status, attempts, error_class, last_error)

@@ -3,11 +3,11 @@
 use super::*;
 
 #[tokio::test]
-async fn replaying_a_dead_delivery_puts_it_back_on_its_queue_once() {
+async fn replaying_a_dead_delivery_routes_it_again_once() {
     let env = TestEnv::new().await;
     let broker = env.broker().await;
     let publisher = Publisher::new(broker.clone());
-    let queue = env.names().delivery_queue(Channel::Sms, Lane::High);
+    let queue = env.names().route_queue(Lane::High);
     let (msg, id) = dead_delivery(&env, "acme", "dead").await;
 
     // A dry run reports and changes nothing.
@@ -37,16 +37,27 @@ async fn replaying_a_dead_delivery_puts_it_back_on_its_queue_once() {
     );
     assert_eq!(delivery_row(&env, &msg).await, ("pending".into(), 0));
     assert!(replayed_at(&env, id).await.is_some());
+    // Back through the router, for this user only, as replay number 1.
     let got = drain(&env, &queue).await;
     assert_eq!(got.len(), 1);
-    let delivered: DeliveryMessage = serde_json::from_slice(&got[0].delivery.data).unwrap();
-    assert_eq!(delivered, msg);
+    let routed: RouteMessage = serde_json::from_slice(&got[0].delivery.data).unwrap();
+    assert_eq!(
+        routed,
+        RouteMessage {
+            notification_id: msg.notification_id,
+            tenant_id: "acme".into(),
+            page: None,
+            replay: Some(Replay {
+                users: vec!["u-1".into()],
+                number: 1
+            }),
+        }
+    );
     let headers = got[0].delivery.properties.headers().as_ref();
-    assert_eq!(header_i64(headers, Headers::ATTEMPTS), Some(0));
     assert_eq!(header_i64(headers, Headers::REPLAY), Some(1));
     assert_eq!(
-        header_str(headers, Headers::DELIVERY),
-        Some(msg.delivery_id.to_string())
+        header_str(headers, Headers::NOTIFICATION),
+        Some(msg.notification_id.to_string())
     );
     for gone in [
         Headers::ERROR,
@@ -152,4 +163,90 @@ async fn replay_puts_ingest_router_and_poison_dead_letters_back_where_they_came_
         assert!(replayed_at(&env, id).await.is_some());
     }
     broker.close().await;
+}
+
+/// A replayed delivery takes the normal path: sent when nothing stands in
+/// its way, suppressed when its user opted out or was erased since.
+#[tokio::test]
+async fn a_replayed_delivery_goes_through_preferences_and_erasure() {
+    use herald_tests::{
+        fakes::twilio::TwilioFake,
+        pipeline::{Pipeline, twilio},
+    };
+    use reqwest::Method;
+
+    let p = Pipeline::start("200ms").await;
+    let fake = TwilioFake::start().await;
+    let worker = p.env.spawn_worker(Channel::Sms, twilio(&fake)).await;
+    let publisher = Publisher::new(p.env.broker().await);
+    let mut dead = Vec::new();
+    for (i, user) in ["u-1", "u-2", "u-3"].iter().enumerate() {
+        p.user(user, json!({"phone": format!("+1415555010{i}")}))
+            .await;
+        for _ in 0..2 {
+            fake.push_error(503, 20500, "Service unavailable", &[]);
+        }
+        let id = p
+            .send(json!({"category": "orders", "to": {"users": [user]},
+                         "content": {"sms": {"text": "Order shipped"}}}))
+            .await;
+        let body = p.settled(&id, Duration::from_secs(20)).await;
+        assert_eq!(body["counts"], json!({"dead": 1}));
+        dead.push(id);
+    }
+    let archived = p
+        .env
+        .eventually(Duration::from_secs(10), || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+                .fetch_one(&p.env.pool)
+                .await
+                .unwrap();
+            (n == 3).then_some(())
+        })
+        .await;
+    assert!(archived.is_some(), "three dead letters");
+    let (status, _) = p
+        .client
+        .json(
+            Method::PUT,
+            "/v1/users/u-2/preferences",
+            Some(json!({"channels": {"sms": false}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = p.client.json(Method::DELETE, "/v1/users/u-3", None).await;
+    assert_eq!(status, 204);
+    let requests_before = fake.requests().len();
+
+    let report = replay::replay(&p.env.pool, &publisher, &request(Filter::default()))
+        .await
+        .unwrap();
+    assert_eq!((report.replayed, report.failed), (3, 0), "{report:?}");
+    let outcomes = [
+        json!({"sent": 1}),
+        json!({"suppressed": 1}),
+        json!({"suppressed": 1}),
+    ];
+    for (id, want) in dead.iter().zip(outcomes) {
+        let body = p
+            .env
+            .eventually(Duration::from_secs(20), || async {
+                let body = p.status(id).await;
+                (body["counts"] == want).then_some(body)
+            })
+            .await
+            .unwrap_or_else(|| panic!("{id} never became {want}"));
+        let reason = &body["deliveries"][0]["reason"];
+        match want.as_object().unwrap().keys().next().unwrap().as_str() {
+            "sent" => assert_eq!(body["deliveries"][0]["attempts"], 1),
+            _ => assert!(reason == "opted_out" || reason == "unknown_user", "{body}"),
+        }
+    }
+    assert_eq!(
+        fake.requests().len(),
+        requests_before + 1,
+        "only the replay that may go out was sent"
+    );
+    worker.stop().await;
+    p.stop().await;
 }
