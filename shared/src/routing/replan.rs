@@ -58,7 +58,7 @@ pub fn stale(stored: &[Stored], planned: &[Planned]) -> Vec<Replanned> {
                     status: p.status.as_str(),
                     reason: p.reason.clone(),
                     rendered: (p.status == Initial::Deferred)
-                        .then(|| p.rendered.as_ref().map(|r| serde_json::to_value(r)))
+                        .then(|| p.rendered.as_ref().map(serde_json::to_value))
                         .flatten()
                         .transpose()
                         .expect("rendered content serialises"),
