@@ -14,6 +14,8 @@ pub struct NewDeadLetter {
     pub lane: Option<String>,
     pub notification_id: Option<Uuid>,
     pub delivery_id: Option<Uuid>,
+    /// The recipient of a dead delivery, so erasing the user reaches it.
+    pub user_id: Option<String>,
     pub error_class: String,
     pub last_error: String,
     pub attempts: i32,
@@ -29,8 +31,9 @@ pub struct NewDeadLetter {
 pub async fn insert(pool: &PgPool, d: &NewDeadLetter) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "INSERT INTO dead_letters (id, message_key, source, tenant_id, channel, lane, notification_id,
-             delivery_id, error_class, last_error, attempts, exchange, routing_key, headers, payload, failed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             delivery_id, error_class, last_error, attempts, exchange, routing_key, headers, payload,
+             failed_at, user_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (message_key) DO NOTHING",
     )
     .bind(Uuid::now_v7())
@@ -49,6 +52,7 @@ pub async fn insert(pool: &PgPool, d: &NewDeadLetter) -> Result<bool, sqlx::Erro
     .bind(&d.headers)
     .bind(&d.payload)
     .bind(d.failed_at)
+    .bind(&d.user_id)
     .execute(pool)
     .await?
     .rows_affected();
@@ -188,4 +192,30 @@ pub async fn purge(pool: &PgPool, filter: &Filter) -> Result<u64, sqlx::Error> {
     let mut q = QueryBuilder::new("DELETE FROM dead_letters");
     push_filter(&mut q, filter);
     Ok(q.build().execute(pool).await?.rows_affected())
+}
+
+/// What an erased user's dead letters keep of their payload.
+pub const ERASED_PAYLOAD: &[u8] = br#"{"erased":true}"#;
+
+/// Scrubs the dead letters of an erased user in the caller's transaction:
+/// the payload (address and content) and the error texts (a provider's
+/// error may quote the address) go; ids, classes, counts and times stay for
+/// the operator's record. Answers how many were scrubbed.
+pub async fn erase_user(
+    db: impl PgExecutor<'_>,
+    tenant: &str,
+    user: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE dead_letters
+         SET payload = $3, last_error = 'erased with its user',
+             headers = headers - 'x-herald-error'
+         WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(ERASED_PAYLOAD)
+    .execute(db)
+    .await?
+    .rows_affected())
 }

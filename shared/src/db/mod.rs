@@ -37,11 +37,70 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
         .connect_lazy_with(options))
 }
 
-/// Applies pending migrations and makes sure delivery partitions exist.
+/// Applies pending migrations, makes sure delivery partitions exist, and
+/// builds the partition indexes a migration declared on the partitioned
+/// table only.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await?;
     ensure_partitions(pool).await?;
+    ensure_partition_indexes(pool).await?;
     Ok(())
+}
+
+/// Indexes declared `ON ONLY deliveries` by a migration, built here on each
+/// existing partition that lacks them.
+const PARTITIONED_INDEXES: [(&str, &str); 1] = [("deliveries_user", "(tenant_id, user_id)")];
+
+/// Builds each partitioned index on every existing partition that lacks it,
+/// with `CREATE INDEX CONCURRENTLY` (writes go on meanwhile; a migration's
+/// transaction cannot run it), then attaches it; once every partition has
+/// it, PostgreSQL marks the parent index valid. Partitions created later get
+/// the index with their `CREATE TABLE`. Safe to run again: a build that was
+/// interrupted (an invalid index) is dropped and redone. Answers how many
+/// partition indexes it built.
+pub async fn ensure_partition_indexes(pool: &PgPool) -> Result<u32, sqlx::Error> {
+    let mut built = 0;
+    for (parent, columns) in PARTITIONED_INDEXES {
+        let missing: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'deliveries'::regclass
+               AND NOT EXISTS (
+                   SELECT 1 FROM pg_inherits ii JOIN pg_index x ON x.indexrelid = ii.inhrelid
+                   WHERE ii.inhparent = to_regclass($1) AND x.indrelid = c.oid)
+             ORDER BY 1",
+        )
+        .bind(parent)
+        .fetch_all(pool)
+        .await?;
+        for partition in missing {
+            let index = format!("{partition}_{}", parent.trim_start_matches("deliveries_"));
+            let invalid: Option<bool> = sqlx::query_scalar(
+                "SELECT NOT x.indisvalid FROM pg_index x WHERE x.indexrelid = to_regclass($1)",
+            )
+            .bind(&index)
+            .fetch_optional(pool)
+            .await?;
+            if invalid == Some(true) {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS \"{index}\""
+                )))
+                .execute(pool)
+                .await?;
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"{index}\" ON \"{partition}\" {columns}"
+            )))
+            .execute(pool)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER INDEX \"{parent}\" ATTACH PARTITION \"{index}\""
+            )))
+            .execute(pool)
+            .await?;
+            built += 1;
+        }
+    }
+    Ok(built)
 }
 
 /// Creates the daily delivery partitions for the next two weeks. Run by

@@ -75,15 +75,39 @@ pub async fn get_user(
     .await
 }
 
-/// Erases a user with their devices, preferences and subscriptions (cascade).
+/// Erases a user: the user with their devices, preferences and
+/// subscriptions (cascade), and in the same transaction their addresses
+/// and content in stored deliveries (a held or pending delivery is
+/// suppressed, reason `erased`: it will not be sent) and dead letters.
+/// False if there was no such user.
 pub async fn delete_user(pool: &PgPool, tenant: &str, user: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     let n = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(user)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-    Ok(n == 1)
+    if n == 0 {
+        return Ok(false);
+    }
+    // The erased destination stays unique per row (the fan-out key
+    // includes it) and says what happened.
+    sqlx::query(
+        "UPDATE deliveries
+         SET destination = 'erased:' || id::text, rendered = NULL, last_error = NULL,
+             status = CASE WHEN status IN ('pending', 'deferred') THEN 'suppressed' ELSE status END,
+             reason = CASE WHEN status IN ('pending', 'deferred') THEN 'erased' ELSE reason END,
+             updated_at = now()
+         WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(tenant)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    super::dead_letters::erase_user(&mut *tx, tenant, user).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Whether the user exists in this tenant.

@@ -173,6 +173,7 @@ pub fn to_record(delivery: &Delivery) -> NewDeadLetter {
         lane: get(Headers::LANE),
         notification_id: get(Headers::NOTIFICATION).and_then(|s| s.parse().ok()),
         delivery_id: get(Headers::DELIVERY).and_then(|s| s.parse().ok()),
+        user_id: get(Headers::DELIVERY).and(recipient(&delivery.data)),
         error_class,
         last_error,
         attempts: header_i64(headers, Headers::ATTEMPTS).unwrap_or(0) as i32,
@@ -182,6 +183,17 @@ pub fn to_record(delivery: &Delivery) -> NewDeadLetter {
         payload: delivery.data.clone(),
         failed_at,
     }
+}
+
+/// The user a dead delivery was for, from its payload.
+fn recipient(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Recipient {
+        user_id: String,
+    }
+    serde_json::from_slice::<Recipient>(payload)
+        .ok()
+        .map(|r| r.user_id)
 }
 
 fn value_json(v: &AMQPValue) -> serde_json::Value {

@@ -263,6 +263,13 @@ impl Outcome {
     }
 }
 
+/// Why a record is left alone on purpose: its user was erased, and with
+/// them everything there was to send.
+fn erased(record: &DeadLetter) -> Option<String> {
+    (record.payload == dead_letters::ERASED_PAYLOAD)
+        .then(|| "its user was erased; there is nothing to send".into())
+}
+
 /// Why a record cannot be published at all, whatever the state of things.
 fn unreplayable(record: &DeadLetter, publisher: &Publisher) -> Option<String> {
     let names = publisher.broker().names();
@@ -277,6 +284,9 @@ async fn preview(
     publisher: &Publisher,
     record: &DeadLetter,
 ) -> (Outcome, Option<String>) {
+    if let Some(why) = erased(record) {
+        return (Outcome::Skipped, Some(why));
+    }
     if let Some(why) = unreplayable(record, publisher) {
         return (Outcome::Failed, Some(why));
     }
@@ -313,6 +323,9 @@ async fn replay_one(
     only_unreplayed: bool,
 ) -> (Outcome, Option<String>, Option<String>) {
     let failed = |e: String| (Outcome::Failed, Some(e), None);
+    if let Some(why) = erased(selected) {
+        return (Outcome::Skipped, Some(why), None);
+    }
     if let Some(why) = unreplayable(selected, publisher) {
         return failed(why);
     }

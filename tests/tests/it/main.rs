@@ -3,6 +3,7 @@
 
 mod api;
 mod delivery;
+mod erasure;
 mod ingest;
 mod operators;
 mod providers;

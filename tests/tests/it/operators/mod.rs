@@ -44,6 +44,7 @@ pub(super) fn record(key: &str) -> NewDeadLetter {
         lane: None,
         notification_id: None,
         delivery_id: None,
+        user_id: None,
         error_class: "invalid".into(),
         last_error: "body is not valid JSON".into(),
         attempts: 0,
@@ -130,6 +131,7 @@ pub(super) async fn dead_delivery(
         r.lane = Some("high".into());
         r.notification_id = Some(m.notification_id);
         r.delivery_id = Some(m.delivery_id);
+        r.user_id = Some(m.user_id.clone());
         r.error_class = "timeout".into();
         r.last_error = "gave up after 8 attempts: no answer within 10s".into();
         r.attempts = 8;
