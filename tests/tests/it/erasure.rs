@@ -58,7 +58,8 @@ async fn erasing_a_user_scrubs_their_deliveries_and_dead_letters() {
     let (status, _) = p.client.json(Method::DELETE, "/v1/users/u-1", None).await;
     assert_eq!(status, 204);
 
-    let rows: Vec<(String, String, Option<String>, bool, Option<String>)> = sqlx::query_as(
+    type Row = (String, String, Option<String>, bool, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT status, destination, reason, rendered IS NOT NULL, last_error FROM deliveries
          ORDER BY created_at",
     )
