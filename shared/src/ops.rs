@@ -113,7 +113,7 @@ pub async fn declare_topology(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(15));
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -42,8 +42,12 @@ pub struct Incoming {
     pub lost: CancellationToken,
 }
 
-/// Longest pause between reconnect attempts.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// First pause before reconnecting.
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+/// Longest pause between reconnect attempts: how late a consumer may notice
+/// that the broker is back. Attempts against a broker that is down are
+/// refused at once and cost nothing worth saving.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// Runs a consumer until `cancel` fires, restarting it after any error.
 pub async fn run<H, F>(
@@ -55,11 +59,17 @@ pub async fn run<H, F>(
     H: Fn(Incoming) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let mut pause = Duration::from_millis(500);
+    let mut pause = FIRST_PAUSE;
     while !cancel.is_cancelled() {
-        match consume_once(&broker, &spec, &cancel, handler.clone()).await {
+        let mut consumed = false;
+        match consume_once(&broker, &spec, &cancel, handler.clone(), &mut consumed).await {
             Ok(()) => return,
             Err(err) => {
+                // A consumer that got going before it broke starts its
+                // backoff afresh: each outage is waited out on its own.
+                if consumed {
+                    pause = FIRST_PAUSE;
+                }
                 metrics::counter!("herald_consumer_restarts_total", "queue" => spec.queue.clone())
                     .increment(1);
                 tracing::warn!(queue = %spec.queue, error = %err, pause_ms = pause.as_millis() as u64,
@@ -79,6 +89,7 @@ async fn consume_once<H, F>(
     spec: &ConsumerSpec,
     cancel: &CancellationToken,
     handler: H,
+    consumed: &mut bool,
 ) -> anyhow::Result<()>
 where
     H: Fn(Incoming) -> F + Clone + Send + Sync + 'static,
@@ -98,6 +109,7 @@ where
         )
         .await?;
     tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
+    *consumed = true;
     let tracker = TaskTracker::new();
     let lost = cancel.child_token();
     let outcome = loop {

@@ -391,3 +391,66 @@ async fn retention_keeps_a_day_that_still_holds_a_delivery() {
         1
     );
 }
+
+/// A worker stopping (SIGTERM) while deliveries wait for their turn in a
+/// small budget hands the unclaimed ones back at once instead of pacing
+/// through all of them; another worker sends them, each once.
+#[tokio::test]
+async fn stopping_hands_back_what_waits_for_the_budget() {
+    use herald_tests::{fakes::twilio::TwilioFake, pipeline::twilio};
+
+    let p = Pipeline::start("300ms").await;
+    let fake = TwilioFake::start().await;
+    let slow = p
+        .env
+        .spawn_worker(Channel::Sms, |c| {
+            twilio(&fake)(c);
+            c.sms_rate_per_sec = 1;
+        })
+        .await;
+    let users: Vec<String> = (0..30).map(|i| format!("u-{i}")).collect();
+    let values: Vec<String> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("('acme', '{u}', '+1415555{i:04}')"))
+        .collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (tenant_id, id, phone) VALUES {}",
+        values.join(",")
+    )))
+    .execute(&p.env.pool)
+    .await
+    .unwrap();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let id = p
+        .send(json!({"category": "orders", "to": {"users": refs},
+                     "content": {"sms": {"text": "Order shipped"}}}))
+        .await;
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            (fake.requests().len() >= 2).then_some(())
+        })
+        .await
+        .expect("the paced worker got going");
+    // At 1/s, pacing through the rest would take about half a minute.
+    tokio::time::timeout(Duration::from_secs(10), slow.stop())
+        .await
+        .expect("the worker stopped without pacing through its backlog");
+    let fast = p.env.spawn_worker(Channel::Sms, twilio(&fake)).await;
+    let body = p.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(body["counts"], json!({"sent": 30}));
+    let mut to: Vec<String> = fake
+        .requests()
+        .iter()
+        .map(|r| r.form()["To"].clone())
+        .collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(
+        (to.len(), fake.requests().len()),
+        (30, 30),
+        "each recipient once"
+    );
+    fast.stop().await;
+    p.stop().await;
+}
