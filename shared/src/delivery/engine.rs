@@ -169,11 +169,15 @@ impl Engine {
     /// The provider to call for `to` and a pass through its circuit: the
     /// destination's provider, or while its circuit is open the channel's
     /// failover provider, if there is one and its own circuit lets the call
-    /// through. `Err`: how long to wait.
-    fn choose(&self, to: &Destination) -> Result<(&dyn Provider, Pass), Duration> {
+    /// through (then also the provider it stands in for). `Err`: how long
+    /// to wait.
+    fn choose(
+        &self,
+        to: &Destination,
+    ) -> Result<(&dyn Provider, Pass, Option<&'static str>), Duration> {
         let primary = self.providers.for_destination(to);
         let wait = match self.circuit(primary.name()).pass() {
-            Ok(pass) => return Ok((primary, pass)),
+            Ok(pass) => return Ok((primary, pass, None)),
             Err(wait) => wait,
         };
         let Some(failover) = self.providers.failover(to) else {
@@ -183,9 +187,7 @@ impl Engine {
             .circuit(failover.name())
             .pass()
             .map_err(|other| wait.min(other))?;
-        metrics::counter!("herald_provider_failovers_total", "channel" => self.channel.as_str(), "from" => primary.name(), "to" => failover.name())
-            .increment(1);
-        Ok((failover, pass))
+        Ok((failover, pass, Some(primary.name())))
     }
 
     async fn deliver(
@@ -197,7 +199,7 @@ impl Engine {
         if self.expired(msg) {
             return self.expire(msg, lost).await;
         }
-        let (provider, pass) = match self.choose(&msg.destination) {
+        let (provider, pass, instead_of) = match self.choose(&msg.destination) {
             Ok(chosen) => chosen,
             // The provider is refusing (and so is the failover, if any):
             // wait in a tier without claiming, so no attempt is burned.
@@ -252,6 +254,11 @@ impl Engine {
                 .await;
         }
 
+        if let Some(primary) = instead_of {
+            // Counted per call made, so it matches the failover's traffic.
+            metrics::counter!("herald_provider_failovers_total", "channel" => self.channel.as_str(), "from" => primary, "to" => provider.name())
+                .increment(1);
+        }
         let ctx = SendContext {
             delivery_id: msg.delivery_id,
             notification_id: msg.notification_id,

@@ -306,6 +306,7 @@ async fn email_fails_over_to_the_second_provider_while_the_circuit_is_open() {
                 && l.contains(r#"to="http""#)
         })
         .expect("failovers are counted");
+    // One per call made to the API: exactly its six emails.
     assert!(failovers.ends_with(" 6"), "{failovers}");
     worker.stop().await;
     p.stop().await;
