@@ -21,6 +21,29 @@ pub use headers::{Headers, header_i64, header_str};
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::Names;
 
+/// Heartbeat asked of the broker, in seconds, unless the URL sets one: a
+/// silently dead peer (a cut link, an address that drops packets) is noticed
+/// after two missed heartbeats, 20 s rather than RabbitMQ's default 120.
+const HEARTBEAT_SECS: u32 = 10;
+/// Longest a connection attempt may take, in ms, unless the URL sets it: a
+/// broker address that swallows packets must not hold up the reconnect loop.
+const CONNECT_TIMEOUT_MS: u32 = 5000;
+
+/// `url` with Herald's heartbeat and connect timeout where it sets none.
+fn with_defaults(url: &str) -> String {
+    let mut url = url.to_owned();
+    for (key, value) in [
+        ("heartbeat", HEARTBEAT_SECS),
+        ("connection_timeout", CONNECT_TIMEOUT_MS),
+    ] {
+        if !url.contains(&format!("{key}=")) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("{key}={value}"));
+        }
+    }
+    url
+}
+
 /// One queue's depth and consumers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QueueStats {
@@ -66,7 +89,7 @@ impl Broker {
         }
         let props = ConnectionProperties::default()
             .with_connection_name(format!("herald-{}", std::process::id()).into());
-        let conn = Arc::new(Connection::connect(&self.url, props).await?);
+        let conn = Arc::new(Connection::connect(&with_defaults(&self.url), props).await?);
         *guard = Some(conn.clone());
         Ok(conn)
     }
@@ -147,5 +170,22 @@ impl Broker {
         if let Some(conn) = self.conn.lock().await.take() {
             let _ = conn.close(200, "shutdown".into()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_defaults;
+
+    #[test]
+    fn heartbeat_and_connect_timeout_unless_the_url_sets_them() {
+        assert_eq!(
+            with_defaults("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&connection_timeout=5000"
+        );
+        assert_eq!(
+            with_defaults("amqp://h/%2f?heartbeat=30"),
+            "amqp://h/%2f?heartbeat=30&connection_timeout=5000"
+        );
     }
 }
