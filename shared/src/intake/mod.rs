@@ -10,6 +10,7 @@
 //! broker". See docs/ingest.md for the trade-off.
 
 pub mod amqp;
+mod commitment;
 pub mod relay;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +29,7 @@ use crate::{
     },
     model::{FieldError, IdempotencyKey, notification::NotificationRequest},
 };
+pub use commitment::Commitment;
 
 /// How long a committed notification may stay unconfirmed before the relay
 /// takes it over. Long enough that the eager publish always wins normally.
@@ -217,12 +219,14 @@ impl Intake {
         &self.pool
     }
 
-    /// Validates and accepts one notification.
+    /// Validates and accepts one notification. `commitment` is marked when
+    /// the notification is about to be committed.
     pub async fn accept(
         &self,
         tenant: &str,
         body: Value,
         key: Option<IdempotencyKey>,
+        commitment: &Commitment,
     ) -> Result<Accepted<Uuid>, IntakeError> {
         let now = Utc::now();
         let hash = request_hash(&body);
@@ -231,7 +235,13 @@ impl Intake {
         let id = prepared.row.id;
         let response = serde_json::json!({ "id": id });
         match self
-            .commit(tenant, key.as_ref(), &hash, 202, &response, &[&prepared])
+            .commit(
+                tenant,
+                key.as_ref(),
+                (&hash, 202, &response),
+                &[&prepared],
+                commitment,
+            )
             .await?
         {
             Some(existing) => {
@@ -261,6 +271,7 @@ impl Intake {
         tenant: &str,
         items: Vec<Value>,
         key: Option<IdempotencyKey>,
+        commitment: &Commitment,
     ) -> Result<Accepted<Vec<ItemOutcome>>, IntakeError> {
         let now = Utc::now();
         let hash = request_hash(&Value::Array(items.clone()));
@@ -279,7 +290,13 @@ impl Intake {
         let response = serde_json::to_value(&outcomes).expect("serialisable");
         let refs: Vec<&Prepared> = prepared.iter().collect();
         if let Some(existing) = self
-            .commit(tenant, key.as_ref(), &hash, 200, &response, &refs)
+            .commit(
+                tenant,
+                key.as_ref(),
+                (&hash, 200, &response),
+                &refs,
+                commitment,
+            )
             .await?
         {
             let outcomes = serde_json::from_value(existing)
@@ -298,22 +315,25 @@ impl Intake {
         })
     }
 
-    /// Commits the notifications and the idempotency record together.
-    /// Returns the stored response when the key was already used for the same body.
+    /// Commits the notifications and the idempotency record (request hash,
+    /// status and response) together. Returns the stored response when the
+    /// key was already used for the same body.
     async fn commit(
         &self,
         tenant: &str,
         key: Option<&IdempotencyKey>,
-        hash: &[u8],
-        status: i32,
-        response: &Value,
+        (hash, status, response): (&[u8], i32, &Value),
         items: &[&Prepared],
+        commitment: &Commitment,
     ) -> Result<Option<Value>, IntakeError> {
         let rows: Vec<NewNotification> = items.iter().map(|p| p.row.clone()).collect();
         let Some(key) = key else {
             // No key: a group insert shared with concurrent requests.
             if !rows.is_empty() {
                 let (tx, rx) = tokio::sync::oneshot::channel();
+                // Once queued, the group insert commits the rows whether or
+                // not this request waits for it.
+                commitment.begin();
                 self.inserts
                     .send((rows, tx))
                     .await
@@ -348,6 +368,7 @@ impl Intake {
         if !rows.is_empty() {
             db::notifications::insert_many(&mut *tx, &rows).await?;
         }
+        commitment.begin();
         tx.commit().await?;
         Ok(None)
     }

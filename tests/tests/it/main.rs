@@ -2,8 +2,10 @@
 //! PostgreSQL, an isolated database and broker prefix per test.
 
 mod api;
+mod bad_input;
 mod delivery;
 mod ingest;
 mod operators;
 mod providers;
 mod routing;
+mod security;
