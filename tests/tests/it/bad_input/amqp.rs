@@ -194,6 +194,11 @@ async fn amqp_payloads_are_accepted_or_dead_lettered_with_a_reason() {
     })
     .await
     .expect("a valid event is still accepted");
+    eprintln!(
+        "{n} events: {} accepted, {} dead-lettered",
+        rows.iter().filter(|r| r.1 == 1).count(),
+        dead.len()
+    );
     let health = reqwest::get(ingest.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     ingest.stop().await;

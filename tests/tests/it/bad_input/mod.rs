@@ -39,8 +39,9 @@ where
     Fut: Future<Output = Result<(), TestCaseError>>,
 {
     let handle = tokio::runtime::Handle::current();
+    let cases = cases(default_cases);
     let mut runner = TestRunner::new(Config {
-        cases: cases(default_cases),
+        cases,
         // Each shrink step is a request: bounded, so a failure is reported
         // in seconds, still shrunk far enough to read.
         max_shrink_iters: 256,
@@ -53,6 +54,7 @@ where
     if let Err(e) = result {
         panic!("property `{name}` failed: {e}");
     }
+    eprintln!("property `{name}`: {cases} cases passed");
 }
 
 /// Strings a client might send by mistake or on purpose: ids, any Unicode,
