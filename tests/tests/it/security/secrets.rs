@@ -70,3 +70,67 @@ async fn no_binary_prints_a_secret_in_its_help() {
         }
     }
 }
+
+/// A run of 40 characters from the middle of `secret`, long enough that it
+/// cannot appear by chance.
+fn chunk(secret: &str) -> String {
+    let compact: String = secret.lines().filter(|l| !l.starts_with("-----")).collect();
+    compact.chars().skip(compact.len() / 2).take(40).collect()
+}
+
+#[tokio::test]
+async fn provider_clients_never_show_their_credentials() {
+    use std::time::Duration;
+
+    use herald::providers::{
+        apns::ApnsKey, fcm::ServiceAccount, http_email::HttpEmailProvider, smtp::SmtpProvider,
+        twilio::TwilioProvider,
+    };
+    use herald_tests::fakes::{apns::ApnsFake, fcm::FcmFake};
+
+    let fcm = FcmFake::start().await;
+    let credentials: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fcm.credentials_file()).unwrap()).unwrap();
+    let fcm_key = chunk(credentials["private_key"].as_str().unwrap());
+    let account = ServiceAccount::from_file(&fcm.credentials_file(), None).unwrap();
+    let shown = format!("{account:?}");
+    assert!(!fcm_key.is_empty() && !shown.contains(&fcm_key), "{shown}");
+
+    let apns = ApnsFake::start().await;
+    let apns_key = chunk(&std::fs::read_to_string(apns.key_file()).unwrap());
+    let key = ApnsKey::from_file(&apns.key_file(), apns.key_id(), apns.team_id()).unwrap();
+    let shown = format!("{key:?}");
+    assert!(
+        !apns_key.is_empty() && !shown.contains(&apns_key),
+        "{shown}"
+    );
+
+    let timeout = Duration::from_secs(1);
+    let twilio = TwilioProvider::new(
+        "http://127.0.0.1:1",
+        "AC123",
+        "twilio-token-a1b2c3d4".to_owned().into(),
+        "+15005550006",
+        timeout,
+    )
+    .unwrap();
+    let http = HttpEmailProvider::new(
+        "https://api:url-key-c9d0@mail.internal/send",
+        Some("email-token-e5f6a7b8".to_owned().into()),
+        "noreply@example.com",
+        timeout,
+    )
+    .unwrap();
+    let smtp = SmtpProvider::new(
+        "smtp://mailer:smtp-pass-5e6f@127.0.0.1:2525",
+        "noreply@example.com",
+        timeout,
+        1,
+        None,
+    )
+    .unwrap();
+    let shown = format!("{twilio:?} {http:?} {smtp:?}");
+    for needle in NEEDLES {
+        assert!(!shown.contains(needle), "{needle} in {shown}");
+    }
+}
