@@ -76,11 +76,21 @@ where
     }
 }
 
-/// Refuses, before routing, a path no resource can have: percent-encoding
+/// Refuses, before any handler, a path no resource can have: percent-encoding
 /// that does not decode to UTF-8 (400), or a control character such as NUL
 /// (404: no id may hold one, and PostgreSQL could not even look it up).
-/// Handlers can then take their path parameters as plain strings.
+/// Handlers can then take their path parameters as plain strings. A query
+/// string holding NUL is refused too (400): its values become filters in
+/// SQL, where NUL is an error.
 pub async fn usable_path(req: Request, next: Next) -> Response {
+    if req
+        .uri()
+        .query()
+        .is_some_and(|q| percent_decode_str(q).any(|b| b == 0))
+    {
+        return ApiError::BadRequest("the query string holds a NUL character".into())
+            .into_response();
+    }
     match percent_decode_str(req.uri().path()).decode_utf8() {
         Err(_) => ApiError::BadRequest("the path is not UTF-8 once percent-decoded".into())
             .into_response(),

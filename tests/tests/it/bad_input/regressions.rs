@@ -41,9 +41,23 @@ async fn problem_of(
 #[tokio::test]
 async fn odd_methods_paths_queries_and_nul_get_problems_not_500s() {
     let env = TestEnv::new().await;
-    let app = env.spawn_ingest().await;
+    let admin_key = "admin-key-for-tests-0123456789";
+    let app = env
+        .spawn_ingest_with(|c| c.admin_api_key = Some(admin_key.to_owned().into()))
+        .await;
     let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
     let empty = json!({});
+
+    // NUL in a query filter reached PostgreSQL: 500.
+    let (status, _) = problem_of(
+        &app,
+        admin_key,
+        "GET",
+        "/admin/api/dead-letters?tenant=a%00",
+        &empty,
+    )
+    .await;
+    assert_eq!(status, 400);
 
     // 405 was an empty body.
     let (status, body) =
