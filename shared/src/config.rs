@@ -5,12 +5,16 @@
 use std::{fmt, str::FromStr, time::Duration};
 
 /// Settings every process needs: where the broker and database are, how to log.
+///
+/// The URLs may carry passwords: clap is told not to print their values in
+/// `--help` (`hide_env_values`), and `Debug` shows them redacted.
 #[derive(clap::Args, Clone)]
 pub struct CommonConfig {
     /// PostgreSQL connection URL.
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/herald"
     )]
     pub database_url: String,
@@ -23,6 +27,7 @@ pub struct CommonConfig {
     #[arg(
         long,
         env = "AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
@@ -173,6 +178,27 @@ mod tests {
         assert!("soon".parse::<RetrySchedule>().is_err());
         let total: Duration = RetrySchedule::default().delays().iter().sum();
         assert!(total > Duration::from_secs(7000) && total < Duration::from_secs(7500));
+    }
+
+    #[test]
+    fn debug_hides_the_urls_passwords() {
+        let config = CommonConfig {
+            database_url: "postgres://herald:pg-s3cret@db:5432/herald".into(),
+            database_max_connections: 4,
+            amqp_url: "amqps://herald:mq-s3cret@mq/%2f".into(),
+            broker_prefix: "herald".into(),
+            retry_schedule: RetrySchedule::default(),
+            log_format: None,
+        };
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("pg-s3cret") && !debug.contains("mq-s3cret"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("postgres://herald:***@db:5432/herald"),
+            "{debug}"
+        );
     }
 
     #[test]

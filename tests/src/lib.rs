@@ -194,12 +194,12 @@ impl TestEnv {
         &self,
         tweak: impl FnOnce(&mut herald::api::IngestConfig),
     ) -> herald::api::IngestConfig {
-        let mut config = herald::api::IngestConfig {
-            common: self.common(),
-            http_addr: "127.0.0.1:0".parse().expect("addr"),
-            api_key_rate_per_sec: 0,
-            admin_api_key: None,
-        };
+        // Every setting at its default, then pointed at this environment.
+        let mut config = <herald::api::IngestConfig as clap::Parser>::parse_from(["ingest"]);
+        config.common = self.common();
+        config.http_addr = "127.0.0.1:0".parse().expect("addr");
+        config.api_key_rate_per_sec = 0;
+        config.admin_api_key = None;
         tweak(&mut config);
         config
     }

@@ -1,4 +1,15 @@
 //! API-key authentication, scopes and the per-key rate limit.
+//!
+//! A key seen valid is cached for [`CACHE_TTL`], so known keys cost no
+//! database work. Unknown keys do, which a flood of random keys could turn
+//! into a denial of service: every pool connection busy looking up keys that
+//! do not exist while real requests wait for one. Two bounds prevent that:
+//! lookups of keys not seen valid before share a few permits (a quarter of
+//! the pool) and give up quickly when none is free (503, `Retry-After`), and
+//! each client address may fail only so often (429 once its failures are
+//! used up, without a lookup). A key that was valid at its last lookup
+//! (cached, maybe stale) skips both, so a real client is never queued behind
+//! a flood.
 
 use std::{
     collections::HashMap,
@@ -15,9 +26,10 @@ use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{AppState, problem::ApiError};
+use super::{AppState, attempts::FailedAttempts, client::ClientIp, problem::ApiError};
 use crate::db::keys::{self, KeyGrant, Scope};
 
 /// How long a looked-up key is trusted before the database is asked again:
@@ -25,31 +37,84 @@ use crate::db::keys::{self, KeyGrant, Scope};
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most keys cached; past it the cache starts afresh (keys are few).
 const CACHE_MAX: usize = 10_000;
+/// How long a lookup of an unknown key waits for a permit before the
+/// request is answered 503: long enough to ride out a burst of new keys,
+/// short enough that a flood is refused at once.
+const LOOKUP_WAIT: Duration = Duration::from_millis(250);
+/// Wrong keys one client address may present in a burst, and per second
+/// after it. A service with a revoked key fails this fast; a guesser gets
+/// five guesses a second at 256-bit keys.
+const FAILURE_BURST: u32 = 20;
+const FAILURES_PER_SEC: f64 = 5.0;
+/// Client addresses tracked for failures; beyond it the least-failing make room.
+const FAILURE_CLIENTS: usize = 10_000;
 
-/// Verifies keys, with a short-lived cache in front of the database.
+/// Verifies keys, with a short-lived cache in front of the database and
+/// bounds on what unknown keys may cost.
 pub struct KeyVerifier {
     cache: Mutex<HashMap<Vec<u8>, (KeyGrant, Instant)>>,
     limiter: Option<DefaultKeyedRateLimiter<Uuid>>,
+    lookups: Semaphore,
+    failures: FailedAttempts,
 }
 
 impl KeyVerifier {
-    /// A verifier allowing `rate_per_sec` requests per key (0 = unlimited).
-    pub fn new(rate_per_sec: u32) -> Arc<Self> {
+    /// A verifier allowing `rate_per_sec` requests per key (0 = unlimited)
+    /// and `lookup_slots` concurrent database lookups of unknown keys.
+    pub fn new(rate_per_sec: u32, lookup_slots: usize) -> Arc<Self> {
         Arc::new(Self {
             cache: Mutex::new(HashMap::new()),
             limiter: NonZeroU32::new(rate_per_sec)
                 .map(|rate| RateLimiter::keyed(Quota::per_second(rate))),
+            lookups: Semaphore::new(lookup_slots.max(1)),
+            failures: FailedAttempts::new(FAILURE_BURST, FAILURES_PER_SEC, FAILURE_CLIENTS),
         })
     }
 
-    async fn verify(&self, pool: &sqlx::PgPool, key: &str) -> Result<KeyGrant, ApiError> {
+    /// Lookup permits for a pool of `max_connections`: a quarter of it, so
+    /// at least three quarters always serve requests with a valid key.
+    pub fn lookup_slots(max_connections: u32) -> usize {
+        (max_connections as usize / 4).max(1)
+    }
+
+    async fn verify(
+        &self,
+        pool: &sqlx::PgPool,
+        key: &str,
+        client: ClientIp,
+    ) -> Result<KeyGrant, ApiError> {
         let hash = keys::hash(key);
-        if let Some((grant, at)) = self.cache.lock().expect("not poisoned").get(&hash)
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(grant.clone());
-        }
-        let grant = keys::find(pool, key).await?.ok_or(ApiError::Unauthorized)?;
+        let known = match self.cache.lock().expect("not poisoned").get(&hash) {
+            Some((grant, at)) if at.elapsed() < CACHE_TTL => return Ok(grant.clone()),
+            Some(_) => true,
+            None => false,
+        };
+        let _permit = if known {
+            None
+        } else {
+            if let Err(wait) = self.failures.check(client) {
+                metrics::counter!("herald_api_key_lookups_refused_total", "reason" => "client_failures")
+                    .increment(1);
+                return Err(ApiError::TooManyFailures(
+                    wait.as_secs_f64().ceil().max(1.0) as u64,
+                ));
+            }
+            match tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    metrics::counter!("herald_api_key_lookups_refused_total", "reason" => "busy")
+                        .increment(1);
+                    return Err(ApiError::Busy);
+                }
+            }
+        };
+        let Some(grant) = keys::find(pool, key).await? else {
+            self.cache.lock().expect("not poisoned").remove(&hash);
+            if self.failures.record(client) {
+                tracing::warn!(client = %client.ip(), "too many unknown API keys from one address; refusing its new keys for a while");
+            }
+            return Err(ApiError::Unauthorized);
+        };
         let mut cache = self.cache.lock().expect("not poisoned");
         if cache.len() >= CACHE_MAX {
             cache.clear();
@@ -69,11 +134,13 @@ impl KeyVerifier {
         })
     }
 
-    /// Forgets rate-limit state of idle keys; run periodically to bound memory.
+    /// Forgets rate-limit state of idle keys and clients that stopped
+    /// failing; run periodically to bound memory.
     pub fn prune(&self) {
         if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
         }
+        self.failures.prune();
     }
 }
 
@@ -99,6 +166,9 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = ClientIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
         let key = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -107,7 +177,7 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        let grant = state.keys.verify(&state.pool, key).await?;
+        let grant = state.keys.verify(&state.pool, key, client).await?;
         state.keys.check_rate(grant.key_id)?;
         Ok(Auth {
             tenant: grant.tenant_id,

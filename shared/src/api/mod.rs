@@ -2,78 +2,50 @@
 //! consumer and the outbox relay that run beside it in the `ingest` binary.
 
 pub mod admin;
+mod attempts;
 mod auth;
+pub mod client;
+mod config;
+mod extract;
 mod notifications;
 pub mod problem;
 mod recipients;
+mod timeout;
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{
-    Json, Router,
-    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, rejection::JsonRejection},
-    http::StatusCode,
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{HeaderName, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
-use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use auth::{Auth, KeyVerifier};
+pub use config::IngestConfig;
+pub use extract::{ApiJson, ApiQuery};
 use problem::ApiError;
 
 use crate::{
     broker::{Broker, Names, Publisher},
-    config::CommonConfig,
     db,
     intake::{self, Intake},
     ops,
 };
 
 /// Largest body of a single request (PRODUCT.md).
-pub const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BODY: usize = crate::model::notification::MAX_REQUEST_BYTES;
 /// Largest body of a batch request.
 pub const MAX_BATCH_BODY: usize = 8 * 1024 * 1024;
-
-/// Settings of the `ingest` binary.
-#[derive(clap::Parser, Debug, Clone)]
-#[command(
-    name = "ingest",
-    about = "Herald's HTTP API and event-driven ingest",
-    version
-)]
-pub struct IngestConfig {
-    #[command(flatten)]
-    pub common: CommonConfig,
-    /// Listen address of the API (and /healthz, /readyz, /metrics).
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    pub http_addr: SocketAddr,
-    /// Requests per second one API key may make (0 = unlimited).
-    #[arg(long, env = "API_KEY_RATE_PER_SEC", default_value_t = 1000)]
-    pub api_key_rate_per_sec: u32,
-    /// Key of the admin pages under /admin (dead letters, replay). Unset: the
-    /// admin pages do not exist (404). Use a long random value.
-    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true, value_parser = secret)]
-    pub admin_api_key: Option<SecretString>,
-}
-
-/// Wraps the key at once; its length is checked in [`run`], where the error
-/// can say what is wrong without echoing the value as clap would.
-fn secret(s: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(s.trim().to_owned()))
-}
-
-/// Shortest admin key accepted: a guessable key would open replay to anyone
-/// who can reach ingest.
-const ADMIN_KEY_MIN_LEN: usize = 16;
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -85,22 +57,10 @@ pub struct AppState {
     pub publisher: Publisher,
     /// The admin pages, when an admin key is configured.
     pub admin: Option<Arc<admin::Admin>>,
-}
-
-/// The JSON body extractor: its rejections are problem documents.
-pub struct ApiJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(value))
-    }
+    /// Where a trusted proxy names the client (`CLIENT_IP_HEADER`).
+    pub client_ip_header: Option<HeaderName>,
+    /// `API_REQUEST_TIMEOUT`.
+    pub request_timeout: Duration,
 }
 
 async fn not_found() -> ApiError {
@@ -130,6 +90,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The API routes on `state`.
 pub fn router(state: AppState) -> Router {
+    let request_timeout = state.request_timeout;
     let v1 = Router::new()
         .route("/notifications", post(notifications::send))
         .route(
@@ -160,8 +121,17 @@ pub fn router(state: AppState) -> Router {
     if state.admin.is_some() {
         app = app.merge(admin::routes());
     }
+    // Each layer wraps the ones before it: every answer is counted, a path
+    // no resource can have is refused before any handler sees it, and the
+    // timeout bounds extractors and handler alike.
     app.fallback(not_found)
+        .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            timeout::limit,
+        ))
+        .layer(middleware::from_fn(extract::usable_path))
         .layer(middleware::from_fn(track))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
@@ -174,19 +144,19 @@ pub async fn run(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.check()?;
     let common = &config.common;
-    if let Some(key) = &config.admin_api_key
-        && key.expose_secret().len() < ADMIN_KEY_MIN_LEN
-    {
-        anyhow::bail!("ADMIN_API_KEY must be at least {ADMIN_KEY_MIN_LEN} characters");
-    }
     // Install the recorder before anything counts.
     crate::telemetry::metrics();
+    describe_metrics();
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
     let broker = Broker::new(&common.amqp_url, Names::new(&common.broker_prefix));
     let publisher = Publisher::new(broker.clone());
     let intake = Intake::new(pool.clone(), publisher.clone());
-    let keys = KeyVerifier::new(config.api_key_rate_per_sec);
+    let keys = KeyVerifier::new(
+        config.api_key_rate_per_sec,
+        KeyVerifier::lookup_slots(common.database_max_connections),
+    );
     let state = AppState {
         pool: pool.clone(),
         intake: intake.clone(),
@@ -196,6 +166,8 @@ pub async fn run(
             .admin_api_key
             .as_ref()
             .map(|key| Arc::new(admin::Admin::new(key, common.retry_schedule.clone()))),
+        client_ip_header: config.client_ip_header.clone(),
+        request_timeout: config.api_request_timeout,
     };
 
     let tasks = TaskTracker::new();
@@ -216,7 +188,12 @@ pub async fn run(
         publisher.clone(),
         cancel.clone(),
     ));
-    tasks.spawn(housekeeping(pool.clone(), keys, cancel.clone()));
+    tasks.spawn(housekeeping(
+        pool.clone(),
+        keys,
+        state.admin.clone(),
+        cancel.clone(),
+    ));
 
     let app = router(state).merge(ops::router(ops::Readiness {
         pool: pool.clone(),
@@ -232,8 +209,31 @@ pub async fn run(
     Ok(())
 }
 
-/// Periodic chores: expire idempotency keys, prune idle rate-limit state.
-async fn housekeeping(pool: PgPool, keys: Arc<KeyVerifier>, cancel: CancellationToken) {
+/// Describes the counters of refused and timed-out requests and exposes them
+/// at zero, so a fresh ingest shows them and alerts see zeros, not gaps.
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "herald_api_key_lookups_refused_total",
+        "unknown API keys refused without a database lookup, by reason"
+    );
+    metrics::describe_counter!(
+        "herald_api_timeouts_total",
+        "API requests answered 503 after API_REQUEST_TIMEOUT"
+    );
+    for reason in ["busy", "client_failures"] {
+        metrics::counter!("herald_api_key_lookups_refused_total", "reason" => reason).increment(0);
+    }
+    metrics::counter!("herald_api_timeouts_total").increment(0);
+}
+
+/// Periodic chores: expire idempotency keys, prune idle rate-limit and
+/// failed-attempt state.
+async fn housekeeping(
+    pool: PgPool,
+    keys: Arc<KeyVerifier>,
+    admin: Option<Arc<admin::Admin>>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -241,6 +241,9 @@ async fn housekeeping(pool: PgPool, keys: Arc<KeyVerifier>, cancel: Cancellation
             _ = tick.tick() => {}
         }
         keys.prune();
+        if let Some(admin) = &admin {
+            admin.auth.prune();
+        }
         match db::idempotency::purge_expired(&pool).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -10,10 +10,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiJson, AppState, Auth, problem::ApiError};
+use super::{ApiJson, ApiQuery, AppState, Auth, problem::ApiError};
 use crate::{
     db::{self, keys::Scope},
-    intake::ItemOutcome,
+    intake::{Commitment, ItemOutcome},
     model::{FieldError, IdempotencyKey, notification::MAX_BATCH, user::mask},
 };
 
@@ -43,12 +43,16 @@ fn location(id: Uuid) -> String {
 pub async fn send(
     auth: Auth,
     State(state): State<AppState>,
+    commitment: Commitment,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Send)?;
     let key = idempotency_key(&headers)?;
-    let accepted = state.intake.accept(&auth.tenant, body, key).await?;
+    let accepted = state
+        .intake
+        .accept(&auth.tenant, body, key, &commitment)
+        .await?;
     let id = accepted.value;
     let mut response = (
         StatusCode::ACCEPTED,
@@ -76,6 +80,7 @@ pub struct BatchBody {
 pub async fn send_batch(
     auth: Auth,
     State(state): State<AppState>,
+    commitment: Commitment,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
@@ -95,7 +100,7 @@ pub async fn send_batch(
     }
     let accepted = state
         .intake
-        .accept_batch(&auth.tenant, batch.notifications, key)
+        .accept_batch(&auth.tenant, batch.notifications, key, &commitment)
         .await?;
     let results: Vec<Value> = accepted
         .value
@@ -134,7 +139,7 @@ pub async fn status(
     auth: Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::Send)?;
     // Another tenant's notification and a malformed id look the same: 404.

@@ -1,8 +1,9 @@
 //! The API's one error type, answered as `application/problem+json` (RFC 9457).
 
+use std::time::Duration;
+
 use axum::{
     Json,
-    extract::rejection::JsonRejection,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -31,8 +32,19 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("this API key made too many requests; retry after {0} s")]
     RateLimited(u64),
+    #[error("too many wrong keys from this address; retry after {0} s")]
+    TooManyFailures(u64),
+    #[error("this path does not support the method")]
+    MethodNotAllowed,
     #[error("the service cannot take the request right now; retry shortly")]
     Unavailable(String),
+    /// Every permit to look up an unknown API key is taken (a flood of wrong
+    /// keys, or many new keys at once). No log line per request: the metric
+    /// `herald_api_key_lookups_refused_total` counts them.
+    #[error("too many API keys are being verified right now; retry shortly")]
+    Busy,
+    #[error("the request took longer than {}; retry shortly", humantime::format_duration(*.0))]
+    TimedOut(Duration),
     #[error("internal error")]
     Internal(String),
 }
@@ -65,10 +77,25 @@ impl ApiError {
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
-            RateLimited(_) => (
+            RateLimited(_) | TooManyFailures(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Too many requests",
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            TimedOut(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timeout",
             ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -105,6 +132,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(e) => tracing::error!(error = %e, "internal error"),
             ApiError::Unavailable(e) => tracing::warn!(error = %e, "answering 503"),
+            ApiError::TimedOut(t) => {
+                tracing::warn!(timeout = %humantime::format_duration(*t), "request timed out; answering 503")
+            }
             _ => {}
         }
         let mut response = (status, Json(self.body())).into_response();
@@ -114,12 +144,16 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            ApiError::RateLimited(secs) => {
+            ApiError::RateLimited(secs) | ApiError::TooManyFailures(secs) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             // Long enough for a broker or database failover to finish.
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::TimedOut(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            // A permit frees up within a lookup's time.
+            ApiError::Busy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -160,20 +194,6 @@ impl From<IntakeError> for ApiError {
                 "a request with this Idempotency-Key is still in progress; retry shortly".into(),
             ),
             IntakeError::Unavailable(e) => ApiError::Unavailable(e),
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-            JsonRejection::JsonSyntaxError(e) => {
-                ApiError::BadRequest(format!("the body is not valid JSON: {}", e.body_text()))
-            }
-            JsonRejection::JsonDataError(e) => ApiError::BadRequest(e.body_text()),
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge("size"),
-            other => ApiError::BadRequest(other.body_text()),
         }
     }
 }

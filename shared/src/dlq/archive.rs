@@ -91,11 +91,22 @@ fn x_death(headers: Option<&FieldTable>) -> Option<&FieldTable> {
     }
 }
 
+/// `text` as PostgreSQL can store it in `text` and `jsonb`: NUL (which
+/// either refuses) shown as U+FFFD. A message carrying one must still be
+/// archived, or it would be requeued for good.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 /// Turns a dead-letter queue message into a store record.
 pub fn to_record(delivery: &Delivery) -> NewDeadLetter {
     let headers = delivery.properties.headers().as_ref();
     let death = x_death(headers);
-    let get = |k: &str| header_str(headers, k);
+    let get = |k: &str| header_str(headers, k).map(storable);
     // A message Herald dead-lettered itself carries its reason in headers;
     // one the broker dead-lettered carries x-death (e.g. delivery_limit).
     let (source, error_class, last_error) = match get(Headers::ERROR_CLASS) {
@@ -115,7 +126,9 @@ pub fn to_record(delivery: &Delivery) -> NewDeadLetter {
             (
                 "broker".into(),
                 class.into(),
-                format!("dead-lettered by the broker from `{queue}`: {reason}"),
+                storable(format!(
+                    "dead-lettered by the broker from `{queue}`: {reason}"
+                )),
             )
         }
     };
@@ -139,6 +152,7 @@ pub fn to_record(delivery: &Delivery) -> NewDeadLetter {
             delivery.routing_key.to_string(),
         ),
     };
+    let (exchange, routing_key) = (storable(exchange), storable(routing_key));
     let message_key = match delivery.properties.message_id() {
         // A worker gives a dead delivery a stable id, and a replay strips
         // x-death: the replay number tells a replayed message that died again
@@ -200,9 +214,9 @@ fn value_json(v: &AMQPValue) -> serde_json::Value {
     use serde_json::Value;
     match v {
         AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            Value::String(storable(String::from_utf8_lossy(s.as_bytes()).into_owned()))
         }
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::ShortString(s) => Value::String(storable(s.as_str().to_owned())),
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::FieldTable(t) => headers_json(Some(t)),
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
@@ -223,7 +237,7 @@ pub fn headers_json(headers: Option<&FieldTable>) -> serde_json::Value {
         .map(|t| {
             t.inner()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), value_json(v)))
+                .map(|(k, v)| (storable(k.as_str().to_owned()), value_json(v)))
                 .collect()
         })
         .unwrap_or_default();

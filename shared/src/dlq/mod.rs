@@ -5,6 +5,8 @@
 pub mod archive;
 pub mod replay;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use lapin::message::Delivery;
@@ -24,6 +26,29 @@ pub struct DeadLetterReason {
     pub tenant: Option<String>,
 }
 
+/// Longest error text a dead letter carries in its headers. Every header
+/// must fit in one AMQP frame (128 KiB on RabbitMQ by default, all headers
+/// together), and an error may quote its input (the name of an unknown
+/// field, megabytes long): a larger header makes the publish a connection
+/// error, so the message could never be dead-lettered at all.
+pub const MAX_ERROR_HEADER: usize = 4096;
+
+/// `error` cut to [`MAX_ERROR_HEADER`] bytes at a character boundary.
+fn header_error(error: &str) -> Cow<'_, str> {
+    if error.len() <= MAX_ERROR_HEADER {
+        return Cow::Borrowed(error);
+    }
+    let mut end = MAX_ERROR_HEADER;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}… (cut from {} bytes)",
+        &error[..end],
+        error.len()
+    ))
+}
+
 /// Publishes `delivery`'s payload and headers to the dead-letter exchange
 /// with the reason attached, and waits for the confirm. The caller acks the
 /// original only after this returns `Ok`.
@@ -35,7 +60,7 @@ pub async fn publish(
     let mut headers = Headers::from_table(delivery.properties.headers().as_ref())
         .str(Headers::SOURCE, reason.source)
         .str(Headers::ERROR_CLASS, reason.error_class)
-        .str(Headers::ERROR, &reason.error)
+        .str(Headers::ERROR, header_error(&reason.error))
         .str(Headers::ORIGINAL_EXCHANGE, delivery.exchange.as_str())
         .str(Headers::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());
     if let Some(tenant) = &reason.tenant {
@@ -64,7 +89,7 @@ pub async fn publish_outgoing(
         .headers
         .str(Headers::SOURCE, reason.source)
         .str(Headers::ERROR_CLASS, reason.error_class)
-        .str(Headers::ERROR, &reason.error)
+        .str(Headers::ERROR, header_error(&reason.error))
         .str(Headers::ORIGINAL_EXCHANGE, delivery.exchange.as_str())
         .str(Headers::ORIGINAL_ROUTING_KEY, delivery.routing_key.as_str());
     publisher.publish(&msg).await
@@ -131,7 +156,16 @@ pub async fn reject(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_when;
+    use super::{MAX_ERROR_HEADER, header_error, parse_when};
+
+    #[test]
+    fn long_errors_are_cut_to_fit_a_header() {
+        assert_eq!(header_error("short"), "short");
+        let long = format!("unknown field `{}`", "é".repeat(200_000));
+        let cut = header_error(&long);
+        assert!(cut.len() < MAX_ERROR_HEADER + 64, "{}", cut.len());
+        assert!(cut.starts_with("unknown field `é") && cut.ends_with("bytes)"));
+    }
 
     #[test]
     fn times_parse_in_every_form_operators_use() {

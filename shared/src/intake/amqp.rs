@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::{Intake, IntakeError};
+use super::{Commitment, Intake, IntakeError};
 use crate::{
     broker::{
         Broker, Headers, Publisher,
@@ -17,7 +17,7 @@ use crate::{
     },
     db,
     dlq::{self, DeadLetterReason},
-    model::IdempotencyKey,
+    model::{IdempotencyKey, TenantId, notification::MAX_REQUEST_BYTES},
     outage::{self, Held, Unavailable},
 };
 
@@ -54,7 +54,10 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
     let headers = delivery.properties.headers().as_ref();
     let outcome = outage::hold("ingest", &lost, || async {
         let accepted = match check(intake, &tenant, headers, &delivery.data).await {
-            Ok((body, key)) => intake.accept(&tenant, body, key).await.map(|_| ()),
+            Ok((body, key)) => intake
+                .accept(&tenant, body, key, &Commitment::default())
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         match accepted {
@@ -67,11 +70,13 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
         }
     })
     .await;
+    // Only a routing key that can be a tenant is recorded as one.
+    let known_tenant = TenantId::parse(tenant.as_str()).ok().map(String::from);
     let reject = |class: &'static str, error: String| DeadLetterReason {
         source: "ingest",
         error_class: class,
         error,
-        tenant: Some(tenant.clone()),
+        tenant: known_tenant.clone(),
     };
     let reason = match outcome {
         Ok(Ok(())) => {
@@ -134,7 +139,17 @@ async fn check(
             message,
         }])
     };
-    if !db::tenants::exists(intake.pool(), tenant).await? {
+    // The same limit as the HTTP API, checked before the body is parsed.
+    if data.len() > MAX_REQUEST_BYTES {
+        return Err(field(
+            "",
+            format!(
+                "the body is larger than the {} KiB limit",
+                MAX_REQUEST_BYTES / 1024
+            ),
+        ));
+    }
+    if TenantId::parse(tenant).is_err() || !db::tenants::exists(intake.pool(), tenant).await? {
         return Err(field("routing_key", format!("unknown tenant `{tenant}`")));
     }
     let key = header_str(headers, Headers::IDEMPOTENCY_KEY)

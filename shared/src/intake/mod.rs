@@ -10,6 +10,8 @@
 //! broker". See docs/ingest.md for the trade-off.
 
 pub mod amqp;
+mod commitment;
+mod group;
 pub mod relay;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +30,8 @@ use crate::{
     },
     model::{FieldError, IdempotencyKey, message::RouteMessage, notification::NotificationRequest},
 };
+pub use commitment::Commitment;
+use group::{InsertReply, insert_batches, mark_published_batches};
 
 /// How long a committed notification may stay unconfirmed before the relay
 /// takes it over. Long enough that the eager publish always wins normally.
@@ -97,48 +101,6 @@ pub struct Intake {
     inserts: tokio::sync::mpsc::Sender<(Vec<NewNotification>, InsertReply)>,
 }
 
-type InsertReply = tokio::sync::oneshot::Sender<Result<(), String>>;
-
-/// Group commit for requests without an idempotency key: every notification
-/// queued while the previous insert was committing goes into the next one,
-/// so concurrent requests share one commit (and one fsync) instead of
-/// waiting for a connection each.
-async fn insert_batches(
-    pool: PgPool,
-    mut rx: tokio::sync::mpsc::Receiver<(Vec<NewNotification>, InsertReply)>,
-) {
-    let mut queued = Vec::with_capacity(64);
-    // At most 64 requests per insert: 64 single sends, or fewer batches of
-    // up to 500 each.
-    while rx.recv_many(&mut queued, 64).await > 0 {
-        let mut rows = Vec::new();
-        let mut replies = Vec::new();
-        for (batch, reply) in queued.drain(..) {
-            rows.extend(batch);
-            replies.push(reply);
-        }
-        let result = db::notifications::insert_many(&pool, &rows)
-            .await
-            .map_err(|e| e.to_string());
-        for reply in replies {
-            let _ = reply.send(result.clone());
-        }
-    }
-}
-
-/// Marks published notifications in batches: one UPDATE for every request
-/// confirmed in the last few milliseconds instead of one per request. A lost
-/// mark only costs a republish by the relay.
-async fn mark_published_batches(pool: PgPool, mut rx: tokio::sync::mpsc::UnboundedReceiver<Uuid>) {
-    let mut ids = Vec::with_capacity(1024);
-    while rx.recv_many(&mut ids, 1024).await > 0 {
-        if let Err(e) = db::notifications::mark_published(&pool, &ids).await {
-            tracing::warn!(error = %e, "could not mark notifications published; the relay will republish them");
-        }
-        ids.clear();
-    }
-}
-
 struct Prepared {
     row: NewNotification,
     lane: String,
@@ -192,12 +154,14 @@ impl Intake {
         &self.pool
     }
 
-    /// Validates and accepts one notification.
+    /// Validates and accepts one notification. `commitment` is marked when
+    /// the notification is about to be committed.
     pub async fn accept(
         &self,
         tenant: &str,
         body: Value,
         key: Option<IdempotencyKey>,
+        commitment: &Commitment,
     ) -> Result<Accepted<Uuid>, IntakeError> {
         let now = Utc::now();
         let hash = request_hash(&body);
@@ -206,7 +170,13 @@ impl Intake {
         let id = prepared.row.id;
         let response = serde_json::json!({ "id": id });
         match self
-            .commit(tenant, key.as_ref(), &hash, 202, &response, &[&prepared])
+            .commit(
+                tenant,
+                key.as_ref(),
+                (&hash, 202, &response),
+                &[&prepared],
+                commitment,
+            )
             .await?
         {
             Some(existing) => {
@@ -236,6 +206,7 @@ impl Intake {
         tenant: &str,
         items: Vec<Value>,
         key: Option<IdempotencyKey>,
+        commitment: &Commitment,
     ) -> Result<Accepted<Vec<ItemOutcome>>, IntakeError> {
         let now = Utc::now();
         let hash = request_hash(&Value::Array(items.clone()));
@@ -254,7 +225,13 @@ impl Intake {
         let response = serde_json::to_value(&outcomes).expect("serialisable");
         let refs: Vec<&Prepared> = prepared.iter().collect();
         if let Some(existing) = self
-            .commit(tenant, key.as_ref(), &hash, 200, &response, &refs)
+            .commit(
+                tenant,
+                key.as_ref(),
+                (&hash, 200, &response),
+                &refs,
+                commitment,
+            )
             .await?
         {
             let outcomes = serde_json::from_value(existing)
@@ -273,22 +250,25 @@ impl Intake {
         })
     }
 
-    /// Commits the notifications and the idempotency record together.
-    /// Returns the stored response when the key was already used for the same body.
+    /// Commits the notifications and the idempotency record (request hash,
+    /// status and response) together. Returns the stored response when the
+    /// key was already used for the same body.
     async fn commit(
         &self,
         tenant: &str,
         key: Option<&IdempotencyKey>,
-        hash: &[u8],
-        status: i32,
-        response: &Value,
+        (hash, status, response): (&[u8], i32, &Value),
         items: &[&Prepared],
+        commitment: &Commitment,
     ) -> Result<Option<Value>, IntakeError> {
         let rows: Vec<NewNotification> = items.iter().map(|p| p.row.clone()).collect();
         let Some(key) = key else {
             // No key: a group insert shared with concurrent requests.
             if !rows.is_empty() {
                 let (tx, rx) = tokio::sync::oneshot::channel();
+                // Once queued, the group insert commits the rows whether or
+                // not this request waits for it.
+                commitment.begin();
                 self.inserts
                     .send((rows, tx))
                     .await
@@ -323,6 +303,7 @@ impl Intake {
         if !rows.is_empty() {
             db::notifications::insert_many(&mut *tx, &rows).await?;
         }
+        commitment.begin();
         tx.commit().await?;
         Ok(None)
     }

@@ -56,3 +56,61 @@ impl FieldErrors {
         }
     }
 }
+/// The path (`data.note`, `to.users[2]`) of the first string or object key
+/// in `value` that holds NUL (U+0000). PostgreSQL stores NUL neither in
+/// `text` nor in `jsonb`, so a request carrying one is refused at the edge
+/// rather than failing (and taking a group insert down with it) in the
+/// database.
+pub fn find_nul(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn walk(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(map) => map.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.replace('\0', "\\u0000"));
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nul_is_found_with_its_path() {
+        assert_eq!(find_nul(&json!({"a": ["x", "y"], "b": 1})), None);
+        assert_eq!(
+            find_nul(&json!({"to": {"users": ["ok", "a\u{0}b"]}})).as_deref(),
+            Some("to.users[1]")
+        );
+        assert_eq!(
+            find_nul(&json!({"data": {"k\u{0}": 1}})).as_deref(),
+            Some("data.k\\u0000")
+        );
+        assert_eq!(find_nul(&json!("\u{0}")).as_deref(), Some(""));
+    }
+}

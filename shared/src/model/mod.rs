@@ -12,5 +12,5 @@ pub mod template;
 pub mod user;
 
 pub use channel::{Channel, Lane};
-pub use field::{FieldError, FieldErrors};
+pub use field::{FieldError, FieldErrors, find_nul};
 pub use ids::{Category, IdempotencyKey, TenantId, TopicName, UserId};

@@ -6,8 +6,13 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Category, Channel, FieldError, FieldErrors, Lane, TopicName, UserId, template};
+use super::{
+    Category, Channel, FieldError, FieldErrors, Lane, TopicName, UserId, find_nul, template,
+};
 
+/// Largest notification request, as an HTTP body or a `herald.ingest`
+/// message (PRODUCT.md: 1 MiB).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Most recipients one request may name; larger audiences use a topic.
 pub const MAX_USERS: usize = 1000;
 /// Most notifications in one batch request.
@@ -133,6 +138,12 @@ impl NotificationRequest {
     /// Parses a JSON value into a request, collecting every invalid field.
     /// `now` anchors the checks on `send_at` and `expires_at`.
     pub fn parse(value: Value, now: DateTime<Utc>) -> Result<Self, Vec<FieldError>> {
+        if let Some(field) = find_nul(&value) {
+            return Err(vec![FieldError {
+                field,
+                message: "must not contain the NUL character (U+0000)".into(),
+            }]);
+        }
         let raw: RawRequest = serde_path_to_error::deserialize(value).map_err(|err| {
             let path = err.path().to_string();
             vec![FieldError {
@@ -437,6 +448,17 @@ mod tests {
                 "{expected} missing in {fields:?}"
             );
         }
+    }
+
+    #[test]
+    fn nul_anywhere_is_refused_before_it_reaches_the_database() {
+        let errors = NotificationRequest::parse(
+            json!({"category": "x", "to": {"users": ["u"]},
+                   "content": {"sms": {"text": "t"}}, "data": {"note": "a\u{0}b"}}),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].field, "data.note");
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! `{{var}}` templates. Syntax is checked at ingest; variables are filled by the
 //! router from the notification's `data` and the recipient's profile.
+//!
+//! What a value becomes depends on what the template is ([`Markup`]): in
+//! HTML a value is text, escaped by the renderer, so a user named
+//! `<a href="...">` or a `data` value holding a `<script>` cannot add markup
+//! to an email; in plain text (subjects, text bodies, push, SMS) it is left
+//! as it is, since escaping there would show `&amp;` to the reader.
 
 use serde_json::Value;
 
@@ -87,14 +93,48 @@ impl Vars<'_> {
     }
 }
 
-/// Renders a template, failing on the first missing variable.
-pub fn render(template: &str, vars: &Vars<'_>) -> Result<String, TemplateError> {
+/// What a template is written in, which decides how values are written
+/// into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Markup {
+    /// Plain text: values go in as they are.
+    Text,
+    /// HTML: values are escaped, so they show as text and never become
+    /// markup. The template's own markup is the caller's and is kept.
+    Html,
+}
+
+impl Markup {
+    fn push_value(self, out: &mut String, value: &str) {
+        match self {
+            Markup::Text => out.push_str(value),
+            Markup::Html => {
+                // The five characters that can end a text node or a quoted
+                // attribute value; the rest of Unicode is safe in UTF-8 HTML.
+                for c in value.chars() {
+                    match c {
+                        '&' => out.push_str("&amp;"),
+                        '<' => out.push_str("&lt;"),
+                        '>' => out.push_str("&gt;"),
+                        '"' => out.push_str("&quot;"),
+                        '\'' => out.push_str("&#39;"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Renders a template written in `markup`, failing on the first missing
+/// variable.
+pub fn render(template: &str, vars: &Vars<'_>, markup: Markup) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len() + 16);
     for piece in pieces(template) {
         match piece? {
             Piece::Text(text) => out.push_str(text),
             Piece::Var(name) => match vars.lookup(name) {
-                Some(value) => out.push_str(&value),
+                Some(value) => markup.push_value(&mut out, &value),
                 None => return Err(TemplateError::Missing(name.to_owned())),
             },
         }
@@ -119,14 +159,45 @@ mod tests {
         assert_eq!(
             render(
                 "Hi {{name}}, order {{ order_id }} x{{n}} {{nested.x}}",
-                &vars
+                &vars,
+                Markup::Text
             )
             .unwrap(),
             "Hi Ada, order A-991 x3 y"
         );
         assert_eq!(
-            render("{{nope}}", &vars),
+            render("{{nope}}", &vars, Markup::Text),
             Err(TemplateError::Missing("nope".into()))
+        );
+    }
+
+    #[test]
+    fn html_escapes_values_but_not_the_template() {
+        let data = json!({"x": "<script>x()</script>", "q": "it's \"5\" & more", "n": 3});
+        let profile = json!({"name": "<a href=\"http://evil.test\">Ada</a>"});
+        let vars = Vars {
+            data: &data,
+            profile: &profile,
+        };
+        assert_eq!(
+            render(
+                "<p title=\"{{q}}\">Hi {{name}}</p>{{x}}{{n}}",
+                &vars,
+                Markup::Html
+            )
+            .unwrap(),
+            "<p title=\"it&#39;s &quot;5&quot; &amp; more\">Hi &lt;a href=&quot;http://evil.test&quot;&gt;Ada&lt;/a&gt;</p>\
+             &lt;script&gt;x()&lt;/script&gt;3"
+        );
+        // Plain text keeps every character: escaping there would show `&lt;`.
+        assert_eq!(
+            render("Hi {{name}} {{x}}", &vars, Markup::Text).unwrap(),
+            "Hi <a href=\"http://evil.test\">Ada</a> <script>x()</script>"
+        );
+        // Nothing to escape: the same text either way.
+        assert_eq!(
+            render("{{n}} é", &vars, Markup::Html).unwrap(),
+            render("{{n}} é", &vars, Markup::Text).unwrap()
         );
     }
 

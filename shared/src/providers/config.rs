@@ -68,6 +68,11 @@ fn secret(value: &str) -> Result<SecretString, Infallible> {
 
 /// Every provider setting. Only those of the providers a channel uses are
 /// required, and only when that channel's worker starts.
+///
+/// Secrets (`SMTP_URL`, whose user info may hold a password,
+/// `EMAIL_HTTP_URL`, `EMAIL_HTTP_TOKEN`, `TWILIO_AUTH_TOKEN`) are
+/// [`SecretString`]s or redacted in `Debug`, and `--help` never prints their
+/// values (`hide_env_values`). Key files are named by path, never inlined.
 #[derive(clap::Args, Clone)]
 pub struct ProviderConfig {
     /// Push providers: `fcm`, `apns`, `log`, or a list such as `fcm,apns`.
@@ -115,7 +120,7 @@ pub struct ProviderConfig {
     #[arg(long, env = "EMAIL_FAILOVER_PROVIDER")]
     pub email_failover_provider: Option<EmailProviderKind>,
     /// SMTP relay: `smtp://host:port`, `smtp://host?tls=required`, `smtps://user:pass@host`.
-    #[arg(long, env = "SMTP_URL", value_parser = secret)]
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = secret)]
     pub smtp_url: Option<SecretString>,
     /// Most SMTP connections (parallel sessions) this worker keeps open to
     /// the relay. Every email is one session of several round trips, so
@@ -129,11 +134,17 @@ pub struct ProviderConfig {
     /// Sender of every email, `noreply@example.com` or `Name <noreply@example.com>`.
     #[arg(long, env = "EMAIL_FROM")]
     pub email_from: Option<String>,
-    /// Endpoint of the HTTP email API.
-    #[arg(long, env = "EMAIL_HTTP_URL")]
+    /// Endpoint of the HTTP email API. Some services take their key in the
+    /// URL, so its value is hidden like a secret's.
+    #[arg(long, env = "EMAIL_HTTP_URL", hide_env_values = true)]
     pub email_http_url: Option<String>,
     /// Bearer token of the HTTP email API.
-    #[arg(long, env = "EMAIL_HTTP_TOKEN", value_parser = secret)]
+    #[arg(
+        long,
+        env = "EMAIL_HTTP_TOKEN",
+        hide_env_values = true,
+        value_parser = secret
+    )]
     pub email_http_token: Option<SecretString>,
     /// SMS provider: `twilio` or `log`.
     #[arg(long, env = "SMS_PROVIDER", default_value = "log")]
@@ -145,7 +156,12 @@ pub struct ProviderConfig {
     #[arg(long, env = "TWILIO_ACCOUNT_SID")]
     pub twilio_account_sid: Option<String>,
     /// Twilio auth token.
-    #[arg(long, env = "TWILIO_AUTH_TOKEN", value_parser = secret)]
+    #[arg(
+        long,
+        env = "TWILIO_AUTH_TOKEN",
+        hide_env_values = true,
+        value_parser = secret
+    )]
     pub twilio_auth_token: Option<SecretString>,
     /// Sender number (E.164) or Messaging Service SID (`MG…`).
     #[arg(long, env = "TWILIO_FROM")]
@@ -215,7 +231,10 @@ impl fmt::Debug for ProviderConfig {
             .field("smtp_pool_size", &self.smtp_pool_size)
             .field("smtp_ca_file", &self.smtp_ca_file)
             .field("email_from", &self.email_from)
-            .field("email_http_url", &self.email_http_url)
+            .field(
+                "email_http_url",
+                &self.email_http_url.as_deref().map(redact_url),
+            )
             .field("email_http_token", &hidden(&self.email_http_token))
             .field("sms_provider", &self.sms_provider)
             .field("twilio_base_url", &self.twilio_base_url)
@@ -423,6 +442,10 @@ mod tests {
             "s3cret",
             "--smtp-url",
             "smtps://me:pw@mail.example.com",
+            "--email-http-token",
+            "tok-9f8e",
+            "--email-http-url",
+            "https://api:url-key@mail.example.com/send",
         ]);
         assert_eq!(
             cfg.push_provider,
@@ -430,10 +453,9 @@ mod tests {
         );
         assert_eq!(cfg.provider_timeout, Duration::from_millis(1500));
         let debug = format!("{cfg:?}");
-        assert!(
-            !debug.contains("s3cret") && !debug.contains("pw@"),
-            "{debug}"
-        );
+        for secret in ["s3cret", "pw@", "tok-9f8e", "url-key"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
         assert_eq!(parse(&[]).push_provider, [PushProviderKind::Log]);
     }
 

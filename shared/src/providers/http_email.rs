@@ -57,7 +57,7 @@ impl HttpEmailProvider {
 impl fmt::Debug for HttpEmailProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEmailProvider")
-            .field("url", &self.url)
+            .field("url", &crate::config::redact_url(&self.url))
             .field("from", &self.from)
             .finish_non_exhaustive()
     }

@@ -18,7 +18,7 @@ use crate::model::{
     message::{Destination, EmailMessage, PushMessage, Rendered, SmsMessage},
     notification::{Content, NotificationRequest},
     preferences::Preferences,
-    template::{self, TemplateError, Vars},
+    template::{self, Markup, TemplateError, Vars},
     user::{Platform, Profile},
 };
 
@@ -80,7 +80,14 @@ fn render_for(
     channel: Channel,
     vars: &Vars<'_>,
 ) -> Result<Rendered, TemplateError> {
-    let r = |s: &Option<String>| s.as_deref().map(|t| template::render(t, vars)).transpose();
+    // Every part is plain text except an email's `html`, whose values the
+    // renderer escapes.
+    let render = |s: &Option<String>, markup| {
+        s.as_deref()
+            .map(|t| template::render(t, vars, markup))
+            .transpose()
+    };
+    let r = |s: &Option<String>| render(s, Markup::Text);
     Ok(match channel {
         Channel::Push => {
             let push = content
@@ -90,7 +97,7 @@ fn render_for(
             let data = push
                 .data
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), template::render(v, vars)?)))
+                .map(|(k, v)| Ok((k.clone(), template::render(v, vars, Markup::Text)?)))
                 .collect::<Result<BTreeMap<_, _>, TemplateError>>()?;
             Rendered::Push(PushMessage {
                 title: r(&push.title)?,
@@ -106,7 +113,7 @@ fn render_for(
             Rendered::Email(EmailMessage {
                 subject: r(&email.subject)?.unwrap_or_default(),
                 text: r(&email.text)?,
-                html: r(&email.html)?,
+                html: render(&email.html, Markup::Html)?,
             })
         }
         Channel::Sms => {
@@ -324,6 +331,23 @@ mod tests {
                 subject: "Sale".into(),
                 text: Some("Hi Ada, 50% off".into()),
                 html: None
+            }))
+        );
+    }
+
+    #[test]
+    fn html_email_values_are_escaped_and_text_is_not() {
+        let mut r = ada();
+        r.profile.as_mut().unwrap().name = Some("<b>Ada</b>".into());
+        let req = request(json!({"channels": ["email"], "content": {"email": {
+            "subject": "{{name}}", "text": "Hi {{name}}", "html": "<p>Hi {{name}}</p>"}}}));
+        let planned = plan_recipient(&req, &Policy::default(), &r);
+        assert_eq!(
+            planned[0].rendered,
+            Some(Rendered::Email(EmailMessage {
+                subject: "<b>Ada</b>".into(),
+                text: Some("Hi <b>Ada</b>".into()),
+                html: Some("<p>Hi &lt;b&gt;Ada&lt;/b&gt;</p>".into()),
             }))
         );
     }

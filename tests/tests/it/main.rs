@@ -2,6 +2,7 @@
 //! PostgreSQL, an isolated database and broker prefix per test.
 
 mod api;
+mod bad_input;
 mod delivery;
 mod erasure;
 mod ingest;
@@ -9,3 +10,4 @@ mod operators;
 mod providers;
 mod reliability;
 mod routing;
+mod security;

@@ -7,25 +7,20 @@
 //! with an expiry: rotating the key ends every session and voids every
 //! pending confirmation, and the cookie never holds the key itself.
 
-use std::{
-    num::NonZeroU32,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use axum::{
     extract::FromRequestParts,
     http::{HeaderMap, StatusCode, header, request::Parts},
     response::{IntoResponse, Redirect, Response},
 };
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::html;
-use crate::api::{AppState, problem::ApiError};
+use crate::api::{AppState, attempts::FailedAttempts, client::ClientIp, problem::ApiError};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "herald_admin";
@@ -35,16 +30,19 @@ const SESSION: Duration = Duration::from_secs(12 * 3600);
 /// How long a replay confirmation stays valid: long enough to read the page,
 /// short enough that an old tab cannot replay a filter seen yesterday.
 const CONFIRMATION: Duration = Duration::from_secs(15 * 60);
-/// Wrong keys tolerated per second (burst 20) before every key attempt is
-/// answered 429 for a while. The key is long and random, so this is only
-/// there to make guessing loud and slow.
-const FAILURES_PER_SEC: u32 = 5;
+/// Wrong keys one client address may present in a burst, and per second
+/// after it, before its key attempts are answered 429. Per address, so a
+/// guesser locks out only itself, never the other admins. The key is long
+/// and random: this only makes guessing loud and slow.
+const FAILURE_BURST: u32 = 10;
+const FAILURES_PER_SEC: f64 = 1.0;
+/// Client addresses tracked; beyond it the least-failing make room.
+const FAILURE_CLIENTS: usize = 10_000;
 
-/// The admin key's hash and the state of failed attempts.
+/// The admin key's hash and the failed attempts per client.
 pub struct AdminAuth {
     key_hash: [u8; 32],
-    failures: DefaultDirectRateLimiter,
-    blocked_until: Mutex<Option<Instant>>,
+    failures: FailedAttempts,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -64,33 +62,29 @@ fn now_secs() -> i64 {
 impl AdminAuth {
     /// Authentication against `key`.
     pub fn new(key: &SecretString) -> Self {
-        let quota = Quota::per_second(NonZeroU32::new(FAILURES_PER_SEC).expect("non-zero"))
-            .allow_burst(NonZeroU32::new(FAILURES_PER_SEC * 4).expect("non-zero"));
         Self {
             key_hash: sha256(key.expose_secret()),
-            failures: RateLimiter::direct(quota),
-            blocked_until: Mutex::new(None),
+            failures: FailedAttempts::new(FAILURE_BURST, FAILURES_PER_SEC, FAILURE_CLIENTS),
         }
     }
 
-    /// Whether `presented` is the admin key, compared in constant time.
-    /// Counts a wrong key towards the lockout.
-    pub fn check_key(&self, presented: &str) -> Result<bool, Blocked> {
-        self.not_blocked()?;
+    /// Whether `presented` is the admin key, compared in constant time. A
+    /// wrong key counts against `client`; a client out of attempts is
+    /// refused without its key being looked at, even the right one.
+    pub fn check_key(&self, presented: &str, client: ClientIp) -> Result<bool, Blocked> {
+        self.failures
+            .check(client)
+            .map_err(|wait| Blocked(wait.as_secs_f64().ceil().max(1.0) as u64))?;
         let ok: bool = sha256(presented).ct_eq(&self.key_hash).into();
-        if !ok && self.failures.check().is_err() {
-            *self.blocked_until.lock().expect("not poisoned") =
-                Some(Instant::now() + Duration::from_secs(1));
-            tracing::warn!("too many wrong admin keys; refusing key attempts for a second");
+        if !ok && self.failures.record(client) {
+            tracing::warn!(client = %client.ip(), "too many wrong admin keys from one address; refusing its key attempts for a while");
         }
         Ok(ok)
     }
 
-    fn not_blocked(&self) -> Result<(), Blocked> {
-        match *self.blocked_until.lock().expect("not poisoned") {
-            Some(until) if until > Instant::now() => Err(Blocked),
-            _ => Ok(()),
-        }
+    /// Forgets clients that stopped failing; run periodically.
+    pub fn prune(&self) {
+        self.failures.prune();
     }
 
     fn signature(&self, purpose: &str, expires: i64, payload: &str) -> Hmac<Sha256> {
@@ -157,9 +151,9 @@ impl AdminAuth {
     }
 }
 
-/// Too many wrong keys lately.
+/// Too many wrong keys from this client lately; retry after this many seconds.
 #[derive(Debug)]
-pub struct Blocked;
+pub struct Blocked(pub u64);
 
 /// A cookie that ends the session.
 pub fn clear_cookie() -> String {
@@ -198,14 +192,17 @@ impl FromRequestParts<AppState> for AdminPage {
         if admin.auth.session_valid(&parts.headers) {
             return Ok(AdminPage);
         }
+        let client = ClientIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
         if let Some(key) = bearer(&parts.headers) {
-            return match admin.auth.check_key(key) {
+            return match admin.auth.check_key(key, client) {
                 Ok(true) => Ok(AdminPage),
                 Ok(false) => Err(html::error_page(
                     StatusCode::UNAUTHORIZED,
                     "That is not the admin key.",
                 )),
-                Err(Blocked) => Err(html::error_page(
+                Err(Blocked(_)) => Err(html::error_page(
                     StatusCode::TOO_MANY_REQUESTS,
                     "Too many wrong keys; try again shortly.",
                 )),
@@ -231,11 +228,14 @@ impl FromRequestParts<AppState> for AdminApi {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let admin = state.admin.as_ref().ok_or(ApiError::NotFound("route"))?;
+        let client = ClientIp::from_request_parts(parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
         let key = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        match admin.auth.check_key(key) {
+        match admin.auth.check_key(key, client) {
             Ok(true) => Ok(AdminApi),
             Ok(false) => Err(ApiError::Unauthorized),
-            Err(Blocked) => Err(ApiError::RateLimited(1)),
+            Err(Blocked(wait)) => Err(ApiError::TooManyFailures(wait)),
         }
     }
 }
@@ -279,11 +279,32 @@ mod tests {
         assert!(!other.session_valid(&headers));
     }
 
+    fn client(last: u8) -> ClientIp {
+        ClientIp::new(std::net::IpAddr::from([192, 0, 2, last]))
+    }
+
+    #[test]
+    fn a_guesser_locks_out_only_itself() {
+        let auth = AdminAuth::new(&SecretString::from("k-1"));
+        for _ in 0..FAILURE_BURST {
+            assert!(!auth.check_key("guess", client(1)).unwrap());
+        }
+        assert!(
+            auth.check_key("k-1", client(1)).is_err(),
+            "out of attempts: even the right key waits"
+        );
+        assert!(
+            auth.check_key("k-1", client(2)).unwrap(),
+            "another admin gets in"
+        );
+        assert!(!auth.check_key("typo", client(2)).unwrap());
+    }
+
     #[test]
     fn keys_compare_and_next_stays_inside() {
         let auth = AdminAuth::new(&SecretString::from("k-1"));
-        assert!(auth.check_key("k-1").unwrap());
-        assert!(!auth.check_key("k-2").unwrap());
+        assert!(auth.check_key("k-1", client(1)).unwrap());
+        assert!(!auth.check_key("k-2", client(1)).unwrap());
         assert_eq!(
             safe_next(Some("/admin/dead-letters?x=1")),
             "/admin/dead-letters?x=1"

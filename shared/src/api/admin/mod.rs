@@ -28,7 +28,7 @@ pub use auth::AdminAuth;
 use auth::{AdminPage, Blocked};
 use html::{Nav, esc};
 
-use super::AppState;
+use super::{AppState, client::ClientIp};
 use crate::config::RetrySchedule;
 
 /// What the admin pages need beyond the API's state.
@@ -95,6 +95,7 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    client: ClientIp,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -102,7 +103,7 @@ async fn login(
         return StatusCode::NOT_FOUND.into_response();
     };
     let next = auth::safe_next(form.next.as_deref());
-    match admin.auth.check_key(&form.key) {
+    match admin.auth.check_key(&form.key, client) {
         Ok(true) => {
             tracing::info!("admin signed in");
             let cookie = admin.auth.session_cookie(auth::is_https(&headers));
@@ -116,7 +117,7 @@ async fn login(
                 Some("That is not the admin key."),
             )
         }
-        Err(Blocked) => login_page(
+        Err(Blocked(_)) => login_page(
             StatusCode::TOO_MANY_REQUESTS,
             next,
             Some("Too many wrong keys; wait a moment and try again."),
