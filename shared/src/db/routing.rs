@@ -250,3 +250,57 @@ pub async fn notification(
     .fetch_optional(pool)
     .await
 }
+
+/// Notifications by id, whatever their tenant (the router trusts its
+/// queue): one read for a batch of routing messages.
+pub async fn notifications(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<Vec<super::notifications::NotificationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, tenant_id, category, priority, status, request, created_at, updated_at, routed_at, route_cursor
+         FROM notifications WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// A recipient row and its tenant.
+#[derive(Debug, sqlx::FromRow)]
+pub struct TenantRecipientRow {
+    pub tenant_id: String,
+    #[sqlx(flatten)]
+    pub recipient: RecipientRow,
+}
+
+/// The named users of several tenants in one read: `pairs` of (tenant,
+/// user); missing ones are simply absent.
+pub async fn recipients_of(
+    pool: &PgPool,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<TenantRecipientRow>, sqlx::Error> {
+    let tenants: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+    let users: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT u.tenant_id, {RECIPIENT_COLUMNS} FROM users u
+         LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
+         WHERE (u.tenant_id, u.id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+    )))
+    .bind(&tenants)
+    .bind(&users)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks notifications routed (a batch of user-list notifications).
+pub async fn finish_routing_many(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
+         WHERE id = ANY($1) AND status IN ('accepted', 'routing')",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}

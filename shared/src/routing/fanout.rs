@@ -77,6 +77,21 @@ pub struct Fanout {
     /// insert and publish otherwise compete with a one-time code for CPU
     /// and database.
     high_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Topic work (enumerating, or routing a page of 1000) in progress per
+    /// lane is bounded here rather than by the lane's prefetch, which is
+    /// deep for the batches of one-off notifications.
+    page_slots: Arc<[tokio::sync::Semaphore; 3]>,
+}
+
+/// Topic pages (or enumerations) routed at once per lane: `bulk` one at a
+/// time, which keeps a million-subscriber topic well inside five minutes
+/// while leaving the CPU and the database's commits to the other lanes.
+fn page_slots(lane: Lane) -> usize {
+    match lane {
+        Lane::High => 8,
+        Lane::Normal => 2,
+        Lane::Bulk => 1,
+    }
 }
 
 /// Counts a `high` message in flight for as long as it lives.
@@ -88,7 +103,8 @@ impl Drop for HighGuard {
     }
 }
 
-fn recipient(row: RecipientRow) -> Recipient {
+/// A recipient as stored, as the planner sees it.
+pub(super) fn recipient(row: RecipientRow) -> Recipient {
     Recipient {
         profile: Some(Profile {
             name: row.name,
@@ -116,6 +132,7 @@ impl Fanout {
             publisher,
             policies: Arc::default(),
             high_in_flight: Arc::default(),
+            page_slots: Arc::new(Lane::ALL.map(|l| tokio::sync::Semaphore::new(page_slots(l)))),
         }
     }
 
@@ -139,9 +156,31 @@ impl Fanout {
         Ok((policy, caps))
     }
 
+    /// A slot for topic work on `lane`, held while it lasts.
+    async fn page_slot(
+        &self,
+        lane: Lane,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, RouteError> {
+        let at = Lane::ALL.iter().position(|l| *l == lane).expect("a lane");
+        self.page_slots[at]
+            .acquire()
+            .await
+            .map_err(|e| RouteError::Transient(e.into()))
+    }
+
+    /// The database.
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The confirming publisher.
+    pub(super) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
     /// Waits while `high` work is in flight (bounded, so a stream of codes
     /// slows bulk work down but never stops it).
-    async fn yield_to_high(&self, lane: Lane) {
+    pub(super) async fn yield_to_high(&self, lane: Lane) {
         if lane == Lane::High {
             return;
         }
@@ -205,6 +244,7 @@ impl Fanout {
                 db::routing::finish_routing(&self.pool, row.id).await?;
             }
             (Recipients::Topic(topic), Some(page)) => {
+                let _slot = self.page_slot(lane).await?;
                 let rows = db::routing::topic_page(
                     &self.pool,
                     &row.tenant_id,
@@ -223,7 +263,10 @@ impl Fanout {
                 .await?;
                 db::routing::page_done(&self.pool, row.id, &page.last).await?;
             }
-            (Recipients::Topic(topic), None) => self.enumerate(&row, topic.as_str()).await?,
+            (Recipients::Topic(topic), None) => {
+                let _slot = self.page_slot(lane).await?;
+                self.enumerate(&row, topic.as_str()).await?
+            }
         }
         Ok(())
     }
@@ -238,14 +281,7 @@ impl Fanout {
             .collect();
         Ok(ids
             .iter()
-            .map(|id| {
-                found.remove(*id).unwrap_or_else(|| Recipient {
-                    user_id: (*id).to_owned(),
-                    profile: None,
-                    preferences: Default::default(),
-                    devices: Vec::new(),
-                })
-            })
+            .map(|id| found.remove(*id).unwrap_or_else(|| Recipient::unknown(id)))
             .collect())
     }
 
@@ -311,18 +347,15 @@ impl Fanout {
         Ok(())
     }
 
-    /// Decides, records and publishes the deliveries of some recipients;
-    /// `again` when they may have been routed before, `replay` the replay
-    /// number when an operator replays them.
-    async fn deliver(
+    /// The plan for some recipients of a notification: channels and
+    /// destinations, preferences, caps, then quiet hours, `send_at` and
+    /// expiry as of now.
+    pub(super) async fn plan(
         &self,
         row: &NotificationRow,
         req: &NotificationRequest,
-        recipients: Vec<Recipient>,
-        again: bool,
-        replay: Option<i64>,
-    ) -> Result<(), RouteError> {
-        self.yield_to_high(req.priority).await;
+        recipients: &[Recipient],
+    ) -> Result<Vec<Planned>, RouteError> {
         let now = Utc::now();
         let (policy, caps) = self.policy(&row.tenant_id).await?;
         let by_user: HashMap<&str, &Recipient> =
@@ -344,44 +377,76 @@ impl Fanout {
         for p in &mut planned {
             plan::apply_timing(p, req, by_user[p.user_id.as_str()], now);
         }
+        Ok(planned)
+    }
 
+    /// One message per planned delivery that `ids` names (the stored id of
+    /// each pending one), carrying `replay` when an operator replays it.
+    pub(super) fn messages(
+        &self,
+        row: &NotificationRow,
+        req: &NotificationRequest,
+        planned: &[Planned],
+        ids: &HashMap<DeliveryKey<'_>, Uuid>,
+        replay: Option<i64>,
+    ) -> Vec<Outgoing> {
+        let names = self.publisher.broker().names();
+        planned
+            .iter()
+            .filter_map(|p| {
+                let id = ids.get(&key_of(p))?;
+                let rendered = p.rendered.clone()?;
+                let mut out = DeliveryMessage {
+                    delivery_id: *id,
+                    created_at: row.created_at,
+                    notification_id: row.id,
+                    tenant_id: row.tenant_id.clone(),
+                    user_id: p.user_id.clone(),
+                    channel: p.channel,
+                    lane: req.priority,
+                    destination: p.destination.clone(),
+                    rendered,
+                    expires_at: req.expires_at,
+                }
+                .outgoing(names);
+                if let Some(number) = replay {
+                    out.headers = out.headers.int(Headers::REPLAY, number);
+                }
+                Some(out)
+            })
+            .collect()
+    }
+
+    /// Decides, records and publishes the deliveries of some recipients;
+    /// `again` when they may have been routed before, `replay` the replay
+    /// number when an operator replays them.
+    async fn deliver(
+        &self,
+        row: &NotificationRow,
+        req: &NotificationRequest,
+        recipients: Vec<Recipient>,
+        again: bool,
+        replay: Option<i64>,
+    ) -> Result<(), RouteError> {
+        self.yield_to_high(req.priority).await;
+        let planned = self.plan(row, req, &recipients).await?;
         let lane = req.priority;
+        let users: Vec<&str> = recipients.iter().map(|r| r.user_id.as_str()).collect();
         // Routed before (a redelivery, a replay): a user's channel that
         // already has deliveries gets no extra "ended" row (opted out, no
         // destination); the stored rows take the new plan's word instead.
         let mut known = HashSet::new();
         if again {
-            let users: Vec<&str> = by_user.keys().copied().collect();
             for s in
                 db::deliveries::stored_for_users(&self.pool, row.created_at, row.id, &users).await?
             {
                 known.insert((s.user_id, s.channel));
             }
         }
-        let new_rows: Vec<NewDelivery> = planned
-            .iter()
-            .filter(|p| {
-                !(p.destination.address.is_empty()
-                    && known.contains(&(p.user_id.clone(), p.channel.as_str().to_owned())))
-            })
-            .map(|p| NewDelivery {
-                id: Uuid::now_v7(),
-                user_id: p.user_id.clone(),
-                channel: p.channel.as_str(),
-                destination: p.destination.address.clone(),
-                platform: p.destination.platform.map(Platform::as_str),
-                status: p.status.as_str(),
-                reason: p.reason.clone(),
-                rendered: (p.status == Initial::Deferred)
-                    .then(|| {
-                        p.rendered
-                            .as_ref()
-                            .map(|r| serde_json::to_value(r).expect("serialisable"))
-                    })
-                    .flatten(),
-                not_before: p.not_before,
-            })
-            .collect();
+        let new_rows = new_rows(planned.iter().filter(|p| {
+            !(p.destination.address.is_empty()
+                && known.contains(&(p.user_id.clone(), p.channel.as_str().to_owned())))
+        }));
         let batch = BatchOf {
             created_at: row.created_at,
             notification_id: row.id,
@@ -394,7 +459,6 @@ impl Fanout {
 
         // Publish what is pending *as stored*: after a redelivery the rows
         // (and their ids) are the first attempt's.
-        let users: Vec<&str> = by_user.keys().copied().collect();
         let stored =
             db::deliveries::stored_for_users(&self.pool, row.created_at, row.id, &users).await?;
         let stale = super::replan::stale(&stored, &planned);
@@ -402,19 +466,9 @@ impl Fanout {
             let changed = db::deliveries::replan(&self.pool, row.created_at, &stale).await?;
             metrics::counter!("herald_router_replanned_total").increment(changed);
         }
-        let pending: HashSet<(&str, &str, &str)> = stored
+        let pending: HashMap<DeliveryKey<'_>, Uuid> = stored
             .iter()
             .filter(|s| s.status == "pending")
-            .map(|s| {
-                (
-                    s.user_id.as_str(),
-                    s.channel.as_str(),
-                    s.destination.as_str(),
-                )
-            })
-            .collect();
-        let ids: HashMap<(&str, &str, &str), Uuid> = stored
-            .iter()
             .map(|s| {
                 (
                     (
@@ -426,42 +480,7 @@ impl Fanout {
                 )
             })
             .collect();
-        let names = self.publisher.broker().names();
-        let msgs: Vec<Outgoing> = planned
-            .iter()
-            .filter_map(|p| {
-                let key = (
-                    p.user_id.as_str(),
-                    p.channel.as_str(),
-                    p.destination.address.as_str(),
-                );
-                if !pending.contains(&key) {
-                    return None;
-                }
-                let rendered = p.rendered.clone()?;
-                Some(
-                    DeliveryMessage {
-                        delivery_id: ids[&key],
-                        created_at: row.created_at,
-                        notification_id: row.id,
-                        tenant_id: row.tenant_id.clone(),
-                        user_id: p.user_id.clone(),
-                        channel: p.channel,
-                        lane,
-                        destination: p.destination.clone(),
-                        rendered,
-                        expires_at: req.expires_at,
-                    }
-                    .outgoing(names),
-                )
-                .map(|mut out| {
-                    if let Some(number) = replay {
-                        out.headers = out.headers.int(Headers::REPLAY, number);
-                    }
-                    out
-                })
-            })
-            .collect();
+        let msgs = self.messages(row, req, &planned, &pending, replay);
         if let Some(Err(e)) = self
             .publisher
             .publish_all(&msgs)
@@ -473,16 +492,59 @@ impl Fanout {
                 anyhow::Error::new(e).context("publishing deliveries"),
             ));
         }
-        let lane_label = lane.as_str();
-        for p in &planned {
-            metrics::counter!("herald_router_deliveries_total", "channel" => p.channel.as_str(),
-                "lane" => lane_label, "status" => p.status.as_str())
-            .increment(1);
-        }
-        if lane == Lane::High {
-            metrics::histogram!("herald_router_high_lag_seconds")
-                .record((Utc::now() - row.created_at).num_milliseconds().max(0) as f64 / 1000.0);
-        }
+        count(&planned, lane, row);
         Ok(())
+    }
+}
+
+/// A delivery's fan-out key within its notification: user, channel,
+/// destination.
+pub(super) type DeliveryKey<'a> = (&'a str, &'a str, &'a str);
+
+/// The fan-out key of a planned delivery.
+pub(super) fn key_of(p: &Planned) -> DeliveryKey<'_> {
+    (
+        p.user_id.as_str(),
+        p.channel.as_str(),
+        p.destination.address.as_str(),
+    )
+}
+
+/// The rows to insert for planned deliveries, each with a fresh id.
+pub(super) fn new_rows<'a>(planned: impl Iterator<Item = &'a Planned>) -> Vec<NewDelivery> {
+    planned
+        .map(|p| NewDelivery {
+            id: Uuid::now_v7(),
+            user_id: p.user_id.clone(),
+            channel: p.channel.as_str(),
+            destination: p.destination.address.clone(),
+            platform: p.destination.platform.map(Platform::as_str),
+            status: p.status.as_str(),
+            reason: p.reason.clone(),
+            // Only a held delivery keeps its content: a pending one travels
+            // with it, and storing it for a billion rows a day is waste.
+            rendered: (p.status == Initial::Deferred)
+                .then(|| {
+                    p.rendered
+                        .as_ref()
+                        .map(|r| serde_json::to_value(r).expect("serialisable"))
+                })
+                .flatten(),
+            not_before: p.not_before,
+        })
+        .collect()
+}
+
+/// Counts what was planned, and how late a `high` notification was routed.
+pub(super) fn count(planned: &[Planned], lane: Lane, row: &NotificationRow) {
+    let lane_label = lane.as_str();
+    for p in planned {
+        metrics::counter!("herald_router_deliveries_total", "channel" => p.channel.as_str(),
+            "lane" => lane_label, "status" => p.status.as_str())
+        .increment(1);
+    }
+    if lane == Lane::High {
+        metrics::histogram!("herald_router_high_lag_seconds")
+            .record((Utc::now() - row.created_at).num_milliseconds().max(0) as f64 / 1000.0);
     }
 }

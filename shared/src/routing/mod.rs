@@ -5,6 +5,7 @@
 //! deferred-delivery scheduler; the dead-letter archiver; and housekeeping
 //! (delivery partitions, cap ledger).
 
+pub mod batch;
 pub mod caps;
 pub mod fanout;
 pub mod plan;
@@ -32,6 +33,7 @@ use crate::{
     ops,
     outage::{self, Held},
 };
+use batch::{Batcher, Routed};
 use fanout::{Fanout, RouteError};
 
 /// Settings of the `router` binary.
@@ -52,16 +54,15 @@ pub struct RouterConfig {
     pub delivery_retention_days: i32,
 }
 
-/// Routing messages processed at once per lane. `high` gets the most so a
-/// burst of codes is never queued behind itself; `bulk` one at a time, since
-/// a bulk message may be a whole page of a topic (1000 recipients): one page
-/// in flight keeps a million-subscriber topic well inside five minutes while
-/// leaving the CPU and the database's commits to `high` and `normal`.
+/// Routing messages held at once per lane: what the lane's batches are made
+/// of (routing/batch.rs). One-off notifications are routed in batches, so
+/// deep prefetches cost no more concurrency on the database; a topic's
+/// enumeration and pages are bounded separately ([`Fanout`]'s page slots).
 fn prefetch(lane: Lane) -> u16 {
     match lane {
-        Lane::High => 32,
-        Lane::Normal => 8,
-        Lane::Bulk => 1,
+        Lane::High => 64,
+        Lane::Normal => 512,
+        Lane::Bulk => 256,
     }
 }
 
@@ -95,13 +96,15 @@ pub async fn run(
                     prefetch: prefetch(lane),
                 };
                 let (fanout, publisher) = (fanout.clone(), publisher.clone());
+                let batcher = Batcher::start(fanout.clone(), lane);
                 tasks.spawn(consumer::run(
                     broker.clone(),
                     spec,
                     cancel.clone(),
                     move |incoming| {
-                        let (fanout, publisher) = (fanout.clone(), publisher.clone());
-                        async move { handle(&fanout, &publisher, incoming, lane).await }
+                        let (fanout, publisher, batcher) =
+                            (fanout.clone(), publisher.clone(), batcher.clone());
+                        async move { handle(&fanout, &batcher, &publisher, incoming, lane).await }
                     },
                 ));
             }
@@ -126,12 +129,19 @@ pub async fn run(
 /// Routes one message. A database or broker outage holds the message and
 /// retries the (idempotent) routing in process rather than returning it to
 /// its queue, where each try would spend one of its deliveries.
-async fn handle(fanout: &Fanout, publisher: &Publisher, incoming: Incoming, lane: Lane) {
+async fn handle(
+    fanout: &Fanout,
+    batcher: &Batcher,
+    publisher: &Publisher,
+    incoming: Incoming,
+    lane: Lane,
+) {
     let Incoming { delivery, lost } = incoming;
     let routed = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
         Ok(msg) => {
             outage::hold("route", &lost, || async {
-                match fanout.route(&msg, lane, delivery.redelivered).await {
+                let outcome = route(fanout, batcher, &msg, lane, delivery.redelivered).await;
+                match outcome {
                     Ok(()) => Ok(Ok(())),
                     Err(RouteError::Permanent(reason)) => Ok(Err(reason)),
                     Err(RouteError::Transient(e)) => Err(e),
@@ -171,6 +181,25 @@ async fn handle(fanout: &Fanout, publisher: &Publisher, incoming: Incoming, lane
             consumer::requeue_after(&delivery, TRANSIENT_PAUSE).await;
         }
     }
+}
+
+/// A first routing of a message goes through the lane's batch; what the
+/// batch hands back, and anything routed before, takes the one-message path.
+async fn route(
+    fanout: &Fanout,
+    batcher: &Batcher,
+    msg: &RouteMessage,
+    lane: Lane,
+    redelivered: bool,
+) -> Result<(), RouteError> {
+    let mut again = redelivered || msg.replay.is_some();
+    if !again && msg.page.is_none() {
+        match batcher.route(msg.clone()).await? {
+            Routed::Done => return Ok(()),
+            Routed::Single { again: before } => again = before,
+        }
+    }
+    fanout.route(msg, lane, again).await
 }
 
 /// Hourly: create upcoming delivery partitions, drop expired ones (unless

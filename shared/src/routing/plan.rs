@@ -33,6 +33,18 @@ pub struct Recipient {
     pub devices: Vec<(String, Platform)>,
 }
 
+impl Recipient {
+    /// A user the tenant does not have (never created, or erased).
+    pub fn unknown(user_id: &str) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            profile: None,
+            preferences: Preferences::default(),
+            devices: Vec::new(),
+        }
+    }
+}
+
 /// Status a delivery is created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Initial {

@@ -47,46 +47,8 @@ pub async fn insert_batch(
     of: &BatchOf<'_>,
     rows: &[NewDelivery],
 ) -> Result<u64, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
-    let channels: Vec<&str> = rows.iter().map(|r| r.channel).collect();
-    let destinations: Vec<&str> = rows.iter().map(|r| r.destination.as_str()).collect();
-    let platforms: Vec<Option<&str>> = rows.iter().map(|r| r.platform).collect();
-    let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
-    let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
-    let rendered: Vec<Option<serde_json::Value>> =
-        rows.iter().map(|r| r.rendered.clone()).collect();
-    let not_before: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.not_before).collect();
-    let result = sqlx::query(
-        "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, lane, expires_at,
-             user_id, channel, destination, platform, status, reason, rendered, not_before)
-         SELECT u.id, $1, $2, $3, $4, $5, u.user_id, u.channel, u.destination, u.platform, u.status,
-                u.reason, u.rendered, u.not_before
-         FROM UNNEST($6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                     $12::text[], $13::jsonb[], $14::timestamptz[])
-              AS u(id, user_id, channel, destination, platform, status, reason, rendered, not_before)
-         ON CONFLICT (created_at, notification_id, user_id, channel, destination) DO NOTHING",
-    )
-    .bind(of.created_at)
-    .bind(of.notification_id)
-    .bind(of.tenant_id)
-    .bind(of.lane)
-    .bind(of.expires_at)
-    .bind(&ids)
-    .bind(&users)
-    .bind(&channels)
-    .bind(&destinations)
-    .bind(&platforms)
-    .bind(&statuses)
-    .bind(&reasons)
-    .bind(&rendered)
-    .bind(&not_before)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
+    let rows: Vec<(&BatchOf<'_>, &NewDelivery)> = rows.iter().map(|r| (of, r)).collect();
+    Ok(insert_many(pool, &rows).await?.len() as u64)
 }
 
 /// Id and status of a notification's deliveries to some users, as stored:
@@ -176,4 +138,84 @@ pub async fn replan(
     .execute(pool)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// Inserts the deliveries of several notifications in one statement; rows
+/// already there (same notification, user, channel, destination) are left
+/// as they are. Answers the ids actually inserted: a planned row whose id
+/// is missing was there before (its notification was routed already).
+pub async fn insert_many(
+    pool: &PgPool,
+    rows: &[(&BatchOf<'_>, &NewDelivery)],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cols = InsertColumns::default();
+    for (of, row) in rows {
+        cols.created.push(of.created_at);
+        cols.notifications.push(of.notification_id);
+        cols.tenants.push(of.tenant_id);
+        cols.lanes.push(of.lane);
+        cols.expires.push(of.expires_at);
+        cols.push(row);
+    }
+    sqlx::query_scalar(
+        "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, lane, expires_at,
+             user_id, channel, destination, platform, status, reason, rendered, not_before)
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
+                              $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
+                              $11::text[], $12::text[], $13::jsonb[], $14::timestamptz[])
+         ON CONFLICT (created_at, notification_id, user_id, channel, destination) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&cols.ids)
+    .bind(&cols.created)
+    .bind(&cols.notifications)
+    .bind(&cols.tenants)
+    .bind(&cols.lanes)
+    .bind(&cols.expires)
+    .bind(&cols.users)
+    .bind(&cols.channels)
+    .bind(&cols.destinations)
+    .bind(&cols.platforms)
+    .bind(&cols.statuses)
+    .bind(&cols.reasons)
+    .bind(&cols.rendered)
+    .bind(&cols.not_before)
+    .fetch_all(pool)
+    .await
+}
+
+/// Column arrays of an UNNEST insert.
+#[derive(Default)]
+struct InsertColumns<'a> {
+    ids: Vec<Uuid>,
+    created: Vec<DateTime<Utc>>,
+    notifications: Vec<Uuid>,
+    tenants: Vec<&'a str>,
+    lanes: Vec<&'a str>,
+    expires: Vec<Option<DateTime<Utc>>>,
+    users: Vec<&'a str>,
+    channels: Vec<&'a str>,
+    destinations: Vec<&'a str>,
+    platforms: Vec<Option<&'a str>>,
+    statuses: Vec<&'a str>,
+    reasons: Vec<Option<&'a str>>,
+    rendered: Vec<Option<serde_json::Value>>,
+    not_before: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn push(&mut self, r: &'a NewDelivery) {
+        self.ids.push(r.id);
+        self.users.push(&r.user_id);
+        self.channels.push(r.channel);
+        self.destinations.push(&r.destination);
+        self.platforms.push(r.platform);
+        self.statuses.push(r.status);
+        self.reasons.push(r.reason.as_deref());
+        self.rendered.push(r.rendered.clone());
+        self.not_before.push(r.not_before);
+    }
 }
