@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod fakes;
+pub mod faults;
 pub mod prism;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};

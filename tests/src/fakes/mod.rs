@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -37,6 +37,9 @@ pub struct Recorded {
     /// Header names in lower case, in the order received.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the fake received it: fault scenarios measure how soon after a
+    /// fault deliveries flow again.
+    pub received: Instant,
 }
 
 impl Recorded {
@@ -84,6 +87,7 @@ impl Recorded {
                 })
                 .collect(),
             body,
+            received: Instant::now(),
         }
     }
 

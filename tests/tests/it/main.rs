@@ -3,6 +3,7 @@
 
 mod api;
 mod delivery;
+mod faults_kit;
 mod ingest;
 mod operators;
 mod providers;

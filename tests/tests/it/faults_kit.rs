@@ -1,0 +1,309 @@
+//! The fault toolkit (`herald_tests::faults`) proven end to end: private
+//! RabbitMQ and PostgreSQL survive what the scenarios will do to them, and
+//! two small scenarios run the real binaries through a kill -9 and an
+//! outage and check the ledger.
+//!
+//! These start private brokers and databases (seconds each), so they are
+//! ignored by default and run on purpose:
+//! `cargo nextest run -p herald-tests --run-ignored only -E 'test(faults_kit)'`
+//! (or `cargo test -p herald-tests --test it faults_kit -- --ignored`).
+//! The binaries must be built first (`cargo build --bins`).
+
+use std::time::{Duration, Instant};
+
+use herald::{
+    broker::{Broker, Headers, Names, Outgoing, Publisher},
+    config::RetrySchedule,
+    model::Lane,
+};
+use herald_tests::{
+    fakes::fcm::FcmFake,
+    faults::{
+        ledger::{self, Ledger, Report},
+        load::{Load, seed_push_users},
+        pids,
+        postgres::PrivatePostgres,
+        procs::{Env, Proc},
+        rabbit::PrivateRabbit,
+        shared_services,
+        stack::{Stack, TENANT, fcm_env},
+    },
+};
+use sqlx::{Connection, Executor, PgConnection};
+
+#[tokio::test]
+async fn shared_services_are_found_up_and_left_alone() {
+    // Only the "already up" path: the shared services run for every test.
+    let status = shared_services::ensure_up_async().await;
+    assert!(status.postgres_was_up && status.rabbitmq_was_up);
+    let guard = shared_services::Guard::new().await;
+    drop(guard);
+    assert!(shared_services::accepts(shared_services::RABBITMQ));
+}
+
+async fn publish(url: &str, names: &Names, n: usize) -> Result<(), String> {
+    let broker = Broker::new(url, names.clone());
+    let publisher = Publisher::new(broker.clone());
+    let queue = names.route_queue(Lane::Normal);
+    for i in 0..n {
+        let msg = Outgoing::json(
+            "",
+            &queue,
+            format!("{{\"n\": {i}}}").into_bytes(),
+            Headers::default(),
+        );
+        publisher.publish(&msg).await.map_err(|e| e.to_string())?;
+    }
+    broker.close().await;
+    Ok(())
+}
+
+fn ready_of(queues: &[(String, u64, u64)], name: &str) -> u64 {
+    queues
+        .iter()
+        .find(|(q, _, _)| q == name)
+        .map_or(0, |(_, ready, _)| *ready)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
+async fn private_rabbit_keeps_quorum_messages_through_kill9_and_restart() {
+    // The shared node's VM, to check it is not the one that gets killed.
+    let shared_pid = pids::read_pid_file(std::path::Path::new(
+        "/var/lib/rabbitmq/mnesia/rabbit@localhost.pid",
+    ));
+    let mut rabbit = PrivateRabbit::start().await;
+    eprintln!(
+        "private RabbitMQ {} started in {:?}",
+        rabbit.node(),
+        rabbit.last_start()
+    );
+    let names = Names::new("kit");
+    let schedule: RetrySchedule = "1s".parse().unwrap();
+    let broker = Broker::new(rabbit.amqp_url(), names.clone());
+    broker.declare_topology(&schedule).await.expect("topology");
+    broker.close().await;
+    publish(&rabbit.amqp_url(), &names, 10)
+        .await
+        .expect("publish");
+    let queue = names.route_queue(Lane::Normal);
+    assert_eq!(ready_of(&rabbit.queue_messages("kit").await, &queue), 10);
+
+    // Memory alarm: publishers are blocked (no confirm) until it clears.
+    rabbit.set_memory_watermark(0.0).await;
+    let blocked = tokio::time::timeout(
+        Duration::from_secs(2),
+        publish(&rabbit.amqp_url(), &names, 1),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "a publish during the alarm is held: {blocked:?}"
+    );
+    rabbit.restore_memory_watermark().await;
+    publish(&rabbit.amqp_url(), &names, 1)
+        .await
+        .expect("publish after the alarm");
+
+    let pid = rabbit.pid().expect("running");
+    rabbit.kill9().await;
+    assert!(rabbit.pid().is_none() && !pids::exists(pid));
+    if let Some(shared) = shared_pid {
+        assert_ne!(shared, pid);
+        assert!(pids::exists(shared), "the shared node is untouched");
+    }
+    assert!(shared_services::accepts(shared_services::RABBITMQ));
+    rabbit.restart().await;
+    eprintln!("restart after kill -9 took {:?}", rabbit.last_start());
+    let after = ready_of(&rabbit.queue_messages("kit").await, &queue);
+    // 10, plus the one confirmed after the alarm; the one held by the alarm
+    // may or may not have been taken in before its connection closed.
+    assert!(
+        (11..=12).contains(&after),
+        "quorum messages survive kill -9: {after}"
+    );
+
+    let started = Instant::now();
+    rabbit.stop().await;
+    eprintln!("clean stop took {:?}", started.elapsed());
+    rabbit.restart().await;
+    eprintln!("restart after a clean stop took {:?}", rabbit.last_start());
+    assert_eq!(ready_of(&rabbit.queue_messages("kit").await, &queue), after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
+async fn private_postgres_keeps_commits_through_kill9_and_restart() {
+    let mut pg = PrivatePostgres::start().await;
+    eprintln!(
+        "private PostgreSQL :{} started in {:?}",
+        pg.port(),
+        pg.last_start()
+    );
+    pg.create_database("kit").await;
+    let url = pg.database_url("kit");
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    conn.execute("CREATE TABLE t (n int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    drop(conn);
+
+    pg.kill9().await;
+    assert!(
+        PgConnection::connect(&url).await.is_err(),
+        "down after kill -9"
+    );
+    pg.restart().await;
+    eprintln!(
+        "restart after kill -9 (crash recovery) took {:?}",
+        pg.last_start()
+    );
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "committed rows survive kill -9");
+    drop(conn);
+
+    let started = Instant::now();
+    pg.stop().await;
+    eprintln!("fast stop took {:?}", started.elapsed());
+    assert!(
+        PgConnection::connect(&url).await.is_err(),
+        "down after stop"
+    );
+    pg.restart().await;
+    eprintln!("start after a stop took {:?}", pg.last_start());
+    assert!(PgConnection::connect(&url).await.is_ok());
+}
+
+/// The pipeline of a push scenario: stack, FCM fake, ingest, router and
+/// push worker as real processes, and 50 recipients with a device each.
+struct PushPipeline {
+    stack: Stack,
+    fcm: FcmFake,
+    ingest: Proc,
+    router: Proc,
+    worker: Proc,
+    users: Vec<String>,
+}
+
+async fn push_pipeline() -> PushPipeline {
+    let stack = Stack::start().await;
+    eprintln!(
+        "stack up: RabbitMQ in {:?}, PostgreSQL in {:?}",
+        stack.rabbit.last_start(),
+        stack.postgres.last_start()
+    );
+    let users = seed_push_users(&stack.pool, TENANT, 50).await;
+    let fcm = FcmFake::start().await;
+    let mut ingest = stack.spawn("ingest", Env::new());
+    let mut router = stack.spawn("router", Env::new());
+    let mut worker = stack.spawn("worker-push", fcm_env(&fcm));
+    for p in [&mut ingest, &mut router, &mut worker] {
+        p.wait_ready(Duration::from_secs(60)).await;
+    }
+    PushPipeline {
+        stack,
+        fcm,
+        ingest,
+        router,
+        worker,
+        users,
+    }
+}
+
+impl PushPipeline {
+    fn load(&self, count: u64) -> Load {
+        Load::new(self.ingest.url(""), &self.stack.key, self.users.clone())
+            .rate(25.0)
+            .concurrency(8)
+            .count(count)
+            .bound(Duration::from_secs(120))
+    }
+
+    async fn report(&self, scenario: &str, ledger: &Ledger) -> Report {
+        let report = ledger::settle(
+            scenario,
+            ledger,
+            &self.stack.pool,
+            || ledger::fcm_sightings(&self.fcm.requests()),
+            Duration::from_secs(90),
+        )
+        .await
+        .with_queues(self.stack.queues().await);
+        eprintln!("{report}");
+        eprintln!("{}", report.to_json());
+        report
+    }
+}
+
+async fn wait_accepted(ledger: &Ledger, n: usize) {
+    herald_tests::faults::wait_for(
+        &format!("{n} accepted notifications"),
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async { (ledger.accepted_count() >= n).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
+async fn router_kill9_mid_load_loses_nothing() {
+    let mut p = push_pipeline().await;
+    let ledger = Ledger::new();
+    let load = p.load(200).spawn(&ledger);
+    wait_accepted(&ledger, 100).await;
+
+    ledger.fault_started("router-kill9");
+    p.router.kill9().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.router.restart().await;
+    p.router.wait_ready(Duration::from_secs(60)).await;
+    ledger.fault_ended("router-kill9");
+
+    let stats = load.await.expect("load task");
+    eprintln!("load: {stats:?}");
+    let report = p.report("router-kill9", &ledger).await;
+    assert_eq!(stats.accepted, 200, "every send was accepted: {stats:?}");
+    assert_eq!(report.lost, 0, "{:#}", report.to_json());
+    assert_eq!(report.dead, 0, "{:#}", report.to_json());
+    for proc in [&mut p.ingest, &mut p.worker] {
+        assert!(proc.exited().is_none(), "{} still runs", proc.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
+async fn postgres_outage_mid_load_loses_nothing() {
+    let mut p = push_pipeline().await;
+    let ledger = Ledger::new();
+    let load = p.load(200).spawn(&ledger);
+    wait_accepted(&ledger, 100).await;
+
+    ledger.fault_started("postgres-stop-10s");
+    p.stack.postgres.stop().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    p.stack.postgres.restart().await;
+    ledger.fault_ended("postgres-stop-10s");
+
+    let stats = load.await.expect("load task");
+    eprintln!("load: {stats:?}");
+    let report = p.report("postgres-stop-10s", &ledger).await;
+    assert_eq!(
+        stats.accepted, 200,
+        "every send was accepted in the end: {stats:?}"
+    );
+    assert_eq!(report.lost, 0, "{:#}", report.to_json());
+    assert_eq!(
+        report.dead,
+        0,
+        "an outage makes no dead letters: {:#}",
+        report.to_json()
+    );
+    for proc in [&mut p.ingest, &mut p.router, &mut p.worker] {
+        assert!(proc.exited().is_none(), "{} still runs", proc.name());
+    }
+}
