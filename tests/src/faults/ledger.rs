@@ -180,8 +180,12 @@ pub struct FaultReport {
     pub name: String,
     pub duration_ms: Option<u64>,
     /// From the fault's end to the first provider request after it;
-    /// `None` if none came.
+    /// `None` if none came. Near 0 when deliveries never stopped (work
+    /// already routed kept flowing through a router outage).
     pub recovery_ms: Option<u64>,
+    /// The longest silence between two provider requests that overlaps the
+    /// fault: how long deliveries actually stalled.
+    pub stall_ms: Option<u64>,
 }
 
 /// What became of one lost id.
@@ -217,8 +221,10 @@ pub struct Report {
     /// Up to 20 lost ids with what the database knows of them.
     pub lost_sample: Vec<LostDetail>,
     /// `(queue, ready, unacked)` the broker held at the end, when added
-    /// with [`Report::with_queues`].
+    /// with [`Report::with_queues`]; only queues holding something.
     pub queues: Vec<(String, u64, u64)>,
+    /// Messages in those queues, ready plus unacked.
+    pub broker_held: u64,
 }
 
 impl Report {
@@ -230,15 +236,16 @@ impl Report {
             .map(|f| {
                 let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v}ms"));
                 format!(
-                    "{}({} then {})",
+                    "{}(lasted {}, stalled {}, recovered {} after)",
                     f.name,
                     ms(f.duration_ms),
+                    ms(f.stall_ms),
                     ms(f.recovery_ms)
                 )
             })
             .collect();
         format!(
-            "{}: accepted={} delivered={} dead={} lost={} duplicates={} requests={} unknown={} refused={:?} transport_errors={} faults=[{}]",
+            "{}: accepted={} delivered={} dead={} lost={} duplicates={} requests={} unknown={} refused={:?} transport_errors={} broker_held={} faults=[{}]",
             self.scenario,
             self.accepted,
             self.delivered,
@@ -249,6 +256,7 @@ impl Report {
             self.unknown_requests,
             self.refused,
             self.transport_errors,
+            self.broker_held,
             faults.join(", ")
         )
     }
@@ -260,7 +268,8 @@ impl Report {
 
     /// Adds the broker's queue depths at the end of the scenario.
     pub fn with_queues(mut self, queues: Vec<(String, u64, u64)>) -> Self {
-        self.queues = queues;
+        self.queues = queues.into_iter().filter(|q| q.1 + q.2 > 0).collect();
+        self.broker_held = self.queues.iter().map(|q| q.1 + q.2).sum();
         self
     }
 }
@@ -348,20 +357,25 @@ pub async fn check(
     for status in deliveries.values().flatten() {
         *delivery_statuses.entry(status.clone()).or_default() += 1;
     }
+    let mut times: Vec<Instant> = sightings.iter().map(|s| s.at).collect();
+    times.sort();
     let faults = ledger
         .faults()
         .into_iter()
-        .map(|f| FaultReport {
-            duration_ms: f.ended.map(|e| ms(e - f.started)),
-            recovery_ms: f.ended.and_then(|end| {
-                sightings
-                    .iter()
-                    .filter(|s| s.at >= end)
-                    .map(|s| s.at - end)
-                    .min()
-                    .map(ms)
-            }),
-            name: f.name,
+        .map(|f| {
+            let end = f.ended.unwrap_or_else(Instant::now);
+            FaultReport {
+                duration_ms: f.ended.map(|e| ms(e - f.started)),
+                recovery_ms: f
+                    .ended
+                    .and_then(|end| times.iter().find(|t| **t >= end).map(|t| ms(*t - end))),
+                stall_ms: times
+                    .windows(2)
+                    .filter(|w| w[1] >= f.started && w[0] <= end)
+                    .map(|w| ms(w[1] - w[0]))
+                    .max(),
+                name: f.name,
+            }
         })
         .collect();
     let (refused, transport_errors) = {
@@ -383,6 +397,7 @@ pub async fn check(
         delivery_statuses,
         lost_sample,
         queues: Vec::new(),
+        broker_held: 0,
     })
 }
 

@@ -169,7 +169,8 @@ impl PrivateRabbit {
 
     /// `(name, messages_ready, messages_unacknowledged)` of every queue whose
     /// name starts with `prefix`, sorted by name: what the broker still
-    /// holds after a scenario.
+    /// holds after a scenario. The counts are statistics, up to about a
+    /// second old.
     pub async fn queue_messages(&self, prefix: &str) -> Vec<(String, u64, u64)> {
         let out = self
             .ctl_ok(
@@ -234,9 +235,15 @@ impl PrivateRabbit {
         // No plugins: the management plugin alone doubles the boot time.
         fs::write(self.path("enabled_plugins"), "[].\n").expect("write enabled_plugins");
         fs::write(self.path("rabbitmq-env.conf"), "").expect("write rabbitmq-env.conf");
+        // Queue counts (`list_queues`) come from statistics the node
+        // collects every 5 s by default; every 500 ms keeps "what the
+        // broker holds now" fresh for a scenario's final check.
         fs::write(
             self.path("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{}\n", self.amqp_port),
+            format!(
+                "listeners.tcp.1 = 127.0.0.1:{}\ncollect_statistics_interval = 500\n",
+                self.amqp_port
+            ),
         )
         .expect("write rabbitmq.conf");
     }

@@ -114,9 +114,26 @@ impl Stack {
         Proc::spawn(name, env, self.log_dir())
     }
 
-    /// Queue depths of this stack's queues on its node.
+    /// Queue depths of this stack's queues on its node, as the node's
+    /// statistics have them now (up to about a second old).
     pub async fn queues(&self) -> Vec<(String, u64, u64)> {
         self.rabbit.queue_messages(&self.prefix).await
+    }
+
+    /// Queue depths once they stopped moving: two readings a second apart
+    /// that agree (at most 10 readings). What the broker holds at the end
+    /// of a scenario, without the statistics' lag.
+    pub async fn settled_queues(&self) -> Vec<(String, u64, u64)> {
+        let mut last = self.queues().await;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.queues().await;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        last
     }
 }
 

@@ -24,7 +24,8 @@ use herald_tests::{
         pids,
         postgres::PrivatePostgres,
         procs::{Env, Proc},
-        rabbit::PrivateRabbit,
+        proxy::TcpProxy,
+        rabbit::{PrivateRabbit, amqp_url_at},
         shared_services,
         stack::{Stack, TENANT, fcm_env},
     },
@@ -58,11 +59,23 @@ async fn publish(url: &str, names: &Names, n: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn ready_of(queues: &[(String, u64, u64)], name: &str) -> u64 {
-    queues
-        .iter()
-        .find(|(q, _, _)| q == name)
-        .map_or(0, |(_, ready, _)| *ready)
+/// Messages ready in `queue` once `ok` accepts the count (statistics lag
+/// behind by up to a second); at most 15 s.
+async fn ready_in(rabbit: &PrivateRabbit, queue: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let mut last = 0;
+    for _ in 0..60 {
+        last = rabbit
+            .queue_messages("kit")
+            .await
+            .iter()
+            .find(|(q, _, _)| q == queue)
+            .map_or(0, |(_, ready, _)| *ready);
+        if ok(last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{queue} holds {last} messages")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +100,7 @@ async fn private_rabbit_keeps_quorum_messages_through_kill9_and_restart() {
         .await
         .expect("publish");
     let queue = names.route_queue(Lane::Normal);
-    assert_eq!(ready_of(&rabbit.queue_messages("kit").await, &queue), 10);
+    ready_in(&rabbit, &queue, |n| n == 10).await;
 
     // Memory alarm: publishers are blocked (no confirm) until it clears.
     rabbit.set_memory_watermark(0.0).await;
@@ -115,26 +128,24 @@ async fn private_rabbit_keeps_quorum_messages_through_kill9_and_restart() {
     assert!(shared_services::accepts(shared_services::RABBITMQ));
     rabbit.restart().await;
     eprintln!("restart after kill -9 took {:?}", rabbit.last_start());
-    let after = ready_of(&rabbit.queue_messages("kit").await, &queue);
     // 10, plus the one confirmed after the alarm; the one held by the alarm
     // may or may not have been taken in before its connection closed.
-    assert!(
-        (11..=12).contains(&after),
-        "quorum messages survive kill -9: {after}"
-    );
+    let after = ready_in(&rabbit, &queue, |n| (11..=12).contains(&n)).await;
 
     let started = Instant::now();
     rabbit.stop().await;
     eprintln!("clean stop took {:?}", started.elapsed());
     rabbit.restart().await;
     eprintln!("restart after a clean stop took {:?}", rabbit.last_start());
-    assert_eq!(ready_of(&rabbit.queue_messages("kit").await, &queue), after);
+    ready_in(&rabbit, &queue, |n| n == after).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
 async fn private_postgres_keeps_commits_through_kill9_and_restart() {
+    let started = Instant::now();
     let mut pg = PrivatePostgres::start().await;
+    eprintln!("initdb and first start took {:?}", started.elapsed());
     eprintln!(
         "private PostgreSQL :{} started in {:?}",
         pg.port(),
@@ -189,8 +200,9 @@ struct PushPipeline {
     users: Vec<String>,
 }
 
-async fn push_pipeline() -> PushPipeline {
-    let stack = Stack::start().await;
+/// Starts the pipeline on `stack`; `consumers` is extra environment for
+/// the router and the worker (an `AMQP_URL` through a proxy).
+async fn push_pipeline(stack: Stack, consumers: Env) -> PushPipeline {
     eprintln!(
         "stack up: RabbitMQ in {:?}, PostgreSQL in {:?}",
         stack.rabbit.last_start(),
@@ -199,8 +211,10 @@ async fn push_pipeline() -> PushPipeline {
     let users = seed_push_users(&stack.pool, TENANT, 50).await;
     let fcm = FcmFake::start().await;
     let mut ingest = stack.spawn("ingest", Env::new());
-    let mut router = stack.spawn("router", Env::new());
-    let mut worker = stack.spawn("worker-push", fcm_env(&fcm));
+    let mut router = stack.spawn("router", consumers.clone());
+    let mut worker_env = fcm_env(&fcm);
+    worker_env.extend(consumers);
+    let mut worker = stack.spawn("worker-push", worker_env);
     for p in [&mut ingest, &mut router, &mut worker] {
         p.wait_ready(Duration::from_secs(60)).await;
     }
@@ -215,12 +229,13 @@ async fn push_pipeline() -> PushPipeline {
 }
 
 impl PushPipeline {
-    fn load(&self, count: u64) -> Load {
+    /// 200 sends at 25/s from 8 clients: about 8 s without faults.
+    fn load(&self) -> Load {
         Load::new(self.ingest.url(""), &self.stack.key, self.users.clone())
             .rate(25.0)
             .concurrency(8)
-            .count(count)
-            .bound(Duration::from_secs(120))
+            .count(200)
+            .bound(Duration::from_secs(150))
     }
 
     async fn report(&self, scenario: &str, ledger: &Ledger) -> Report {
@@ -232,17 +247,23 @@ impl PushPipeline {
             Duration::from_secs(90),
         )
         .await
-        .with_queues(self.stack.queues().await);
+        .with_queues(self.stack.settled_queues().await);
         eprintln!("{report}");
         eprintln!("{}", report.to_json());
         report
+    }
+
+    fn assert_all_running(&mut self) {
+        for proc in [&mut self.ingest, &mut self.router, &mut self.worker] {
+            assert!(proc.exited().is_none(), "{} exited", proc.name());
+        }
     }
 }
 
 async fn wait_accepted(ledger: &Ledger, n: usize) {
     herald_tests::faults::wait_for(
         &format!("{n} accepted notifications"),
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         Duration::from_millis(50),
         || async { (ledger.accepted_count() >= n).then_some(()) },
     )
@@ -251,12 +272,12 @@ async fn wait_accepted(ledger: &Ledger, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
-async fn router_kill9_mid_load_loses_nothing() {
-    let mut p = push_pipeline().await;
+async fn router_kill9_and_postgres_outage_lose_nothing() {
+    let mut p = push_pipeline(Stack::start().await, Env::new()).await;
     let ledger = Ledger::new();
-    let load = p.load(200).spawn(&ledger);
-    wait_accepted(&ledger, 100).await;
+    let load = p.load().spawn(&ledger);
 
+    wait_accepted(&ledger, 60).await;
     ledger.fault_started("router-kill9");
     p.router.kill9().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -264,25 +285,7 @@ async fn router_kill9_mid_load_loses_nothing() {
     p.router.wait_ready(Duration::from_secs(60)).await;
     ledger.fault_ended("router-kill9");
 
-    let stats = load.await.expect("load task");
-    eprintln!("load: {stats:?}");
-    let report = p.report("router-kill9", &ledger).await;
-    assert_eq!(stats.accepted, 200, "every send was accepted: {stats:?}");
-    assert_eq!(report.lost, 0, "{:#}", report.to_json());
-    assert_eq!(report.dead, 0, "{:#}", report.to_json());
-    for proc in [&mut p.ingest, &mut p.worker] {
-        assert!(proc.exited().is_none(), "{} still runs", proc.name());
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
-async fn postgres_outage_mid_load_loses_nothing() {
-    let mut p = push_pipeline().await;
-    let ledger = Ledger::new();
-    let load = p.load(200).spawn(&ledger);
-    wait_accepted(&ledger, 100).await;
-
+    wait_accepted(&ledger, 120).await;
     ledger.fault_started("postgres-stop-10s");
     p.stack.postgres.stop().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -291,19 +294,63 @@ async fn postgres_outage_mid_load_loses_nothing() {
 
     let stats = load.await.expect("load task");
     eprintln!("load: {stats:?}");
-    let report = p.report("postgres-stop-10s", &ledger).await;
+    let report = p.report("router-kill9+postgres-stop", &ledger).await;
     assert_eq!(
         stats.accepted, 200,
-        "every send was accepted in the end: {stats:?}"
+        "every send accepted in the end: {stats:?}"
     );
     assert_eq!(report.lost, 0, "{:#}", report.to_json());
     assert_eq!(
         report.dead,
         0,
-        "an outage makes no dead letters: {:#}",
+        "outages make no dead letters: {:#}",
         report.to_json()
     );
-    for proc in [&mut p.ingest, &mut p.router, &mut p.worker] {
-        assert!(proc.exited().is_none(), "{} still runs", proc.name());
-    }
+    assert_eq!(report.broker_held, 0, "{:#}", report.to_json());
+    p.assert_all_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
+async fn broker_link_cut_and_broker_kill9_lose_nothing() {
+    // The consumers reach the broker through a proxy, ingest directly: a
+    // cut isolates the router and the worker while ingest keeps accepting.
+    let stack = Stack::start().await;
+    let proxy = TcpProxy::start(stack.rabbit.amqp_addr()).await;
+    let consumers = Env::from([("AMQP_URL".to_owned(), amqp_url_at(proxy.addr()))]);
+    let mut p = push_pipeline(stack, consumers).await;
+    let ledger = Ledger::new();
+    let load = p.load().spawn(&ledger);
+
+    wait_accepted(&ledger, 60).await;
+    ledger.fault_started("consumers-link-cut-5s");
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.restore();
+    ledger.fault_ended("consumers-link-cut-5s");
+    eprintln!("proxy after the cut: {:?}", proxy.counters());
+
+    wait_accepted(&ledger, 120).await;
+    ledger.fault_started("rabbitmq-kill9");
+    p.stack.rabbit.kill9().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.stack.rabbit.restart().await;
+    ledger.fault_ended("rabbitmq-kill9");
+    eprintln!("RabbitMQ back after {:?}", p.stack.rabbit.last_start());
+
+    let stats = load.await.expect("load task");
+    eprintln!("load: {stats:?}");
+    let report = p.report("link-cut+rabbitmq-kill9", &ledger).await;
+    assert_eq!(
+        stats.accepted, 200,
+        "every send accepted in the end: {stats:?}"
+    );
+    assert_eq!(report.lost, 0, "{:#}", report.to_json());
+    assert_eq!(
+        report.dead,
+        0,
+        "outages make no dead letters: {:#}",
+        report.to_json()
+    );
+    p.assert_all_running();
 }
