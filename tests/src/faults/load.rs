@@ -21,6 +21,7 @@ use std::{
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
 
@@ -68,6 +69,8 @@ pub struct Load {
     pub priority: String,
     /// Prefix of the idempotency keys, unique per run.
     pub run_id: String,
+    /// Stops starting sends when cancelled (sends under way finish).
+    pub stop: CancellationToken,
 }
 
 /// What a run did.
@@ -102,6 +105,7 @@ impl Load {
             bound: Duration::from_secs(120),
             priority: "normal".into(),
             run_id: format!("load-{}", super::suffix()),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -118,15 +122,22 @@ impl Load {
         self
     }
 
-    /// Stops after `n` sends.
+    /// Stops after `n` sends (instead of after a duration).
     pub fn count(mut self, n: u64) -> Self {
         self.until = Until::Count(n);
         self
     }
 
-    /// Stops starting sends after `d`.
+    /// Stops starting sends after `d` (instead of after a count).
     pub fn duration(mut self, d: Duration) -> Self {
         self.until = Until::For(d);
+        self
+    }
+
+    /// Also stops starting sends once `token` is cancelled: a scenario
+    /// runs the load "until the faults are done".
+    pub fn stop_on(mut self, token: CancellationToken) -> Self {
+        self.stop = token;
         self
     }
 
@@ -159,12 +170,15 @@ impl Load {
                 Until::Count(n) => i < n,
                 Until::For(d) => started.elapsed() < d,
             };
-            if !more || Instant::now() >= deadline {
+            if !more || Instant::now() >= deadline || self.stop.is_cancelled() {
                 break;
             }
             if let Pace::Rate(per_sec) = self.pace {
                 let due = started + Duration::from_secs_f64(i as f64 / per_sec);
-                tokio::time::sleep_until(due.into()).await;
+                tokio::select! {
+                    _ = self.stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(due.min(deadline).into()) => {}
+                }
             }
             let permit = permits.clone().acquire_owned().await.expect("semaphore");
             let send = LogicalSend {

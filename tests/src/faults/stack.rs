@@ -107,7 +107,9 @@ impl Stack {
 
     /// Spawns binary `name` with [`Stack::env`] plus `extra` (which wins,
     /// e.g. an `AMQP_URL` through a proxy), logging into the stack's log
-    /// directory. Does not wait for readiness.
+    /// directory. Does not wait for readiness. Drop the process before the
+    /// stack (declare it later, or put it first in a struct): the log it
+    /// prints on a panic lives in the stack's directory.
     pub fn spawn(&self, name: &str, extra: Env) -> Proc {
         let mut env = self.env();
         env.extend(extra);
@@ -120,13 +122,13 @@ impl Stack {
         self.rabbit.queue_messages(&self.prefix).await
     }
 
-    /// Queue depths once they stopped moving: two readings a second apart
-    /// that agree (at most 10 readings). What the broker holds at the end
-    /// of a scenario, without the statistics' lag.
+    /// Queue depths once they stopped moving: two readings 1.5 s apart
+    /// (three statistics refreshes) that agree, at most 10 readings. What
+    /// the broker holds at the end of a scenario, without the lag.
     pub async fn settled_queues(&self) -> Vec<(String, u64, u64)> {
         let mut last = self.queues().await;
         for _ in 0..10 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
             let now = self.queues().await;
             if now == last {
                 break;
