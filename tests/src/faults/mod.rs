@@ -23,13 +23,16 @@
 //!   and key created, environment of each binary);
 //! - [`load`]: the load driver and recipient seeding;
 //! - [`ledger`]: accepted ids, fault windows and the final check;
-//! - [`shared_services`]: a safety net that brings the shared services back.
+//! - [`shared_services`]: a safety net that brings the shared services back;
+//! - [`orphans`]: cleanup after a test process that was killed outright;
+//! - [`pids`]: signals sent only to processes proven to be the kit's.
 //!
 //! Every wait in the kit is bounded in time and in count and panics with a
 //! message naming what it waited for.
 
 pub mod ledger;
 pub mod load;
+pub mod orphans;
 pub mod pids;
 pub mod postgres;
 pub mod procs;
@@ -130,12 +133,16 @@ pub fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// A fresh directory under the system's temporary directory, named so a
-/// leftover is recognisable (`herald-fault-<what>-…`).
+/// leftover is recognisable (`herald-fault-<what>-…`) and claimed by this
+/// process, so [`orphans::reap`] can clean it up if the process dies
+/// without unwinding.
 pub(crate) fn scratch_dir(what: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix(&format!("herald-fault-{what}-"))
         .tempdir()
-        .expect("a temporary directory")
+        .expect("a temporary directory");
+    orphans::claim(dir.path());
+    dir
 }
 
 /// A short random suffix for names (node names, database names).

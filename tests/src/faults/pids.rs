@@ -34,6 +34,29 @@ pub fn cmdline(pid: u32) -> Option<String> {
     )
 }
 
+/// Whether the environment `pid` started with contains `entry`
+/// (`NAME=value`). The Herald binaries have no arguments to tell them
+/// apart, so the kit marks them through their environment.
+pub fn environ_contains(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|raw| raw.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+}
+
+/// The start time of `pid` (clock ticks since boot, field 22 of
+/// `/proc/<pid>/stat`): with the pid, it names one process for good,
+/// even after the pid is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Sends `signal` to `pid` if its environment contains `entry`.
+pub fn signal_if_env(pid: u32, entry: &str, signal: Signal) -> bool {
+    environ_contains(pid, entry) && kill(Pid::from_raw(pid as i32), signal).is_ok()
+}
+
 /// Whether a process with this pid exists in any state, zombies included.
 ///
 /// PostgreSQL refuses to start while the pid in its lock file exists, and a
@@ -114,6 +137,9 @@ mod tests {
         let me = std::process::id();
         assert!(exists(me));
         assert!(cmdline(me).is_some());
+        assert!(start_time(me).is_some());
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert!(environ_contains(me, &format!("PATH={path}")) || path.is_empty());
         // A marker that is not in our command line: nothing is sent (and the
         // test process is still here to tell).
         assert!(!signal_if_marked(

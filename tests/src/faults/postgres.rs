@@ -10,7 +10,7 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -40,6 +40,7 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Creates the cluster with `initdb` and starts it.
     pub async fn start() -> Self {
+        super::orphans::reap();
         let dir = scratch_dir("postgres");
         let postgres = nix::unistd::User::from_name("postgres")
             .ok()
@@ -95,6 +96,12 @@ impl PrivatePostgres {
     /// The URL of database `db` on this cluster.
     pub fn database_url(&self, db: &str) -> String {
         format!("{}/{db}", self.server_url())
+    }
+
+    /// The cluster's scratch directory (data in `data/`, log in
+    /// `postgres.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// How long the last start (or restart) took.
@@ -272,22 +279,28 @@ impl Drop for PrivatePostgres {
             }
             pids::wait_gone_blocking(pid, Duration::from_secs(10));
         }
-        // A postmaster killed with -9 and never restarted leaves its small
-        // System V segment behind; its key is in the lock file, unique to
-        // this data directory.
-        let lock = fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap_or_default();
-        if let Some(key) = lock
-            .lines()
-            .nth(6)
-            .and_then(|l| l.split_whitespace().next())
-            .filter(|k| k.parse::<u64>().is_ok_and(|k| k != 0))
-            && self.pid().is_none()
-        {
-            let _ = std::process::Command::new("ipcrm")
-                .args(["-M", key])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        if self.pid().is_none() {
+            release_segment(&self.data_dir());
         }
+    }
+}
+
+/// Removes the small System V segment a postmaster killed with -9 (and
+/// never restarted) leaves behind. Its key is in the lock file and derives
+/// from the data directory, so it names this cluster's segment only. Call
+/// only once the postmaster is gone.
+pub(crate) fn release_segment(data: &Path) {
+    let lock = fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+    let key = lock
+        .lines()
+        .nth(6)
+        .and_then(|l| l.split_whitespace().next())
+        .filter(|k| k.parse::<u64>().is_ok_and(|k| k != 0));
+    if let Some(key) = key {
+        let _ = std::process::Command::new("ipcrm")
+            .args(["-M", key])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }

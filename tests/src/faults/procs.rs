@@ -5,7 +5,10 @@
 //! Binaries come from `cargo build --bins` (found by [`crate::binary`]).
 //! Each process's stdout and stderr go to files in a directory the caller
 //! owns (appended across restarts); they are printed when a test panics
-//! while the process handle is alive.
+//! while the process handle is alive. Each process carries
+//! `HERALD_FAULT_DIR=<log dir>` in its environment and leaves its pid in
+//! `<log dir>/<name>.pid`, so [`super::orphans`] can find it if the test
+//! process dies without unwinding (no `Drop` runs then).
 
 use std::{
     collections::BTreeMap,
@@ -230,14 +233,25 @@ impl Proc {
             }
         }
         cmd.envs(&self.env)
+            // Marks the process as the kit's, for the orphan reaper.
+            .env(
+                super::orphans::MARKER_VAR,
+                self.log_dir.display().to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(open(self.stdout_path()))
             .stderr(open(self.stderr_path()))
             .kill_on_drop(true);
-        self.child = Some(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name)),
-        );
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name));
+        if let Some(pid) = child.id() {
+            let _ = fs::write(
+                self.log_dir.join(format!("{}.pid", self.name)),
+                format!("{pid}\n"),
+            );
+        }
+        self.child = Some(child);
     }
 }
 

@@ -61,6 +61,7 @@ impl PrivateRabbit {
     /// Creates the node's directories and starts it; returns once
     /// `rabbitmqctl await_startup` succeeds and the AMQP port accepts.
     pub async fn start() -> Self {
+        super::orphans::reap();
         let dir = scratch_dir("rabbit");
         let mut rabbit = Self {
             node: format!("herald-fault-{}@localhost", suffix()),
@@ -88,6 +89,12 @@ impl PrivateRabbit {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
     pub fn amqp_url(&self) -> String {
         amqp_url_at(self.amqp_addr())
+    }
+
+    /// The node's scratch directory (data in `data/`, logs in `log/` and
+    /// `server.out`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// How long the last start (or restart) took until the node was usable.
