@@ -133,9 +133,11 @@ pub async fn check(
 }
 
 /// Checks again and again (every 500 ms, at most `timeout`) until nothing
-/// is lost, and returns the last report: the pipeline gets time to drain
-/// what it holds, and a report with `lost > 0` says what was still missing
-/// when time ran out. `sightings` is called afresh for each check.
+/// is lost and nothing is under way (no accepted notification has a
+/// delivery still `pending` or `sending`), and returns the last report: the
+/// pipeline gets time to drain what it holds, and a report with `lost > 0`
+/// says what was still missing when time ran out. `sightings` is called
+/// afresh for each check.
 pub async fn settle(
     scenario: &str,
     ledger: &Ledger,
@@ -148,7 +150,7 @@ pub async fn settle(
     let mut last_error = None;
     for _ in 0..(timeout.as_millis() / 500 + 1) {
         match check(scenario, ledger, pool, &sightings()).await {
-            Ok(report) if report.lost == 0 => return report,
+            Ok(report) if report.lost == 0 && report.under_way() == 0 => return report,
             Ok(report) => last = Some(report),
             Err(e) => last_error = Some(e),
         }

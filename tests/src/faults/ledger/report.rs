@@ -93,6 +93,14 @@ impl Report {
         )
     }
 
+    /// Deliveries of accepted notifications still `pending` or `sending`.
+    pub fn under_way(&self) -> u64 {
+        ["pending", "sending"]
+            .iter()
+            .filter_map(|s| self.delivery_statuses.get(*s))
+            .sum()
+    }
+
     /// The whole report as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("report serialises")

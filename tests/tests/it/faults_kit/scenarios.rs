@@ -159,7 +159,11 @@ async fn router_kill9_and_postgres_outage_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
+#[ignore = "product bug: when the broker connection dies while a lane consumer has deliveries \
+            in flight (here 90 ms after the worker reconnected from the cut, with a backlog), that \
+            lane's consumer (shared/src/broker/consumer.rs, consume_once) can stop for good: no \
+            'consumer stopped' log, no reconnect, its queue never drains (1 run in 4: 433 of 501 \
+            accepted left pending in push.normal)"]
 async fn broker_link_cut_and_broker_kill9_lose_nothing() {
     // The consumers reach the broker through a proxy, ingest directly: a
     // cut isolates the router and the worker while ingest keeps accepting.
@@ -259,5 +263,44 @@ async fn repeated_broker_link_cuts_each_recover_within_seconds() {
             "deliveries resume within seconds of the broker link coming back: {fault:?}"
         );
     }
+    p.assert_all_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
+async fn broker_kill9_with_deliveries_in_flight_loses_nothing() {
+    let mut p = push_pipeline(Stack::start().await, Env::new()).await;
+    // A slow provider: the first 100 sends take 3 s each, so the broker
+    // dies while the worker holds them unacked.
+    for n in 0..100 {
+        let body = serde_json::json!({"name": format!("projects/herald-test/messages/slow-{n}")});
+        p.fcm.push_scripted(
+            herald_tests::fakes::Scripted::new(200, body.to_string(), &[])
+                .delayed(Duration::from_secs(3)),
+        );
+    }
+    let ledger = Ledger::new();
+    let first = p.load().rate(200.0).count(100).run(&ledger).await;
+    assert_eq!(first.accepted, 100, "{first:?}");
+    herald_tests::faults::wait_for(
+        "50 sends in flight at the provider",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { (p.fcm.requests().len() >= 50).then_some(()) },
+    )
+    .await;
+
+    ledger.fault_started("rabbitmq-kill9-in-flight");
+    p.stack.rabbit.kill9().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.stack.rabbit.restart().await;
+    ledger.fault_ended("rabbitmq-kill9-in-flight");
+
+    // Fresh work after the broker is back must flow too.
+    let second = p.load().rate(50.0).count(100).run(&ledger).await;
+    assert_eq!(second.gave_up, 0, "{second:?}");
+    let report = p.report("rabbitmq-kill9-in-flight", &ledger).await;
+    assert_eq!(report.lost, 0, "{:#}", report.to_json());
+    assert_eq!(report.dead, 0, "{:#}", report.to_json());
     p.assert_all_running();
 }
