@@ -33,9 +33,9 @@ const SBIN: &str = "/usr/lib/rabbitmq/bin";
 /// configuration leaves it in place, so this is what "restore" returns to.
 pub const DEFAULT_WATERMARK: f64 = 0.4;
 
-/// A fresh node boots in about 7 s on two busy cores; a restart that
-/// recovers quorum queues takes a little longer. Twelve times that is
-/// "broken", not "slow".
+/// A fresh node boots in 4-7 s on two busy cores, a restart that recovers
+/// quorum queues in about as long; fifteen times that is "broken", not
+/// "slow".
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One `rabbitmqctl` call: the CLI starts an Erlang VM of its own (~0.5 s).

@@ -117,7 +117,7 @@ impl Stack {
     }
 
     /// Queue depths of this stack's queues on its node, as the node's
-    /// statistics have them now (up to about a second old).
+    /// statistics have them now (refreshed every 500 ms on the node).
     pub async fn queues(&self) -> Vec<(String, u64, u64)> {
         self.rabbit.queue_messages(&self.prefix).await
     }

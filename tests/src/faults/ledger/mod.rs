@@ -14,9 +14,10 @@
 //! fault lasted and how long after its end the first provider request came
 //! (deliveries flowing again).
 //!
-//! Split by concept: this file keeps the ledger, [`sightings`] turns a
-//! fake's journal into per-delivery sightings, [`check`] compares, and
-//! [`report`] is what comes out.
+//! Split by concept: this file keeps the ledger, `sightings.rs` turns a
+//! fake's journal into per-delivery [`Sighting`]s, `check.rs` compares
+//! ([`check`], [`settle`]), and `report.rs` holds what comes out
+//! ([`Report`]).
 
 mod check;
 mod report;
