@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod fakes;
+pub mod faults;
 pub mod pipeline;
 pub mod prism;
 

@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -37,8 +37,9 @@ pub struct Recorded {
     /// Header names in lower case, in the order received.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// When the fake received it (retry gaps are measured between these).
-    pub received: std::time::Instant,
+    /// When the fake received it: retry gaps are measured between these,
+    /// and fault scenarios measure how soon after a fault deliveries flow.
+    pub received: Instant,
 }
 
 impl Recorded {
@@ -86,7 +87,7 @@ impl Recorded {
                 })
                 .collect(),
             body,
-            received: std::time::Instant::now(),
+            received: Instant::now(),
         }
     }
 

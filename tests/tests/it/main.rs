@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod delivery;
 mod erasure;
+mod faults_kit;
 mod ingest;
 mod operators;
 mod providers;
