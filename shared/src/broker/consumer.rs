@@ -17,7 +17,9 @@ use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 use futures::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
     types::FieldTable,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -41,6 +43,15 @@ pub struct Incoming {
     /// the broker hands the message out again, so holding it is pointless.
     pub lost: CancellationToken,
 }
+
+/// Longest a stopping consumer waits for its in-flight handlers: inside
+/// Kubernetes' default 30 s grace, and past the engine's own grace for
+/// recording outcomes.
+const DRAIN_LIMIT: Duration = Duration::from_secs(25);
+/// Longest a consumer whose channel broke waits for its in-flight handlers
+/// before reconnecting: long enough for a provider call to finish
+/// (`PROVIDER_TIMEOUT` is 10 s by default).
+const BROKEN_LIMIT: Duration = Duration::from_secs(12);
 
 /// First pause before reconnecting.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
@@ -134,7 +145,8 @@ where
                             // requeue it, and let the delivery limit catch poison.
                             let error = panic_message(&*panic);
                             tracing::error!(queue = %queue, error = %error, "handler panicked; requeueing");
-                            let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                            let nack = acker.nack(BasicNackOptions { requeue: true, ..Default::default() });
+                            let _ = tokio::time::timeout(SETTLE_TIMEOUT, nack).await;
                         }
                     });
                 }
@@ -145,8 +157,24 @@ where
     };
     lost.cancel();
     tracker.close();
-    tracker.wait().await;
-    let _ = channel.close(200, "consumer stopped".into()).await;
+    // Let in-flight handlers finish: on shutdown so their outcomes are
+    // recorded and acked; when the channel broke so that a handler still
+    // calling its provider is not raced by the redelivered copy of its
+    // message. Bounded either way: a consumer must never stall on a handler.
+    let limit = if outcome.is_ok() {
+        DRAIN_LIMIT
+    } else {
+        BROKEN_LIMIT
+    };
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        tracing::warn!(queue = %spec.queue, left = tracker.len(), limit_ms = limit.as_millis() as u64,
+            "handlers still running; going on without them");
+    }
+    let _ = tokio::time::timeout(
+        SETTLE_TIMEOUT,
+        channel.close(200, "consumer stopped".into()),
+    )
+    .await;
     outcome
 }
 
@@ -159,15 +187,29 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("panic without a message")
 }
 
-/// Puts a message back on its queue after `pause`: for failures of the
-/// database or broker that a moment may cure. The pause keeps an outage from
-/// turning into a hot loop that burns the queue's delivery limit.
+/// Longest an ack or nack may take. On a connection that died under it, the
+/// answer may never come; the broker redelivers the message anyway, and a
+/// handler (and the consumer waiting for it) must not hang on it.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Acks a message (bounded: see [`SETTLE_TIMEOUT`]).
+pub async fn ack(delivery: &Delivery) {
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, delivery.ack(BasicAckOptions::default())).await;
+}
+
+/// Puts a message back on its queue at once (bounded like [`ack`]).
+pub async fn requeue(delivery: &Delivery) {
+    let nack = delivery.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    });
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, nack).await;
+}
+
+/// Puts a message that failed on its own back on its queue after `pause`,
+/// so a bad message does not spin; the queue's delivery limit ends real
+/// poison. (An outage is held through instead: see [`crate::outage`].)
 pub async fn requeue_after(delivery: &Delivery, pause: Duration) {
     tokio::time::sleep(pause).await;
-    let _ = delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+    requeue(delivery).await;
 }

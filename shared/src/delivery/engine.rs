@@ -21,10 +21,7 @@ use std::{
 };
 
 use chrono::Utc;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-};
+use lapin::message::Delivery;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -144,15 +141,10 @@ impl Engine {
         // would leak the span onto whatever else the thread runs meanwhile.
         match self.deliver(&delivery, &msg, &lost).instrument(span).await {
             Ok(Done::Ack) => {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                crate::broker::consumer::ack(&delivery).await;
             }
             Ok(Done::HandBack) => {
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                crate::broker::consumer::requeue(&delivery).await;
             }
             Err(e) => {
                 // The message's own failure: back to its queue, where the

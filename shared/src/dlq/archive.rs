@@ -8,7 +8,6 @@ use std::{sync::Arc, time::Duration};
 use chrono::{TimeZone, Utc};
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable},
 };
 use sha2::{Digest, Sha256};
@@ -58,7 +57,7 @@ async fn handle(pool: &PgPool, incoming: Incoming) {
                 tracing::info!(source = %record.source, error_class = %record.error_class,
                     tenant = record.tenant_id.as_deref().unwrap_or(""), "dead letter archived");
             }
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+            crate::broker::consumer::ack(&delivery).await;
         }
         Err(Held::Stopped) => {}
         Err(Held::Failed(e)) => {
@@ -69,12 +68,7 @@ async fn handle(pool: &PgPool, incoming: Incoming) {
                 "could not archive dead letter; requeueing"
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            crate::broker::consumer::requeue(&delivery).await;
         }
     }
 }

@@ -144,9 +144,7 @@ pub async fn reject(
         Ok(()) => {
             tracing::info!(source = reason.source, error_class = reason.error_class, error = %reason.error,
                 tenant = reason.tenant.as_deref().unwrap_or(""), "message dead-lettered");
-            let _ = delivery
-                .ack(lapin::options::BasicAckOptions::default())
-                .await;
+            crate::broker::consumer::ack(&delivery).await;
         }
         Err(e) => {
             tracing::warn!(error = ?e, "could not dead-letter before the channel went; the broker will redeliver");

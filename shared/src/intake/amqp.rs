@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{Commitment, Intake, IntakeError};
@@ -81,16 +80,11 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
     let reason = match outcome {
         Ok(Ok(())) => {
             metrics::counter!("herald_ingest_amqp_total", "outcome" => "accepted").increment(1);
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+            crate::broker::consumer::ack(&delivery).await;
             return;
         }
         Err(Held::Stopped) => {
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            crate::broker::consumer::requeue(&delivery).await;
             return;
         }
         Err(Held::Failed(e)) => {

@@ -190,7 +190,12 @@ impl Fanout {
             db::routing::recipients_of(self.pool(), &pairs)
                 .await?
                 .into_iter()
-                .map(|r| ((r.tenant_id, r.recipient.id.clone()), recipient(r.recipient)))
+                .map(|r| {
+                    (
+                        (r.tenant_id, r.recipient.id.clone()),
+                        recipient(r.recipient),
+                    )
+                })
                 .collect();
 
         self.yield_to_high(lane).await;
@@ -257,7 +262,13 @@ impl Fanout {
             routed.push((w, plan));
         }
         let mut failed = HashSet::new();
-        for (result, at) in self.publisher().publish_all(&msgs).await.into_iter().zip(&owners) {
+        for (result, at) in self
+            .publisher()
+            .publish_all(&msgs)
+            .await
+            .into_iter()
+            .zip(&owners)
+        {
             if let Err(e) = result
                 && failed.insert(*at)
             {

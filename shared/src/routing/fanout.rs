@@ -157,10 +157,7 @@ impl Fanout {
     }
 
     /// A slot for topic work on `lane`, held while it lasts.
-    async fn page_slot(
-        &self,
-        lane: Lane,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, RouteError> {
+    async fn page_slot(&self, lane: Lane) -> Result<tokio::sync::SemaphorePermit<'_>, RouteError> {
         let at = Lane::ALL.iter().position(|l| *l == lane).expect("a lane");
         self.page_slots[at]
             .acquire()

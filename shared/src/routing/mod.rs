@@ -16,7 +16,6 @@ pub mod scheduler;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::Router;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -153,7 +152,7 @@ async fn handle(
     };
     match routed {
         Ok(Ok(())) => {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+            crate::broker::consumer::ack(&delivery).await;
         }
         Ok(Err(reason)) => {
             tracing::error!(error = %reason, "routing message cannot be routed; dead-lettering");
@@ -166,12 +165,7 @@ async fn handle(
             dlq::reject(publisher, &delivery, &reason, &lost).await;
         }
         Err(Held::Stopped) => {
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            crate::broker::consumer::requeue(&delivery).await;
         }
         Err(Held::Failed(e)) => {
             tracing::warn!(
