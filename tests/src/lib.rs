@@ -460,7 +460,14 @@ impl Drop for Spawned {
 
 /// Path of a workspace binary, built by `cargo build --bins` before the
 /// tests (next to a test binary's `deps/` folder, or beside a `bench` binary).
+/// `HERALD_BIN_DIR` points elsewhere: a benchmark can run the binaries of
+/// another build (an older commit) against the same load.
 pub fn binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("HERALD_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(path.exists(), "{} is missing", path.display());
+        return path;
+    }
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().expect("exe dir");
     let candidates = [dir.join(name), dir.parent().expect("target dir").join(name)];

@@ -182,6 +182,16 @@ impl FcmFake {
         self.state.token_ttl.store(seconds, Ordering::SeqCst);
     }
 
+    /// The requests after the first `from` (see [`Self::requests`]).
+    pub fn requests_since(&self, from: usize) -> Vec<Recorded> {
+        self.state.sends.since(from)
+    }
+
+    /// How many `messages:send` requests arrived.
+    pub fn request_count(&self) -> usize {
+        self.state.sends.len()
+    }
+
     /// Every `messages:send` request (and any request to an unknown path).
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.sends.all()

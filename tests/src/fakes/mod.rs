@@ -223,6 +223,25 @@ impl Journal {
     pub fn all(&self) -> Vec<Recorded> {
         self.0.lock().expect("journal").clone()
     }
+
+    /// How many requests were recorded.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("journal").len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The requests recorded after the first `from` (a benchmark reads a
+    /// long journal in steps instead of copying it whole each time).
+    pub fn since(&self, from: usize) -> Vec<Recorded> {
+        let all = self.0.lock().expect("journal");
+        all.get(from..)
+            .map(<[Recorded]>::to_vec)
+            .unwrap_or_default()
+    }
 }
 
 /// A server task that stops with its owner.

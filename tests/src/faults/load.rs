@@ -67,6 +67,9 @@ pub struct Load {
     pub bound: Duration,
     /// `high`, `normal` or `bulk`.
     pub priority: String,
+    /// Channels of each send (`push` by default): content for each, and
+    /// the request restricted to them.
+    pub channels: Vec<String>,
     /// Prefix of the idempotency keys, unique per run.
     pub run_id: String,
     /// Stops starting sends when cancelled (sends under way finish).
@@ -104,6 +107,7 @@ impl Load {
             until: Until::Count(100),
             bound: Duration::from_secs(120),
             priority: "normal".into(),
+            channels: vec!["push".into()],
             run_id: format!("load-{}", super::suffix()),
             stop: CancellationToken::new(),
         }
@@ -144,6 +148,18 @@ impl Load {
     /// Hard bound of the run, retries included.
     pub fn bound(mut self, d: Duration) -> Self {
         self.bound = d;
+        self
+    }
+
+    /// Sends on `channels` (each send to all of them).
+    pub fn channels(mut self, channels: &[&str]) -> Self {
+        self.channels = channels.iter().map(|c| (*c).to_owned()).collect();
+        self
+    }
+
+    /// Sends with `priority` (`high`, `normal`, `bulk`).
+    pub fn priority(mut self, priority: &str) -> Self {
+        self.priority = priority.to_owned();
         self
     }
 
@@ -190,6 +206,7 @@ impl Load {
                 body: body(
                     &self.users[(i as usize) % self.users.len()],
                     &self.priority,
+                    &self.channels,
                     i,
                 ),
                 deadline,
@@ -271,7 +288,11 @@ impl LogicalSend {
                         .and_then(|b| b["id"].as_str().and_then(|s| s.parse().ok()));
                     match id {
                         Some(id) => {
-                            ledger.accept(id, &self.user, "push");
+                            let channels: Vec<&str> = self.body["channels"]
+                                .as_array()
+                                .map(|c| c.iter().filter_map(Value::as_str).collect())
+                                .unwrap_or_default();
+                            ledger.accept(id, &self.user, &channels.join(","));
                             c.accepted.fetch_add(1, Ordering::SeqCst);
                             return;
                         }
@@ -315,26 +336,42 @@ fn retry_after(resp: &reqwest::Response) -> Duration {
         .min(MAX_RETRY_AFTER)
 }
 
-/// The notification of send `i`: push only, one recipient.
-fn body(user: &str, priority: &str, i: u64) -> Value {
+/// The notification of send `i`: one recipient, on `channels`. The send's
+/// number travels in every channel's content (`Send <n> of ...`), so a
+/// provider request can be told apart from another even where the wire
+/// carries no id of Herald's (an SMS).
+fn body(user: &str, priority: &str, channels: &[String], i: u64) -> Value {
+    let mut content = serde_json::Map::new();
+    for channel in channels {
+        let part = match channel.as_str() {
+            "push" => json!({"title": "Load {{n}}", "body": "Send {{n}} of the fault load"}),
+            "email" => json!({"subject": "Load {{n}}", "text": "Send {{n}} of the fault load"}),
+            "sms" => json!({"text": "Send {{n}} of the fault load"}),
+            other => panic!("no content for channel `{other}`"),
+        };
+        content.insert(channel.clone(), part);
+    }
     json!({
         "category": "fault.load",
         "priority": priority,
         "to": {"users": [user]},
-        "channels": ["push"],
-        "content": {"push": {"title": "Load {{n}}", "body": "Send {{n}} of the fault load"}},
+        "channels": channels,
+        "content": content,
         "data": {"n": i.to_string()},
     })
 }
 
 /// Creates `n` users of `tenant` (`fu-000001` ...) with one active FCM
-/// device each (`fcm-token-000001` ...), straight in SQL: seeding through
-/// the API costs two requests per user and tests nothing a scenario cares
-/// about. Returns the user ids.
+/// device each (`fcm-token-000001` ...), an email address
+/// (`fu-000001@example.com`) and a phone (`+15550000001`), straight in SQL:
+/// seeding through the API costs two requests per user and tests nothing a
+/// scenario cares about. Returns the user ids.
 pub async fn seed_push_users(pool: &PgPool, tenant: &str, n: u32) -> Vec<String> {
     sqlx::query(
-        "INSERT INTO users (tenant_id, id, name)
-         SELECT $1, 'fu-' || lpad(g::text, 6, '0'), 'User ' || g FROM generate_series(1, $2) g",
+        "INSERT INTO users (tenant_id, id, name, email, phone)
+         SELECT $1, 'fu-' || lpad(g::text, 6, '0'), 'User ' || g,
+                'fu-' || lpad(g::text, 6, '0') || '@example.com', '+1555' || lpad(g::text, 7, '0')
+         FROM generate_series(1, $2) g",
     )
     .bind(tenant)
     .bind(n as i32)

@@ -5,6 +5,8 @@
 //! cargo run --release -p herald-tests --bin bench -- router [--subscribers N]
 //! RUST_LOG=warn cargo run --release -p herald-tests --bin bench -- delivery \
 //!     [--deliveries N] [--rounds R] [--only push,email,sms,log]
+//! cargo build --release --bins && cargo run --release -p herald-tests --bin bench -- e2e \
+//!     [--notifications N] [--concurrency C] [--rounds R]
 //! ```
 //!
 //! Each benchmark measures a baseline on the same broker in the same run, so
@@ -21,6 +23,7 @@ use herald::{
 use herald_tests::TestEnv;
 
 mod delivery;
+mod e2e;
 mod router;
 use serde_json::json;
 
@@ -57,6 +60,10 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The whole pipeline as users run it: one-recipient sends over HTTP to
+    /// the real binaries, delivered to an FCM fake, against the broker's
+    /// single-hop ceiling (docs/benchmarks.md).
+    E2e(e2e::Args),
     /// Routed deliveries/s, a topic of N subscribers (time, router peak RSS),
     /// and `high` latency while that topic drains.
     Router {
@@ -83,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
         } => ingest(requests, concurrency, batch).await,
         Bench::Router { subscribers, sends } => router::run(subscribers, sends).await,
+        Bench::E2e(args) => e2e::run(args).await,
         Bench::Delivery {
             deliveries,
             only,

@@ -9,7 +9,11 @@
 //! (or `cargo test -p herald-tests --test it faults_kit -- --ignored --test-threads 1`).
 //! The binaries must be built first (`cargo build --bins`).
 
-mod scenarios;
+mod broker;
+mod database;
+mod pipeline;
+mod processes;
+mod providers;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,137 @@
+//! The whole pipeline as users run it: the real `ingest`, `router` and
+//! `worker-push` binaries as processes, one-recipient push notifications
+//! sent over HTTP by concurrent clients, delivered to a fast FCM fake; and
+//! in the same run the broker's single-hop ceiling (persistent 512 B
+//! messages, publisher confirms, one quorum queue, consumer acks), which
+//! every rate is quoted against.
+//!
+//! Phases: the ceiling and closed-loop single sends (`--rounds` times), then
+//! batch sends, single sends with an `Idempotency-Key` each, an open loop at
+//! fixed fractions of the measured rate (latency from accept to provider
+//! call), `high` sends while a `bulk` topic drains, and CPU seconds and peak
+//! RSS per process. Output: a Markdown table on stdout, JSON and an SVG plot
+//! of latency against offered rate under `target/bench/`.
+
+mod ceiling;
+mod load;
+mod report;
+mod svg;
+
+use std::{path::PathBuf, time::Duration};
+
+use herald::db::keys::Scope;
+use herald_tests::{
+    TestEnv,
+    fakes::fcm::FcmFake,
+    faults::{
+        procs::{Env, Proc},
+        stack::fcm_env,
+    },
+};
+
+/// Settings of `bench e2e`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Notifications per closed-loop measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pub notifications: usize,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Rounds of the ceiling and single sends (medians and ranges reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds of each open-loop point.
+    #[arg(long, default_value_t = 10)]
+    pub open_loop_secs: u64,
+    /// Subscribers of the `bulk` topic that drains while `high` is measured.
+    #[arg(long, default_value_t = 50_000)]
+    pub topic: usize,
+    /// Where the JSON, Markdown and SVG go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+/// The pipeline under test.
+pub struct Pipeline {
+    pub ingest: Proc,
+    pub router: Proc,
+    pub worker: Proc,
+    pub fcm: FcmFake,
+    pub key: String,
+    pub users: Vec<String>,
+    pub env: TestEnv,
+    logs: tempfile::TempDir,
+}
+
+impl Pipeline {
+    async fn start(users: usize) -> anyhow::Result<Self> {
+        let env = TestEnv::new().await;
+        let key = env.key("bench", &[Scope::Send, Scope::Manage]).await;
+        let fcm = FcmFake::start().await;
+        let users = seed(&env, users).await?;
+        let logs = tempfile::tempdir()?;
+        let base: Env = [
+            ("DATABASE_URL", env.database_url.clone()),
+            ("AMQP_URL", herald_tests::amqp_url()),
+            ("BROKER_PREFIX", env.prefix.clone()),
+            ("LOG_FORMAT", "json".into()),
+            ("RUST_LOG", "warn".into()),
+            ("API_KEY_RATE_PER_SEC", "0".into()),
+            ("RECIPIENT_RATE_PER_MIN", "0".into()),
+            ("PUSH_RATE_PER_SEC", "0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let with = |extra: Env| {
+            let mut env = base.clone();
+            env.extend(extra);
+            env
+        };
+        let mut ingest = Proc::spawn("ingest", base.clone(), logs.path());
+        let mut router = Proc::spawn("router", base.clone(), logs.path());
+        let mut worker = Proc::spawn("worker-push", with(fcm_env(&fcm)), logs.path());
+        for p in [&mut ingest, &mut router, &mut worker] {
+            p.wait_ready(Duration::from_secs(60)).await;
+        }
+        Ok(Self {
+            ingest,
+            router,
+            worker,
+            fcm,
+            key,
+            users,
+            env,
+            logs,
+        })
+    }
+
+    /// Where the processes log.
+    pub fn log_dir(&self) -> &std::path::Path {
+        self.logs.path()
+    }
+}
+
+/// `n` users with one FCM device each, straight in SQL.
+async fn seed(env: &TestEnv, n: usize) -> anyhow::Result<Vec<String>> {
+    for sql in [
+        "INSERT INTO users (tenant_id, id, name) SELECT 'bench', 'bu-' || g, 'User ' || g
+         FROM generate_series(1, $1) g",
+        "INSERT INTO devices (tenant_id, user_id, token, platform)
+         SELECT 'bench', 'bu-' || g, 'bench-token-' || g, 'fcm' FROM generate_series(1, $1) g",
+    ] {
+        sqlx::query(sql).bind(n as i32).execute(&env.pool).await?;
+    }
+    Ok((1..=n).map(|g| format!("bu-{g}")).collect())
+}
+
+/// Runs every phase and writes the report.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let p = Pipeline::start(args.notifications.clamp(1_000, 20_000)).await?;
+    eprintln!("pipeline up; processes log to {}", p.log_dir().display());
+    let summary = report::measure(&p, &args).await?;
+    summary.write(&args.out)?;
+    println!("{}", summary.markdown());
+    Ok(())
+}
