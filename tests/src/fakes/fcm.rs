@@ -182,6 +182,16 @@ impl FcmFake {
         self.state.token_ttl.store(seconds, Ordering::SeqCst);
     }
 
+    /// Scripted answers not given yet.
+    pub fn scripted_left(&self) -> usize {
+        self.state.send_script.len()
+    }
+
+    /// Drops the scripted answers not given yet.
+    pub fn clear_script(&self) {
+        self.state.send_script.clear();
+    }
+
     /// The requests after the first `from` (see [`Self::requests`]).
     pub fn requests_since(&self, from: usize) -> Vec<Recorded> {
         self.state.sends.since(from)

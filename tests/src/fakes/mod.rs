@@ -207,6 +207,21 @@ impl Script {
     pub fn next(&self) -> Option<Scripted> {
         self.0.lock().expect("script").pop_front()
     }
+
+    /// Answers still queued.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("script").len()
+    }
+
+    /// Whether no answer is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every queued answer: the provider is well again.
+    pub fn clear(&self) {
+        self.0.lock().expect("script").clear();
+    }
 }
 
 /// Requests received, shared with the server task.

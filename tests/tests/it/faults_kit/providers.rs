@@ -13,6 +13,21 @@ use herald_tests::{
 
 use super::pipeline::{Pipeline, Setup, assert_nothing_lost, fcm_at, wait_accepted};
 
+/// Every send to the FCM fake answers `answer()` for `window`, then the
+/// provider is well again. A provider outage is a time, not a number of
+/// failed calls: the circuit breaker tries one probe per open period, and a
+/// count of failures would be spent on probes for minutes.
+async fn fcm_fails_for(fcm: &FcmFake, window: Duration, answer: impl Fn() -> Scripted) {
+    let until = std::time::Instant::now() + window;
+    while std::time::Instant::now() < until {
+        while fcm.scripted_left() < 64 {
+            fcm.push_scripted(answer());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fcm.clear_script();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault suite: starts private RabbitMQ/PostgreSQL; run with --run-ignored"]
 async fn provider_errors_throttles_and_hangs_lose_nothing() {
@@ -25,34 +40,39 @@ async fn provider_errors_throttles_and_hangs_lose_nothing() {
     let load = p.load().count(300).spawn(&ledger);
 
     wait_accepted(&ledger, 50).await;
-    ledger.fault_started("fcm-5xx-x20");
-    for _ in 0..20 {
-        p.fcm.push_scripted(Scripted::new(
+    ledger.fault_started("fcm-503-for-3s");
+    fcm_fails_for(&p.fcm, Duration::from_secs(3), || {
+        Scripted::new(
             503,
             fcm_error(503, "UNAVAILABLE", "UNAVAILABLE", "backend down"),
             &[],
-        ));
-    }
-    wait_accepted(&ledger, 120).await;
-    ledger.fault_ended("fcm-5xx-x20");
-    ledger.fault_started("fcm-429-retry-after-2s");
-    for _ in 0..5 {
-        p.fcm.push_scripted(Scripted::new(
+        )
+    })
+    .await;
+    ledger.fault_ended("fcm-503-for-3s");
+
+    wait_accepted(&ledger, 150).await;
+    ledger.fault_started("fcm-429-retry-after-2s-for-3s");
+    fcm_fails_for(&p.fcm, Duration::from_secs(3), || {
+        Scripted::new(
             429,
             fcm_error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "slow down"),
             &[("retry-after", "2")],
-        ));
-    }
-    wait_accepted(&ledger, 190).await;
-    ledger.fault_ended("fcm-429-retry-after-2s");
-    ledger.fault_started("fcm-hangs-past-timeout");
-    for n in 0..10 {
-        let ok = serde_json::json!({"name": format!("projects/herald-test/messages/late-{n}")});
-        p.fcm
-            .push_scripted(Scripted::new(200, ok.to_string(), &[]).delayed(Duration::from_secs(4)));
-    }
+        )
+    })
+    .await;
+    ledger.fault_ended("fcm-429-retry-after-2s-for-3s");
+
+    wait_accepted(&ledger, 220).await;
+    ledger.fault_started("fcm-hangs-4s-past-a-2s-timeout-for-3s");
+    fcm_fails_for(&p.fcm, Duration::from_secs(3), || {
+        let ok = serde_json::json!({"name": "projects/herald-test/messages/late"});
+        Scripted::new(200, ok.to_string(), &[]).delayed(Duration::from_secs(4))
+    })
+    .await;
+    ledger.fault_ended("fcm-hangs-4s-past-a-2s-timeout-for-3s");
+
     let stats = load.await.expect("load task");
-    ledger.fault_ended("fcm-hangs-past-timeout");
     eprintln!("load: {stats:?}");
     assert_eq!(stats.gave_up, 0, "{stats:?}");
     let report = p.report("provider-5xx+429+hang", &ledger).await;
