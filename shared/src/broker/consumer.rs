@@ -17,14 +17,12 @@ use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 use futures::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    },
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::Broker;
+use super::{Broker, acks::Settler};
 
 /// What to consume and how much at once.
 #[derive(Debug, Clone)]
@@ -37,8 +35,10 @@ pub struct ConsumerSpec {
 
 /// A message and what its handler needs to know about its channel.
 pub struct Incoming {
-    /// The message; ack or nack it on its own channel.
+    /// The message; settle it with [`Incoming::settle`].
     pub delivery: Delivery,
+    /// Acks (coalesced with the channel's others) and requeues.
+    pub settle: Settler,
     /// Fires when the message's channel is gone or the consumer is stopping:
     /// the broker hands the message out again, so holding it is pointless.
     pub lost: CancellationToken,
@@ -123,6 +123,7 @@ where
     *consumed = true;
     let tracker = TaskTracker::new();
     let lost = cancel.child_token();
+    let (settler, coalescer) = Settler::start();
     let outcome = loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -133,10 +134,12 @@ where
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let acker = delivery.acker.clone();
+                    let (acker, tag) = (delivery.acker.clone(), delivery.delivery_tag);
                     let handler = handler.clone();
                     let queue = spec.queue.clone();
-                    let incoming = Incoming { delivery, lost: lost.clone() };
+                    settler.delivered(&delivery);
+                    let settle = settler.clone();
+                    let incoming = Incoming { delivery, lost: lost.clone(), settle: settler.clone() };
                     tracker.spawn(async move {
                         // One task per message; a panic is caught here rather
                         // than by a second task around the handler.
@@ -145,8 +148,7 @@ where
                             // requeue it, and let the delivery limit catch poison.
                             let error = panic_message(&*panic);
                             tracing::error!(queue = %queue, error = %error, "handler panicked; requeueing");
-                            let nack = acker.nack(BasicNackOptions { requeue: true, ..Default::default() });
-                            let _ = tokio::time::timeout(SETTLE_TIMEOUT, nack).await;
+                            settle.requeue_tag(tag, &acker).await;
                         }
                     });
                 }
@@ -170,6 +172,10 @@ where
         tracing::warn!(queue = %spec.queue, left = tracker.len(), limit_ms = limit.as_millis() as u64,
             "handlers still running; going on without them");
     }
+    // The acks of the last settled messages go out before the channel
+    // closes (handlers still running hold a settler and are given up on).
+    drop(settler);
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, coalescer).await;
     let _ = tokio::time::timeout(
         SETTLE_TIMEOUT,
         channel.close(200, "consumer stopped".into()),
@@ -187,29 +193,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("panic without a message")
 }
 
-/// Longest an ack or nack may take. On a connection that died under it, the
-/// answer may never come; the broker redelivers the message anyway, and a
-/// handler (and the consumer waiting for it) must not hang on it.
+/// Longest the last acks or the channel's close may take. On a connection
+/// that died under them, the answer may never come; the broker redelivers
+/// the messages anyway, and the consumer must not hang on it.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Acks a message (bounded: see [`SETTLE_TIMEOUT`]).
-pub async fn ack(delivery: &Delivery) {
-    let _ = tokio::time::timeout(SETTLE_TIMEOUT, delivery.ack(BasicAckOptions::default())).await;
-}
-
-/// Puts a message back on its queue at once (bounded like [`ack`]).
-pub async fn requeue(delivery: &Delivery) {
-    let nack = delivery.nack(BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    });
-    let _ = tokio::time::timeout(SETTLE_TIMEOUT, nack).await;
-}
-
-/// Puts a message that failed on its own back on its queue after `pause`,
-/// so a bad message does not spin; the queue's delivery limit ends real
-/// poison. (An outage is held through instead: see [`crate::outage`].)
-pub async fn requeue_after(delivery: &Delivery, pause: Duration) {
-    tokio::time::sleep(pause).await;
-    requeue(delivery).await;
-}

@@ -1,6 +1,7 @@
 //! RabbitMQ: one connection per process, the topology, a confirming
 //! publisher and a supervised consumer loop.
 
+pub mod acks;
 pub mod consumer;
 mod headers;
 mod messages;

@@ -17,68 +17,6 @@ pub struct Existing {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-/// Outcome of claiming a key.
-#[derive(Debug)]
-pub enum Claim {
-    /// The key is ours: the caller goes on and its response is stored.
-    Fresh,
-    /// The key was used within 24 h.
-    Taken(Existing),
-}
-
-/// Claims `key` for a request inside the caller's transaction, storing the
-/// response it will get. A concurrent claim of the same key waits for ours.
-pub async fn claim(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant: &str,
-    key: &str,
-    request_hash: &[u8],
-    response_status: i32,
-    response_body: &serde_json::Value,
-) -> Result<Claim, sqlx::Error> {
-    let fresh: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response_status, response_body)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
-             response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,
-             created_at = now(), completed_at = NULL
-         WHERE idempotency_keys.created_at < now() - make_interval(hours => $6)
-         RETURNING true",
-    )
-    .bind(tenant)
-    .bind(key)
-    .bind(request_hash)
-    .bind(response_status)
-    .bind(response_body)
-    .bind(RETENTION_HOURS as i32)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if fresh.is_some() {
-        return Ok(Claim::Fresh);
-    }
-    let existing = sqlx::query_as(
-        "SELECT request_hash, response_status, response_body, created_at, completed_at
-         FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-    )
-    .bind(tenant)
-    .bind(key)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(Claim::Taken(existing))
-}
-
-/// Marks a key's request as durable: later replays may answer it.
-pub async fn complete(pool: &PgPool, tenant: &str, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE idempotency_keys SET completed_at = now() WHERE tenant_id = $1 AND key = $2",
-    )
-    .bind(tenant)
-    .bind(key)
-    .execute(pool)
-    .await
-    .map(|_| ())
-}
-
 /// Forgets a key whose request failed, so the client's retry starts afresh.
 pub async fn release(pool: &PgPool, tenant: &str, key: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2")
@@ -98,4 +36,74 @@ pub async fn purge_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// A key a request claims: the request's hash and the response it will get.
+#[derive(Debug, Clone)]
+pub struct KeyClaim {
+    pub tenant: String,
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    pub response_status: i32,
+    pub response_body: serde_json::Value,
+}
+
+/// Claims many keys in the caller's transaction (one statement for a group
+/// of requests); answers the (tenant, key) pairs claimed fresh. Keys must be
+/// distinct within the call. Any other key was used within 24 h: see
+/// [`existing_many`].
+pub async fn claim_many(
+    tx: &mut Transaction<'_, Postgres>,
+    claims: &[KeyClaim],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let tenants: Vec<&str> = claims.iter().map(|c| c.tenant.as_str()).collect();
+    let keys: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
+    let hashes: Vec<&[u8]> = claims.iter().map(|c| c.request_hash.as_slice()).collect();
+    let statuses: Vec<i32> = claims.iter().map(|c| c.response_status).collect();
+    let bodies: Vec<&serde_json::Value> = claims.iter().map(|c| &c.response_body).collect();
+    sqlx::query_as(
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response_status, response_body)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::int[], $5::jsonb[])
+         ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
+             response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,
+             created_at = now(), completed_at = NULL
+         WHERE idempotency_keys.created_at < now() - make_interval(hours => $6)
+         RETURNING tenant_id, key",
+    )
+    .bind(&tenants)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&statuses)
+    .bind(&bodies)
+    .bind(RETENTION_HOURS as i32)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// The records stored under (tenant, key) pairs, with their pair.
+pub async fn existing_many(
+    tx: &mut Transaction<'_, Postgres>,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<(String, String, Existing)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        tenant_id: String,
+        key: String,
+        #[sqlx(flatten)]
+        existing: Existing,
+    }
+    let tenants: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+    let keys: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT tenant_id, key, request_hash, response_status, response_body, created_at, completed_at
+         FROM idempotency_keys WHERE (tenant_id, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+    )
+    .bind(&tenants)
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tenant_id, r.key, r.existing))
+        .collect())
 }

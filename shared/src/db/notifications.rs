@@ -53,20 +53,40 @@ pub async fn insert_many<'e>(
     Ok(())
 }
 
-/// Records that the broker confirmed these notifications' routing messages.
-/// Committed asynchronously: if the mark is lost in a database crash the relay
-/// merely republishes, and the router's fan-out key absorbs the duplicate.
-pub async fn mark_published(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+/// Records that the broker confirmed these notifications' routing messages,
+/// and that the requests behind these idempotency keys are durable.
+/// Committed asynchronously: if the marks are lost in a database crash the
+/// relay merely republishes (the router's fan-out key absorbs the
+/// duplicate), and a replay of the key waits for the relay's grace.
+pub async fn mark_published(
+    pool: &PgPool,
+    ids: &[Uuid],
+    keys: &[(String, String)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE notifications SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
-    )
-    .bind(ids)
-    .execute(&mut *tx)
-    .await?;
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE notifications SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+        )
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !keys.is_empty() {
+        let tenants: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        sqlx::query(
+            "UPDATE idempotency_keys SET completed_at = now()
+             WHERE (tenant_id, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        )
+        .bind(&tenants)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await
 }
 

@@ -122,7 +122,11 @@ impl Engine {
 
     /// Handles one message of a lane queue; acks or nacks it.
     pub async fn handle(&self, incoming: Incoming) {
-        let Incoming { delivery, lost } = incoming;
+        let Incoming {
+            delivery,
+            lost,
+            settle,
+        } = incoming;
         let msg: DeliveryMessage = match serde_json::from_slice(&delivery.data) {
             Ok(msg) => msg,
             Err(e) => {
@@ -132,7 +136,7 @@ impl Engine {
                     error: format!("delivery message does not parse: {e}"),
                     tenant: None,
                 };
-                return dlq::reject(&self.publisher, &delivery, &reason, &lost).await;
+                return dlq::reject(&self.publisher, &delivery, &settle, &reason, &lost).await;
             }
         };
         let span = tracing::info_span!("deliver", tenant = %msg.tenant_id, notification_id = %msg.notification_id,
@@ -141,10 +145,10 @@ impl Engine {
         // would leak the span onto whatever else the thread runs meanwhile.
         match self.deliver(&delivery, &msg, &lost).instrument(span).await {
             Ok(Done::Ack) => {
-                crate::broker::consumer::ack(&delivery).await;
+                settle.ack(&delivery);
             }
             Ok(Done::HandBack) => {
-                crate::broker::consumer::requeue(&delivery).await;
+                settle.requeue(&delivery).await;
             }
             Err(e) => {
                 // The message's own failure: back to its queue, where the
@@ -153,7 +157,7 @@ impl Engine {
                     error = format!("{e:#}"),
                     "delivery failed; returning it to its queue"
                 );
-                crate::broker::consumer::requeue_after(&delivery, POISON_PAUSE).await;
+                settle.requeue_after(&delivery, POISON_PAUSE).await;
             }
         }
     }

@@ -42,7 +42,11 @@ pub async fn run(broker: Arc<Broker>, pool: PgPool, cancel: CancellationToken) {
 
 /// Stores one dead letter, holding it while the database is down.
 async fn handle(pool: &PgPool, incoming: Incoming) {
-    let Incoming { delivery, lost } = incoming;
+    let Incoming {
+        delivery,
+        lost,
+        settle,
+    } = incoming;
     let record = to_record(&delivery);
     let stored = outage::hold("archive", &lost, || async {
         Ok(dead_letters::insert(pool, &record).await?)
@@ -57,7 +61,7 @@ async fn handle(pool: &PgPool, incoming: Incoming) {
                 tracing::info!(source = %record.source, error_class = %record.error_class,
                     tenant = record.tenant_id.as_deref().unwrap_or(""), "dead letter archived");
             }
-            crate::broker::consumer::ack(&delivery).await;
+            settle.ack(&delivery);
         }
         Err(Held::Stopped) => {}
         Err(Held::Failed(e)) => {
@@ -68,7 +72,7 @@ async fn handle(pool: &PgPool, incoming: Incoming) {
                 "could not archive dead letter; requeueing"
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
-            crate::broker::consumer::requeue(&delivery).await;
+            settle.requeue(&delivery).await;
         }
     }
 }

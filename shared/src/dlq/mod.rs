@@ -131,6 +131,7 @@ pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
 pub async fn reject(
     publisher: &Publisher,
     delivery: &Delivery,
+    settle: &crate::broker::acks::Settler,
     reason: &DeadLetterReason,
     lost: &tokio_util::sync::CancellationToken,
 ) {
@@ -144,7 +145,7 @@ pub async fn reject(
         Ok(()) => {
             tracing::info!(source = reason.source, error_class = reason.error_class, error = %reason.error,
                 tenant = reason.tenant.as_deref().unwrap_or(""), "message dead-lettered");
-            crate::broker::consumer::ack(&delivery).await;
+            settle.ack(delivery);
         }
         Err(e) => {
             tracing::warn!(error = ?e, "could not dead-letter before the channel went; the broker will redeliver");

@@ -48,7 +48,11 @@ pub async fn run(
 /// durable the message is held and retried in process, never returned to
 /// its queue (which would spend its delivery limit on an outage).
 async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
-    let Incoming { delivery, lost } = incoming;
+    let Incoming {
+        delivery,
+        lost,
+        settle,
+    } = incoming;
     let tenant = delivery.routing_key.as_str().to_owned();
     let headers = delivery.properties.headers().as_ref();
     let outcome = outage::hold("ingest", &lost, || async {
@@ -80,11 +84,11 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
     let reason = match outcome {
         Ok(Ok(())) => {
             metrics::counter!("herald_ingest_amqp_total", "outcome" => "accepted").increment(1);
-            crate::broker::consumer::ack(&delivery).await;
+            settle.ack(&delivery);
             return;
         }
         Err(Held::Stopped) => {
-            crate::broker::consumer::requeue(&delivery).await;
+            settle.requeue(&delivery).await;
             return;
         }
         Err(Held::Failed(e)) => {
@@ -92,7 +96,7 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
                 error = format!("{e:#}"),
                 "ingest message failed; returning it to its queue"
             );
-            consumer::requeue_after(&delivery, POISON_PAUSE).await;
+            settle.requeue_after(&delivery, POISON_PAUSE).await;
             return;
         }
         Ok(Err(IntakeError::Unavailable(_) | IntakeError::KeyInProgress)) => {
@@ -117,7 +121,7 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
         ),
     };
     metrics::counter!("herald_ingest_amqp_total", "outcome" => "dead_lettered").increment(1);
-    dlq::reject(publisher, &delivery, &reason, &lost).await;
+    dlq::reject(publisher, &delivery, &settle, &reason, &lost).await;
 }
 
 /// Parses what the message carries: tenant, JSON body, idempotency key.

@@ -1,54 +1,240 @@
-//! Group commits of ingest's writes: the insert of notifications accepted
-//! without an idempotency key, and the marks of published ones. Many
+//! Group commits of ingest's writes: the insert of accepted notifications
+//! (with their idempotency keys), and the marks of published ones. Many
 //! concurrent requests share one statement (and one fsync) instead of
 //! waiting for a connection each.
+
+use std::collections::HashMap;
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db::{self, notifications::NewNotification};
+use super::Commitment;
+use crate::db::{
+    self,
+    idempotency::{self, Existing, KeyClaim},
+    notifications::NewNotification,
+};
 
-pub(super) type InsertReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// One request's share of a group commit: its notifications and, when it
+/// carries one, the idempotency key it claims and its commitment (marked
+/// by the group just before its commit; a request without a key marks its
+/// own before it queues).
+pub(super) struct Share {
+    pub rows: Vec<NewNotification>,
+    pub key: Option<(KeyClaim, Commitment)>,
+}
 
-/// Group commit for requests without an idempotency key: every notification
-/// queued while the previous insert was committing goes into the next one,
-/// so concurrent requests share one commit (and one fsync) instead of
-/// waiting for a connection each.
+/// How a share's key claim went.
+pub(super) enum Claimed {
+    /// No key, or the key was free: the rows are committed.
+    Fresh,
+    /// The key was used within 24 h: nothing of this share was written.
+    Taken(Existing),
+    /// The key is locked by a transaction that does not finish (another
+    /// request with the same key, held up): the request makes itself
+    /// durable on its own, with its share handed back, so the group does
+    /// not wait with it.
+    Alone(Share),
+}
+
+/// How long the group waits for the lock of a claimed key before it hands
+/// its keyed requests back to be made durable one by one.
+const KEY_LOCK_TIMEOUT: &str = "1s";
+
+pub(super) type InsertReply = tokio::sync::oneshot::Sender<Result<Claimed, String>>;
+
+/// Most shares per group commit: 64 single sends, or fewer batches of up to
+/// 500 each.
+const GROUP: usize = 64;
+
+/// Group commit of accepted notifications: every request queued while the
+/// previous group was committing goes into the next one, so concurrent
+/// requests share one transaction (and one fsync) instead of waiting for a
+/// connection each. Requests with an idempotency key take part too: their
+/// keys are claimed in the same transaction, with one statement for all, and
+/// a request whose key was already used writes nothing.
 pub(super) async fn insert_batches(
     pool: PgPool,
-    mut rx: tokio::sync::mpsc::Receiver<(Vec<NewNotification>, InsertReply)>,
+    mut rx: tokio::sync::mpsc::Receiver<(Share, InsertReply)>,
 ) {
-    let mut queued = Vec::with_capacity(64);
-    // At most 64 requests per insert: 64 single sends, or fewer batches of
-    // up to 500 each.
-    while rx.recv_many(&mut queued, 64).await > 0 {
-        let mut rows = Vec::new();
-        let mut replies = Vec::new();
-        for (batch, reply) in queued.drain(..) {
-            rows.extend(batch);
-            replies.push(reply);
+    let mut queued = Vec::with_capacity(GROUP);
+    // Shares postponed to the next group: a key claimed twice in one group
+    // (a client's retry racing its first try) would make the claim
+    // statement touch one row twice, which PostgreSQL refuses.
+    let mut later: Vec<(Share, InsertReply)> = Vec::new();
+    loop {
+        queued.append(&mut later);
+        if queued.is_empty() && rx.recv_many(&mut queued, GROUP).await == 0 {
+            return;
         }
-        let result = db::notifications::insert_many(&pool, &rows)
-            .await
-            .map_err(|e| e.to_string());
-        for reply in replies {
-            let _ = reply.send(result.clone());
+        let mut keys = std::collections::HashSet::new();
+        let mut group = Vec::with_capacity(queued.len());
+        for (share, reply) in queued.drain(..) {
+            let fresh = match &share.key {
+                Some((k, _)) => keys.insert((k.tenant.clone(), k.key.clone())),
+                None => true,
+            };
+            if fresh {
+                group.push((share, reply));
+            } else {
+                later.push((share, reply));
+            }
+        }
+        // A request that stopped waiting (its API timeout fired before its
+        // commit began) writes nothing.
+        group.retain(|(share, reply)| share.key.is_none() || !reply.is_closed());
+        let (shares, replies): (Vec<Share>, Vec<InsertReply>) = group.into_iter().unzip();
+        match commit(&pool, &shares, &replies).await {
+            Ok(None) => {
+                // A keyed request was abandoned while the group ran: it
+                // must keep nothing, so the group is written again
+                // without it.
+                later.extend(
+                    shares
+                        .into_iter()
+                        .zip(replies)
+                        .filter(|(share, reply)| share.key.is_none() || !reply.is_closed()),
+                );
+            }
+            Ok(Some(claims)) => {
+                for (reply, claimed) in replies.into_iter().zip(claims) {
+                    let _ = reply.send(Ok(claimed));
+                }
+            }
+            Err(e) if lock_timeout(&e) => {
+                // Keyed requests go alone; the rest is written again at once.
+                for (share, reply) in shares.into_iter().zip(replies) {
+                    if share.key.is_some() {
+                        let _ = reply.send(Ok(Claimed::Alone(share)));
+                    } else {
+                        later.push((share, reply));
+                    }
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
 
-/// Marks published notifications in batches: one UPDATE for every request
-/// confirmed in the last few milliseconds instead of one per request. A lost
-/// mark only costs a republish by the relay.
+fn lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// Commits one group: claims its keys (waiting at most
+/// [`KEY_LOCK_TIMEOUT`] for a key's lock), inserts the rows, marks the keyed
+/// requests' commitments, commits. One answer per share, in order; `None`
+/// (and nothing written) when a keyed request stopped waiting meanwhile.
+async fn commit(
+    pool: &PgPool,
+    shares: &[Share],
+    replies: &[InsertReply],
+) -> Result<Option<Vec<Claimed>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if shares.iter().any(|s| s.key.is_some()) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{KEY_LOCK_TIMEOUT}'"
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let answers = write(&mut tx, shares).await?;
+    let keyed = shares.iter().zip(replies).filter(|(s, _)| s.key.is_some());
+    if keyed.clone().any(|(_, reply)| reply.is_closed()) {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    for (share, _) in keyed {
+        if let Some((_, commitment)) = &share.key {
+            commitment.begin();
+        }
+    }
+    tx.commit().await?;
+    Ok(Some(answers))
+}
+
+/// Claims the keys of `shares` and inserts the rows of every share without
+/// a key or with a fresh one, in the caller's transaction.
+pub(super) async fn write(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    shares: &[Share],
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let claims: Vec<KeyClaim> = shares
+        .iter()
+        .filter_map(|s| s.key.as_ref().map(|k| k.0.clone()))
+        .collect();
+    let mut taken: HashMap<(String, String), Existing> = HashMap::new();
+    if !claims.is_empty() {
+        let fresh: std::collections::HashSet<(String, String)> =
+            idempotency::claim_many(tx, &claims)
+                .await?
+                .into_iter()
+                .collect();
+        let others: Vec<(&str, &str)> = claims
+            .iter()
+            .filter(|c| !fresh.contains(&(c.tenant.clone(), c.key.clone())))
+            .map(|c| (c.tenant.as_str(), c.key.as_str()))
+            .collect();
+        if !others.is_empty() {
+            for (tenant, key, existing) in idempotency::existing_many(tx, &others).await? {
+                taken.insert((tenant, key), existing);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    let mut answers = Vec::with_capacity(shares.len());
+    for share in shares {
+        let pair = share
+            .key
+            .as_ref()
+            .map(|(k, _)| (k.tenant.clone(), k.key.clone()));
+        match pair.and_then(|p| taken.remove(&p)) {
+            Some(existing) => answers.push(Claimed::Taken(existing)),
+            None => {
+                rows.extend(share.rows.iter().cloned());
+                answers.push(Claimed::Fresh);
+            }
+        }
+    }
+    if !rows.is_empty() {
+        db::notifications::insert_many(&mut **tx, &rows).await?;
+    }
+    Ok(answers)
+}
+
+/// Something to note once a request's routing messages are confirmed.
+pub(super) enum Mark {
+    /// This notification's routing message is on the broker.
+    Published(Uuid),
+    /// This idempotency key's request is durable: a replay may be answered.
+    Completed { tenant: String, key: String },
+}
+
+/// Notes published notifications and completed keys in batches: one
+/// transaction for everything confirmed in the last few milliseconds, not a
+/// commit per request. Committed asynchronously: a lost mark only costs a
+/// republish by the relay, or a replay answered "in progress" until the
+/// relay's grace has passed.
 pub(super) async fn mark_published_batches(
     pool: PgPool,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Uuid>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Mark>,
 ) {
-    let mut ids = Vec::with_capacity(1024);
-    while rx.recv_many(&mut ids, 1024).await > 0 {
-        if let Err(e) = db::notifications::mark_published(&pool, &ids).await {
+    let mut marks = Vec::with_capacity(1024);
+    while rx.recv_many(&mut marks, 1024).await > 0 {
+        let mut ids = Vec::new();
+        let mut keys = Vec::new();
+        for mark in marks.drain(..) {
+            match mark {
+                Mark::Published(id) => ids.push(id),
+                Mark::Completed { tenant, key } => keys.push((tenant, key)),
+            }
+        }
+        if let Err(e) = db::notifications::mark_published(&pool, &ids, &keys).await {
             tracing::warn!(error = %e, "could not mark notifications published; the relay will republish them");
         }
-        ids.clear();
     }
 }

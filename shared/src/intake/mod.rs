@@ -25,13 +25,18 @@ use crate::{
     broker::{Names, Outgoing, PublishError, Publisher},
     db::{
         self,
-        idempotency::{self, Claim},
+        idempotency::{self, KeyClaim},
         notifications::NewNotification,
     },
     model::{FieldError, IdempotencyKey, message::RouteMessage, notification::NotificationRequest},
 };
 pub use commitment::Commitment;
-use group::{InsertReply, insert_batches, mark_published_batches};
+use group::{Claimed, InsertReply, Mark, Share, insert_batches, mark_published_batches};
+
+/// Pauses (and their length) a request waits for an earlier request with
+/// the same idempotency key to be published: about a second.
+const IN_PROGRESS_WAITS: usize = 20;
+const IN_PROGRESS_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long a committed notification may stay unconfirmed before the relay
 /// takes it over. Long enough that the eager publish always wins normally.
@@ -97,8 +102,8 @@ pub fn route_message(
 pub struct Intake {
     pool: PgPool,
     publisher: Publisher,
-    marks: tokio::sync::mpsc::UnboundedSender<Uuid>,
-    inserts: tokio::sync::mpsc::Sender<(Vec<NewNotification>, InsertReply)>,
+    marks: tokio::sync::mpsc::UnboundedSender<Mark>,
+    inserts: tokio::sync::mpsc::Sender<(Share, InsertReply)>,
 }
 
 struct Prepared {
@@ -257,55 +262,106 @@ impl Intake {
         &self,
         tenant: &str,
         key: Option<&IdempotencyKey>,
+        claim: (&[u8], i32, &Value),
+        items: &[&Prepared],
+        commitment: &Commitment,
+    ) -> Result<Option<Value>, IntakeError> {
+        // A retry that overtook the first request's publish (its client
+        // lost the 202 and asked again at once) waits a moment for it
+        // rather than being told "in progress".
+        for _ in 0..IN_PROGRESS_WAITS {
+            match self
+                .commit_once(tenant, key, claim, items, commitment)
+                .await
+            {
+                Err(IntakeError::KeyInProgress) => {
+                    tokio::time::sleep(IN_PROGRESS_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+        self.commit_once(tenant, key, claim, items, commitment)
+            .await
+    }
+
+    async fn commit_once(
+        &self,
+        tenant: &str,
+        key: Option<&IdempotencyKey>,
         (hash, status, response): (&[u8], i32, &Value),
         items: &[&Prepared],
         commitment: &Commitment,
     ) -> Result<Option<Value>, IntakeError> {
         let rows: Vec<NewNotification> = items.iter().map(|p| p.row.clone()).collect();
-        let Some(key) = key else {
-            // No key: a group insert shared with concurrent requests.
-            if !rows.is_empty() {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                // Once queued, the group insert commits the rows whether or
-                // not this request waits for it.
-                commitment.begin();
-                self.inserts
-                    .send((rows, tx))
-                    .await
-                    .map_err(|_| IntakeError::Unavailable("intake is stopping".into()))?;
-                rx.await
-                    .map_err(|_| IntakeError::Unavailable("intake is stopping".into()))?
-                    .map_err(|e| IntakeError::Unavailable(format!("database: {e}")))?;
-            }
+        if rows.is_empty() && key.is_none() {
             return Ok(None);
+        }
+        let keyed = key.map(|k| KeyClaim {
+            tenant: tenant.to_owned(),
+            key: k.as_str().to_owned(),
+            request_hash: hash.to_vec(),
+            response_status: status,
+            response_body: response.clone(),
+        });
+        if keyed.is_none() {
+            // Once queued, the group commits the rows whether or not this
+            // request waits for it. (A keyed request's commitment is marked
+            // by the group just before its commit.)
+            commitment.begin();
+        }
+        let share = Share {
+            rows,
+            key: keyed.map(|k| (k, commitment.clone())),
         };
-        let mut tx = self.pool.begin().await?;
-        {
-            match idempotency::claim(&mut tx, tenant, key.as_str(), hash, status, response).await? {
-                Claim::Fresh => {}
-                Claim::Taken(existing) if existing.request_hash != hash => {
-                    return Err(IntakeError::KeyReused);
-                }
-                Claim::Taken(existing) => {
-                    // Answer the stored response only once the first request
-                    // is durable (or old enough that the relay owns it).
-                    let settled = existing.completed_at.is_some()
-                        || Utc::now() - existing.created_at
-                            > chrono::Duration::from_std(RELAY_GRACE).expect("small");
-                    return if settled {
-                        Ok(Some(existing.response_body))
-                    } else {
-                        Err(IntakeError::KeyInProgress)
-                    };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inserts
+            .send((share, tx))
+            .await
+            .map_err(|_| IntakeError::Unavailable("intake is stopping".into()))?;
+        let mut claimed = rx
+            .await
+            .map_err(|_| IntakeError::Unavailable("intake is stopping".into()))?
+            .map_err(|e| IntakeError::Unavailable(format!("database: {e}")))?;
+        if let Claimed::Alone(share) = claimed {
+            claimed = self.commit_alone(share, commitment).await?;
+        }
+        match claimed {
+            Claimed::Fresh | Claimed::Alone(_) => Ok(None),
+            Claimed::Taken(existing) if existing.request_hash != hash => {
+                Err(IntakeError::KeyReused)
+            }
+            Claimed::Taken(existing) => {
+                // Answer the stored response only once the first request is
+                // durable (or old enough that the relay owns it).
+                let settled = existing.completed_at.is_some()
+                    || Utc::now() - existing.created_at
+                        > chrono::Duration::from_std(RELAY_GRACE).expect("small");
+                if settled {
+                    Ok(Some(existing.response_body))
+                } else {
+                    Err(IntakeError::KeyInProgress)
                 }
             }
         }
-        if !rows.is_empty() {
-            db::notifications::insert_many(&mut *tx, &rows).await?;
-        }
+    }
+
+    /// Makes one keyed request durable in a transaction of its own, which
+    /// this request's future owns: if the request is abandoned (its API
+    /// timeout) before the commit begins, the transaction rolls back and
+    /// nothing is kept.
+    async fn commit_alone(
+        &self,
+        share: Share,
+        commitment: &Commitment,
+    ) -> Result<Claimed, IntakeError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = group::write(&mut tx, std::slice::from_ref(&share))
+            .await?
+            .pop()
+            .expect("one answer per share");
         commitment.begin();
         tx.commit().await?;
-        Ok(None)
+        Ok(claimed)
     }
 
     /// Publishes the routing messages. The rows are already committed, so
@@ -350,7 +406,7 @@ impl Intake {
         for ((id, msg), result) in ids.iter().zip(msgs).zip(results) {
             match result {
                 Ok(()) => {
-                    let _ = self.marks.send(*id);
+                    let _ = self.marks.send(Mark::Published(*id));
                 }
                 Err(e) => {
                     tracing::warn!(notification_id = %id, error = %e,
@@ -368,10 +424,11 @@ impl Intake {
                 unconfirmed,
             ));
         }
-        if let Some(key) = key
-            && let Err(e) = idempotency::complete(&self.pool, tenant, key.as_str()).await
-        {
-            tracing::warn!(error = %e, "could not complete idempotency record");
+        if let Some(key) = key {
+            let _ = self.marks.send(Mark::Completed {
+                tenant: tenant.to_owned(),
+                key: key.as_str().to_owned(),
+            });
         }
         metrics::counter!("herald_notifications_accepted_total").increment(ids.len() as u64);
         Ok(())
@@ -383,7 +440,7 @@ impl Intake {
 /// (or if this process dies) the relay takes the rows over.
 async fn republish(
     publisher: Publisher,
-    marks: tokio::sync::mpsc::UnboundedSender<Uuid>,
+    marks: tokio::sync::mpsc::UnboundedSender<Mark>,
     mut pending: Vec<(Uuid, Outgoing)>,
 ) {
     let started = std::time::Instant::now();
@@ -396,7 +453,7 @@ async fn republish(
         for ((id, msg), result) in pending.into_iter().zip(results) {
             match result {
                 Ok(()) => {
-                    let _ = marks.send(id);
+                    let _ = marks.send(Mark::Published(id));
                 }
                 Err(_) => left.push((id, msg)),
             }

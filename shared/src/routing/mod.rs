@@ -135,7 +135,11 @@ async fn handle(
     incoming: Incoming,
     lane: Lane,
 ) {
-    let Incoming { delivery, lost } = incoming;
+    let Incoming {
+        delivery,
+        lost,
+        settle,
+    } = incoming;
     let routed = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
         Ok(msg) => {
             outage::hold("route", &lost, || async {
@@ -152,7 +156,7 @@ async fn handle(
     };
     match routed {
         Ok(Ok(())) => {
-            crate::broker::consumer::ack(&delivery).await;
+            settle.ack(&delivery);
         }
         Ok(Err(reason)) => {
             tracing::error!(error = %reason, "routing message cannot be routed; dead-lettering");
@@ -162,17 +166,17 @@ async fn handle(
                 error: reason,
                 tenant: None,
             };
-            dlq::reject(publisher, &delivery, &reason, &lost).await;
+            dlq::reject(publisher, &delivery, &settle, &reason, &lost).await;
         }
         Err(Held::Stopped) => {
-            crate::broker::consumer::requeue(&delivery).await;
+            settle.requeue(&delivery).await;
         }
         Err(Held::Failed(e)) => {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "routing failed; returning the message to its queue"
             );
-            consumer::requeue_after(&delivery, TRANSIENT_PAUSE).await;
+            settle.requeue_after(&delivery, TRANSIENT_PAUSE).await;
         }
     }
 }

@@ -535,7 +535,6 @@ async fn a_panicking_handler_gets_its_message_again() {
         Headers, Names, Outgoing, Publisher,
         consumer::{self, ConsumerSpec},
     };
-    use lapin::options::BasicAckOptions;
 
     let env = TestEnv::new().await;
     let broker = env.broker().await;
@@ -562,11 +561,7 @@ async fn a_panicking_handler_gets_its_message_again() {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                     panic!("first sight of the message");
                 }
-                incoming
-                    .delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .expect("ack");
+                incoming.settle.ack(&incoming.delivery);
             }
         }
     }));
