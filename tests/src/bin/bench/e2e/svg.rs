@@ -14,6 +14,9 @@ const BOTTOM: f64 = 50.0;
 const TOP: f64 = 30.0;
 const RIGHT: f64 = 20.0;
 
+/// A line of the chart: name, colour, and the percentile it draws.
+type Series = (&'static str, &'static str, fn(&Percentiles) -> f64);
+
 /// The chart of `points` (offered notifications/s, latency percentiles).
 pub fn latency(points: &[(f64, Percentiles)]) -> String {
     let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
@@ -61,7 +64,7 @@ pub fn latency(points: &[(f64, Percentiles)]) -> String {
         H / 2.0,
         H / 2.0
     );
-    let series: [(&str, &str, fn(&Percentiles) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("p50", "#1b9e77", |p| p.p50),
         ("p95", "#d95f02", |p| p.p95),
         ("p99", "#7570b3", |p| p.p99),
