@@ -105,6 +105,24 @@ pub fn prefetch(lane: Lane) -> u16 {
     }
 }
 
+/// The whole of a `worker-<channel>` binary: reads its settings, starts
+/// logging, builds the channel's providers and runs until SIGTERM. The three
+/// worker binaries differ only in the channel they pass.
+pub async fn main(channel: Channel) -> anyhow::Result<()> {
+    let config = WorkerConfig::parse_for(channel);
+    crate::telemetry::init_logging(config.common.log_format);
+    let providers = Arc::new(crate::providers::config::build(channel, &config.providers)?);
+    let listener = TcpListener::bind(config.listen_addr(channel)).await?;
+    run(
+        channel,
+        config,
+        providers,
+        listener,
+        crate::shutdown::on_signal(),
+    )
+    .await
+}
+
 /// How often a worker re-reads its replica count and queue depths.
 const REFRESH: Duration = Duration::from_secs(5);
 
