@@ -28,6 +28,7 @@ use crate::{
     model::{Channel, Lane},
     ops,
     providers::Providers,
+    telemetry::catalogue,
 };
 use engine::Engine;
 
@@ -135,6 +136,13 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = ops::Service::start(&config.common)?;
+    catalogue::worker(&catalogue::WorkerLabels {
+        channel,
+        names: service.broker.names(),
+        providers: providers.names(),
+        failover: providers.failover_names(),
+        tiers: config.common.retry_schedule.delays().len(),
+    });
     let publisher = Publisher::new(service.broker.clone());
     let engine = Arc::new(Engine::new(
         channel,

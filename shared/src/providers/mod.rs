@@ -61,6 +61,19 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class, in a stable order.
+    pub const ALL: [ErrorClass; 9] = [
+        ErrorClass::Timeout,
+        ErrorClass::Connection,
+        ErrorClass::Server,
+        ErrorClass::RateLimited,
+        ErrorClass::InvalidAddress,
+        ErrorClass::Unregistered,
+        ErrorClass::Rejected,
+        ErrorClass::Auth,
+        ErrorClass::Config,
+    ];
+
     /// Snake-case name, as stored and filtered on.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -212,6 +225,14 @@ pub trait Providers: Send + Sync {
     /// The provider that serves `to` while the first one's circuit is open,
     /// if the channel has one.
     fn failover(&self, _to: &Destination) -> Option<&dyn Provider> {
+        None
+    }
+
+    /// Names of every provider it may choose, for metrics at start.
+    fn names(&self) -> Vec<&'static str>;
+
+    /// The first provider's name and its failover's, if the channel has one.
+    fn failover_names(&self) -> Option<(&'static str, &'static str)> {
         None
     }
 }
