@@ -8,9 +8,11 @@ pub mod client;
 mod config;
 mod extract;
 mod notifications;
+pub mod openapi;
 pub mod problem;
 mod recipients;
 mod timeout;
+mod views;
 
 use std::{
     sync::Arc,
@@ -92,6 +94,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(state: AppState) -> Router {
     let request_timeout = state.request_timeout;
     let v1 = Router::new()
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/notifications", post(notifications::send))
         .route(
             "/notifications/batch",
@@ -148,7 +151,7 @@ pub async fn run(
     let common = &config.common;
     // Install the recorder before anything counts.
     crate::telemetry::metrics();
-    crate::telemetry::catalogue::ingest(&Names::new(&common.broker_prefix), []);
+    crate::telemetry::catalogue::ingest(&Names::new(&common.broker_prefix), openapi::routes());
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
     let broker = Broker::new(&common.amqp_url, Names::new(&common.broker_prefix));
     let publisher = Publisher::new(broker.clone());

@@ -243,8 +243,10 @@ pub mod delivery {
         "herald_circuit_state",
         "circuit of each provider: 0 closed, 1 half-open (probing), 2 open",
     );
-    pub const CIRCUIT_OPENED: Metric =
-        counter("herald_circuit_opened_total", "times a provider's circuit opened");
+    pub const CIRCUIT_OPENED: Metric = counter(
+        "herald_circuit_opened_total",
+        "times a provider's circuit opened",
+    );
     pub const FAILOVERS: Metric = counter(
         "herald_provider_failovers_total",
         "calls made to the failover provider because the first provider's circuit was open",

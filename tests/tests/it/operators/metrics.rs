@@ -53,7 +53,12 @@ fn declared(page: &str) -> BTreeMap<String, String> {
 }
 
 /// Starts `binary` of this environment on `port` with `extra` settings.
-fn start(env: &TestEnv, binary_name: &str, port: u16, extra: &[(&str, String)]) -> tokio::process::Child {
+fn start(
+    env: &TestEnv,
+    binary_name: &str,
+    port: u16,
+    extra: &[(&str, String)],
+) -> tokio::process::Child {
     let mut cmd = Command::new(binary(binary_name));
     cmd.env("DATABASE_URL", &env.database_url)
         .env("AMQP_URL", herald_tests::amqp_url())
@@ -147,7 +152,10 @@ async fn every_documented_metric_is_on_a_fresh_metrics_page() {
             }
         }
         for metric in seen.keys().filter(|m| m.starts_with("herald_")) {
-            if !table.get(metric).is_some_and(|row| names(&row.emitted_by, name)) {
+            if !table
+                .get(metric)
+                .is_some_and(|row| names(&row.emitted_by, name))
+            {
                 problems.push(format!(
                     "{name}: {metric} is served but docs/operations.md does not list it for {name}"
                 ));
