@@ -20,26 +20,21 @@ fn schemathesis() -> PathBuf {
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
                       response_headers_conformance,response_schema_conformance";
 
-/// Runs Schemathesis over the operations `scope` selects, fails the test
-/// on any failure or error, and answers how many cases it generated.
-async fn run(binary: &PathBuf, url: &str, header: &str, scope: &[&str]) -> u64 {
+/// Runs Schemathesis over every operation, fails the test on any failure
+/// or error, and answers how many cases it generated.
+async fn run(binary: &PathBuf, url: &str, header: &str) -> u64 {
     let reports = temp_path("schemathesis");
     let output = tokio::process::Command::new(binary)
         .arg("run")
         .arg(url)
         .args(["--checks", CHECKS])
         .args(["--header", header])
-        .args(scope)
         // Bounded for a 2-core machine: a few dozen cases per operation and
-        // phase, each request given 10 s.
-        .args([
-            "--max-examples",
-            "60",
-            "--request-timeout",
-            "10",
-            "--workers",
-            "2",
-        ])
+        // phase, each request given 10 s. One worker: with two threads the
+        // generator's parsing of its own source trips a CPython 3.11 bug
+        // ("AST constructor recursion depth mismatch") and the run errors.
+        .args(["--max-examples", "60", "--request-timeout", "10"])
+        .args(["--workers", "1"])
         .args(["--generation-database", "none", "--no-color"])
         .args(["--report", "junit", "--report-dir"])
         .arg(&reports)
@@ -94,25 +89,10 @@ async fn ingest_answers_as_its_openapi_document_says() {
         assert_eq!(status, 201, "{path}: {answer}");
     }
 
-    // Schemathesis' own coverage phase fails to generate from the batch
-    // body (a Hypothesis "flaky" error inside its generator, before any
-    // request): the batch runs without that phase, everything else with it.
     let url = ingest.url("/v1/openapi.json");
     let header = format!("Authorization: Bearer {key}");
-    let batch = "/v1/notifications/batch";
     let started = Instant::now();
-    let mut cases = 0;
-    for scope in [
-        vec!["--exclude-path", batch],
-        vec![
-            "--include-path",
-            batch,
-            "--phases",
-            "examples,fuzzing,stateful",
-        ],
-    ] {
-        cases += run(&binary, &url, &header, &scope).await;
-    }
+    let cases = run(&binary, &url, &header).await;
     println!(
         "schemathesis: {cases} cases in {:.0} s",
         started.elapsed().as_secs_f64()
