@@ -23,8 +23,11 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// Runs Schemathesis over every operation, fails the test on any failure
 /// or error, and answers how many cases it generated.
 async fn run(binary: &PathBuf, url: &str, header: &str) -> u64 {
+    // Its reports and cache go to a folder of their own, not the tree.
     let reports = temp_path("schemathesis");
+    std::fs::create_dir_all(&reports).expect("report folder");
     let output = tokio::process::Command::new(binary)
+        .current_dir(&reports)
         .arg("run")
         .arg(url)
         .args(["--checks", CHECKS])
