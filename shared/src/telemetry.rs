@@ -1,4 +1,7 @@
-//! Logs (tracing, JSON or pretty) and metrics (a Prometheus recorder).
+//! Logs (tracing, JSON or pretty) and metrics (a Prometheus recorder, and
+//! in [`catalogue`] every metric described and exposed at zero at start).
+
+pub mod catalogue;
 
 use std::{io::IsTerminal, sync::OnceLock};
 
@@ -41,8 +44,17 @@ pub fn metrics() -> &'static PrometheusHandle {
         let buckets = [
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
         ];
+        // Rows per group-committed ledger statement: up to the prefetch of
+        // a lane (512). Without buckets of its own it would be exported as
+        // a summary, which cannot be aggregated across replicas.
+        let rows = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
         PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("static buckets are valid")
+            .set_buckets_for_metric(
+                Matcher::Full(catalogue::delivery::LEDGER_BATCH_ROWS.name.into()),
+                &rows,
+            )
             .expect("static buckets are valid")
             .install_recorder()
             .expect("the metrics recorder is installed once per process")

@@ -1,21 +1,6 @@
 //! `worker-push`: delivers the push channel's queues through its provider.
 
-use std::sync::Arc;
-
-use herald::{delivery, model::Channel, providers, shutdown, telemetry};
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = delivery::WorkerConfig::parse_for(Channel::Push);
-    telemetry::init_logging(config.common.log_format);
-    let providers = Arc::new(providers::config::build(Channel::Push, &config.providers)?);
-    let listener = tokio::net::TcpListener::bind(config.listen_addr(Channel::Push)).await?;
-    delivery::run(
-        Channel::Push,
-        config,
-        providers,
-        listener,
-        shutdown::on_signal(),
-    )
-    .await
+    herald::delivery::main(herald::model::Channel::Push).await
 }

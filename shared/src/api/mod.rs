@@ -8,9 +8,11 @@ pub mod client;
 mod config;
 mod extract;
 mod notifications;
+pub mod openapi;
 pub mod problem;
 mod recipients;
 mod timeout;
+mod views;
 
 use std::{
     sync::Arc,
@@ -92,6 +94,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(state: AppState) -> Router {
     let request_timeout = state.request_timeout;
     let v1 = Router::new()
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/notifications", post(notifications::send))
         .route(
             "/notifications/batch",
@@ -148,7 +151,7 @@ pub async fn run(
     let common = &config.common;
     // Install the recorder before anything counts.
     crate::telemetry::metrics();
-    describe_metrics();
+    crate::telemetry::catalogue::ingest(&Names::new(&common.broker_prefix), openapi::routes());
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
     let broker = Broker::new(&common.amqp_url, Names::new(&common.broker_prefix));
     let publisher = Publisher::new(broker.clone());
@@ -207,23 +210,6 @@ pub async fn run(
     pool.close().await;
     tracing::info!("ingest stopped");
     Ok(())
-}
-
-/// Describes the counters of refused and timed-out requests and exposes them
-/// at zero, so a fresh ingest shows them and alerts see zeros, not gaps.
-fn describe_metrics() {
-    metrics::describe_counter!(
-        "herald_api_key_lookups_refused_total",
-        "unknown API keys refused without a database lookup, by reason"
-    );
-    metrics::describe_counter!(
-        "herald_api_timeouts_total",
-        "API requests answered 503 after API_REQUEST_TIMEOUT"
-    );
-    for reason in ["busy", "client_failures"] {
-        metrics::counter!("herald_api_key_lookups_refused_total", "reason" => reason).increment(0);
-    }
-    metrics::counter!("herald_api_timeouts_total").increment(0);
 }
 
 /// Periodic chores: expire idempotency keys, prune idle rate-limit and

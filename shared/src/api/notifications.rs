@@ -7,14 +7,23 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{ApiJson, ApiQuery, AppState, Auth, problem::ApiError};
+use super::{
+    ApiJson, ApiQuery, AppState, Auth,
+    openapi::{CheckedErrors, SendErrors},
+    problem::ApiError,
+    views::{Accepted, BatchAccepted, BatchAnswer, BatchResult, Delivery, NotificationStatus},
+};
 use crate::{
     db::{self, keys::Scope},
     intake::{Commitment, ItemOutcome},
-    model::{FieldError, IdempotencyKey, notification::MAX_BATCH, user::mask},
+    model::{
+        FieldError, IdempotencyKey,
+        notification::{MAX_BATCH, NotificationRequest},
+    },
 };
 
 const REPLAYED: &str = "idempotent-replayed";
@@ -39,7 +48,29 @@ fn location(id: Uuid) -> String {
     format!("/v1/notifications/{id}")
 }
 
-/// `POST /v1/notifications`
+/// Sends a notification
+///
+/// Answered only once the notification is durable. The same
+/// `Idempotency-Key` with the same body within 24 h answers the first
+/// response again, with `Idempotent-Replayed: true`.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    tag = "notifications",
+    request_body = NotificationRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+         description = "Makes a retried send safe: 1 to 255 visible ASCII characters, kept 24 h"),
+    ),
+    responses(
+        (status = 202, description = "Accepted: durable, and on its way", body = Accepted,
+         headers(
+             ("Location" = String, description = "`/v1/notifications/{id}`"),
+             ("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request again"),
+         )),
+        SendErrors,
+    )
+)]
 pub async fn send(
     auth: Auth,
     State(state): State<AppState>,
@@ -54,11 +85,11 @@ pub async fn send(
         .accept(&auth.tenant, body, key, &commitment)
         .await?;
     let id = accepted.value;
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "accepted"})),
-    )
-        .into_response();
+    let body = Accepted {
+        id,
+        status: "accepted",
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     let h = response.headers_mut();
     h.insert(
         header::LOCATION,
@@ -70,13 +101,34 @@ pub async fn send(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+/// The body of a batch. Each item is checked on its own, so a bad one fails
+/// alone: they stay JSON values until then.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    #[schema(value_type = Vec<NotificationRequest>, min_items = 1, max_items = 500)]
     notifications: Vec<Value>,
 }
 
-/// `POST /v1/notifications/batch`: each item answered in order.
+/// Sends up to 500 notifications
+///
+/// Each item is answered in order: accepted, or with its own problem. An
+/// `Idempotency-Key` covers the whole batch.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/batch",
+    tag = "notifications",
+    request_body = BatchBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+         description = "Makes a retried batch safe"),
+    ),
+    responses(
+        (status = 200, description = "One result per item, in order", body = BatchAnswer,
+         headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request again"))),
+        SendErrors,
+    )
+)]
 pub async fn send_batch(
     auth: Auth,
     State(state): State<AppState>,
@@ -102,17 +154,21 @@ pub async fn send_batch(
         .intake
         .accept_batch(&auth.tenant, batch.notifications, key, &commitment)
         .await?;
-    let results: Vec<Value> = accepted
+    let results = accepted
         .value
         .into_iter()
         .map(|item| match item {
-            ItemOutcome::Accepted { id } => json!({
-                "status": 202, "id": id, "location": location(id),
+            ItemOutcome::Accepted { id } => BatchResult::Accepted(BatchAccepted {
+                status: 202,
+                id,
+                location: location(id),
             }),
-            ItemOutcome::Invalid { errors } => ApiError::Invalid(errors).body(),
+            ItemOutcome::Invalid { errors } => {
+                BatchResult::Problem(ApiError::Invalid(errors).body())
+            }
         })
         .collect();
-    let mut response = (StatusCode::OK, Json(json!({ "results": results }))).into_response();
+    let mut response = (StatusCode::OK, Json(BatchAnswer { results })).into_response();
     if accepted.replayed {
         response
             .headers_mut()
@@ -121,9 +177,15 @@ pub async fn send_batch(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+/// A page of deliveries.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
+    /// Deliveries per page, 1 to 500 (100 when left out; others are clamped).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -134,13 +196,23 @@ const MAX_PAGE: i64 = 500;
 /// Statuses after which nothing more happens to a delivery.
 const OPEN_STATUSES: [&str; 3] = ["pending", "deferred", "sending"];
 
-/// `GET /v1/notifications/{id}`
+/// A notification's status and its deliveries
+#[utoipa::path(
+    get,
+    path = "/v1/notifications/{id}",
+    tag = "notifications",
+    params(("id" = Uuid, Path, description = "The id a send answered"), PageQuery),
+    responses(
+        (status = 200, description = "Status, counts per delivery status, a page of deliveries", body = NotificationStatus),
+        CheckedErrors,
+    )
+)]
 pub async fn status(
     auth: Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(page): ApiQuery<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationStatus>, ApiError> {
     auth.require(Scope::Send)?;
     // Another tenant's notification and a malformed id look the same: 404.
     let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("notification"))?;
@@ -172,37 +244,15 @@ pub async fn status(
     let next_cursor = (deliveries.len() as i64 == limit)
         .then(|| deliveries.last().map(|d| d.id))
         .flatten();
-    let counts: serde_json::Map<String, Value> =
-        counts.into_iter().map(|(s, c)| (s, json!(c))).collect();
-    let deliveries: Vec<Value> = deliveries
-        .into_iter()
-        .map(|d| {
-            json!({
-                "id": d.id,
-                "user_id": d.user_id,
-                "channel": d.channel,
-                "priority": d.lane,
-                "destination": mask(&d.destination),
-                "status": d.status,
-                "reason": d.reason,
-                "attempts": d.attempts,
-                "error_class": d.error_class,
-                "last_error": d.last_error,
-                "deliver_after": d.not_before,
-                "sent_at": d.sent_at,
-                "updated_at": d.updated_at,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "id": n.id,
-        "status": status,
-        "category": n.category,
-        "priority": n.priority,
-        "created_at": n.created_at,
-        "updated_at": n.updated_at,
-        "counts": counts,
-        "deliveries": deliveries,
-        "next_cursor": next_cursor,
-    })))
+    Ok(Json(NotificationStatus {
+        id: n.id,
+        status: status.to_owned(),
+        category: n.category,
+        priority: n.priority,
+        created_at: n.created_at,
+        updated_at: n.updated_at,
+        counts: counts.into_iter().collect(),
+        deliveries: deliveries.into_iter().map(Delivery::from).collect(),
+        next_cursor,
+    }))
 }

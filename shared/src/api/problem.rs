@@ -7,9 +7,30 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{intake::IntakeError, model::FieldError};
+
+/// A problem document (RFC 9457): what every error answers, and each failed
+/// item of a batch.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem, `/problems/<slug>`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^/problems/[a-z-]+$")]
+    pub kind: String,
+    /// The kind in words, the same for every problem of the kind.
+    pub title: String,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// Each invalid field with its path, when the request had invalid fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
 
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -111,18 +132,18 @@ impl ApiError {
     }
 
     /// The problem document, also used for the items of a batch answer.
-    pub fn body(&self) -> serde_json::Value {
+    pub fn body(&self) -> Problem {
         let (status, slug, title) = self.parts();
-        let mut body = json!({
-            "type": format!("/problems/{slug}"),
-            "title": title,
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        if let ApiError::Invalid(errors) = self {
-            body["errors"] = json!(errors);
+        Problem {
+            kind: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors: match self {
+                ApiError::Invalid(errors) => Some(errors.clone()),
+                _ => None,
+            },
         }
-        body
     }
 }
 

@@ -7,9 +7,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::{ApiJson, AppState, Auth, problem::ApiError, put_status};
+use super::{
+    ApiJson, AppState, Auth,
+    openapi::{CheckedErrors, ReadErrors, WriteErrors},
+    problem::ApiError,
+    put_status,
+    views::{Device, Subscription, Topic, User},
+};
 use crate::{
     db::{self, keys::Scope, recipients},
     model::{
@@ -19,9 +26,11 @@ use crate::{
     },
 };
 
-/// Maximum length of a device token; real FCM tokens are ~160 characters,
-/// APNs tokens 64 hex digits.
-const MAX_TOKEN_LEN: usize = 4096;
+/// Longest device token, in bytes; real FCM tokens are ~160 characters,
+/// APNs tokens 64 hex digits. The token is part of the devices table's
+/// primary key, and a btree entry holds at most 2704 bytes: 1 KiB leaves
+/// room for the tenant and user ids (a 4 KiB token failed the insert: 500).
+const MAX_TOKEN_LEN: usize = 1024;
 
 fn invalid(field: &str, message: impl ToString) -> ApiError {
     ApiError::Invalid(vec![FieldError {
@@ -42,7 +51,19 @@ fn manage(auth: &Auth) -> Result<(), ApiError> {
     auth.require(Scope::Manage)
 }
 
-/// `PUT /v1/users/{user_id}`
+/// Creates or replaces a recipient
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}",
+    tag = "recipients",
+    params(("user_id" = UserId, Path, example = "u-1", description = "The recipient's id in your terms")),
+    request_body = Profile,
+    responses(
+        (status = 201, description = "Created", body = User),
+        (status = 200, description = "Replaced", body = User),
+        WriteErrors,
+    )
+)]
 pub async fn put_user(
     auth: Auth,
     State(state): State<AppState>,
@@ -56,42 +77,38 @@ pub async fn put_user(
     let row = recipients::get_user(&state.pool, &auth.tenant, user.as_str())
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    Ok((put_status(created), Json(user_json(&row, Vec::new()))).into_response())
+    Ok((put_status(created), Json(User::new(row, Vec::new()))).into_response())
 }
 
-fn user_json(row: &recipients::UserRow, devices: Vec<recipients::DeviceRow>) -> Value {
-    let devices: Vec<Value> = devices
-        .into_iter()
-        .map(|d| json!({"token": mask(&d.token), "platform": d.platform, "active": d.active, "deactivated_reason": d.deactivated_reason}))
-        .collect();
-    json!({
-        "id": row.id,
-        "name": row.name,
-        "email": row.email,
-        "phone": row.phone,
-        "locale": row.locale,
-        "timezone": row.timezone,
-        "devices": devices,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    })
-}
-
-/// `GET /v1/users/{user_id}`
+/// A recipient's profile and devices
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}",
+    tag = "recipients",
+    params(("user_id" = String, Path, example = "u-1")),
+    responses((status = 200, description = "The profile and devices (tokens masked)", body = User), ReadErrors)
+)]
 pub async fn get_user(
     auth: Auth,
     State(state): State<AppState>,
     Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<User>, ApiError> {
     manage(&auth)?;
     let row = recipients::get_user(&state.pool, &auth.tenant, &user)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     let devices = recipients::list_devices(&state.pool, &auth.tenant, &user).await?;
-    Ok(Json(user_json(&row, devices)))
+    Ok(Json(User::new(row, devices)))
 }
 
-/// `DELETE /v1/users/{user_id}`: erases the user and their addresses.
+/// Erases a recipient with their devices, preferences and subscriptions
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user_id}",
+    tag = "recipients",
+    params(("user_id" = String, Path, example = "u-1")),
+    responses((status = 204, description = "Erased"), ReadErrors)
+)]
 pub async fn delete_user(
     auth: Auth,
     State(state): State<AppState>,
@@ -105,13 +122,30 @@ pub async fn delete_user(
     }
 }
 
-#[derive(Deserialize)]
+/// The body of a device.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceBody {
+    #[schema(value_type = Platform)]
     platform: String,
 }
 
-/// `PUT /v1/users/{user_id}/devices/{token}`
+/// Registers a device token (re-activates a deactivated one)
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}/devices/{token}",
+    tag = "recipients",
+    params(
+        ("user_id" = String, Path, example = "u-1"),
+        ("token" = String, Path, example = "device-token-1", min_length = 1, max_length = 256, description = "The FCM registration token or APNs device token (at most 1024 bytes)"),
+    ),
+    request_body = DeviceBody,
+    responses(
+        (status = 201, description = "Registered", body = Device),
+        (status = 200, description = "Already registered; active again", body = Device),
+        WriteErrors,
+    )
+)]
 pub async fn put_device(
     auth: Auth,
     State(state): State<AppState>,
@@ -122,7 +156,7 @@ pub async fn put_device(
     if token.is_empty() || token.len() > MAX_TOKEN_LEN || token.chars().any(char::is_control) {
         return Err(invalid(
             "token",
-            format!("must be 1 to {MAX_TOKEN_LEN} printable characters"),
+            format!("must be 1 to {MAX_TOKEN_LEN} bytes of printable characters"),
         ));
     }
     let body: DeviceBody = serde_path_to_error::deserialize(body)
@@ -132,13 +166,25 @@ pub async fn put_device(
         None => Err(ApiError::NotFound("user")),
         Some(created) => Ok((
             put_status(created),
-            Json(json!({"token": mask(&token), "platform": platform, "active": true})),
+            Json(Device {
+                token: mask(&token),
+                platform: platform.as_str().to_owned(),
+                active: true,
+                deactivated_reason: None,
+            }),
         )
             .into_response()),
     }
 }
 
-/// `DELETE /v1/users/{user_id}/devices/{token}`
+/// Removes a device token
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user_id}/devices/{token}",
+    tag = "recipients",
+    params(("user_id" = String, Path, example = "u-1"), ("token" = String, Path, example = "device-token-1")),
+    responses((status = 204, description = "Removed"), ReadErrors)
+)]
 pub async fn delete_device(
     auth: Auth,
     State(state): State<AppState>,
@@ -152,13 +198,21 @@ pub async fn delete_device(
     }
 }
 
-/// `PUT /v1/users/{user_id}/preferences`
+/// Sets a recipient's preferences
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}/preferences",
+    tag = "recipients",
+    params(("user_id" = String, Path, example = "u-1")),
+    request_body = Preferences,
+    responses((status = 200, description = "The effective preferences, every channel listed", body = Preferences), WriteErrors)
+)]
 pub async fn put_preferences(
     auth: Auth,
     State(state): State<AppState>,
     Path(user): Path<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Preferences>, ApiError> {
     manage(&auth)?;
     let prefs = Preferences::parse(body).map_err(ApiError::Invalid)?;
     if !recipients::put_preferences(&state.pool, &auth.tenant, &user, &prefs).await? {
@@ -167,12 +221,19 @@ pub async fn put_preferences(
     Ok(Json(prefs.effective()))
 }
 
-/// `GET /v1/users/{user_id}/preferences`: the effective preferences.
+/// A recipient's effective preferences
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/preferences",
+    tag = "recipients",
+    params(("user_id" = String, Path, example = "u-1")),
+    responses((status = 200, description = "The effective preferences, every channel listed", body = Preferences), ReadErrors)
+)]
 pub async fn get_preferences(
     auth: Auth,
     State(state): State<AppState>,
     Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Preferences>, ApiError> {
     manage(&auth)?;
     let prefs = recipients::get_preferences(&state.pool, &auth.tenant, &user)
         .await?
@@ -180,7 +241,18 @@ pub async fn get_preferences(
     Ok(Json(prefs.effective()))
 }
 
-/// `PUT /v1/topics/{topic}/subscribers/{user_id}`
+/// Subscribes a recipient to a topic
+#[utoipa::path(
+    put,
+    path = "/v1/topics/{topic}/subscribers/{user_id}",
+    tag = "recipients",
+    params(("topic" = TopicName, Path, example = "news"), ("user_id" = String, Path, example = "u-1")),
+    responses(
+        (status = 201, description = "Subscribed", body = Subscription),
+        (status = 200, description = "Already subscribed", body = Subscription),
+        CheckedErrors,
+    )
+)]
 pub async fn subscribe(
     auth: Auth,
     State(state): State<AppState>,
@@ -192,13 +264,24 @@ pub async fn subscribe(
         None => Err(ApiError::NotFound("user")),
         Some(created) => Ok((
             put_status(created),
-            Json(json!({"topic": topic, "user_id": user, "subscribed": true})),
+            Json(Subscription {
+                topic: topic.to_string(),
+                user_id: user,
+                subscribed: true,
+            }),
         )
             .into_response()),
     }
 }
 
-/// `DELETE /v1/topics/{topic}/subscribers/{user_id}`
+/// Unsubscribes a recipient from a topic
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{topic}/subscribers/{user_id}",
+    tag = "recipients",
+    params(("topic" = String, Path, example = "news"), ("user_id" = String, Path, example = "u-1")),
+    responses((status = 204, description = "Unsubscribed"), ReadErrors)
+)]
 pub async fn unsubscribe(
     auth: Auth,
     State(state): State<AppState>,
@@ -212,13 +295,20 @@ pub async fn unsubscribe(
     }
 }
 
-/// `GET /v1/topics/{topic}`: the subscriber count.
+/// A topic's subscriber count
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}",
+    tag = "recipients",
+    params(("topic" = String, Path, example = "news")),
+    responses((status = 200, description = "The subscriber count", body = Topic), ReadErrors)
+)]
 pub async fn get_topic(
     auth: Auth,
     State(state): State<AppState>,
     Path(topic): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Topic>, ApiError> {
     manage(&auth)?;
-    let count = db::recipients::subscriber_count(&state.pool, &auth.tenant, &topic).await?;
-    Ok(Json(json!({"topic": topic, "subscribers": count})))
+    let subscribers = db::recipients::subscriber_count(&state.pool, &auth.tenant, &topic).await?;
+    Ok(Json(Topic { topic, subscribers }))
 }

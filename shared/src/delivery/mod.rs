@@ -28,6 +28,7 @@ use crate::{
     model::{Channel, Lane},
     ops,
     providers::Providers,
+    telemetry::catalogue,
 };
 use engine::Engine;
 
@@ -105,6 +106,24 @@ pub fn prefetch(lane: Lane) -> u16 {
     }
 }
 
+/// The whole of a `worker-<channel>` binary: reads its settings, starts
+/// logging, builds the channel's providers and runs until SIGTERM. The three
+/// worker binaries differ only in the channel they pass.
+pub async fn main(channel: Channel) -> anyhow::Result<()> {
+    let config = WorkerConfig::parse_for(channel);
+    crate::telemetry::init_logging(config.common.log_format);
+    let providers = Arc::new(crate::providers::config::build(channel, &config.providers)?);
+    let listener = TcpListener::bind(config.listen_addr(channel)).await?;
+    run(
+        channel,
+        config,
+        providers,
+        listener,
+        crate::shutdown::on_signal(),
+    )
+    .await
+}
+
 /// How often a worker re-reads its replica count and queue depths.
 const REFRESH: Duration = Duration::from_secs(5);
 
@@ -117,6 +136,13 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = ops::Service::start(&config.common)?;
+    catalogue::worker(&catalogue::WorkerLabels {
+        channel,
+        names: service.broker.names(),
+        providers: providers.names(),
+        failover: providers.failover_names(),
+        tiers: config.common.retry_schedule.delays().len(),
+    });
     let publisher = Publisher::new(service.broker.clone());
     let engine = Arc::new(Engine::new(
         channel,

@@ -15,7 +15,8 @@ use crate::config::RetrySchedule;
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Wait in the tier queue of this delay, then try again.
+    /// Wait in the tier queue of this delay, then try again. `tier` is the
+    /// retry's place in the schedule, 1 for the first retry.
     Retry { delay: Duration, tier: usize },
     /// The schedule is exhausted: the delivery is dead.
     GiveUp,
@@ -46,15 +47,15 @@ impl RetryPolicy {
     /// After `attempts` attempts failed: the tier to wait in, or give up.
     /// A provider's `Retry-After` is honoured by rounding up to a tier.
     pub fn after_failure(&self, attempts: u32, retry_after: Option<Duration>) -> Next {
-        let tier = attempts.saturating_sub(1) as usize;
-        let Some(base) = self.schedule.delays().get(tier) else {
+        let index = attempts.saturating_sub(1) as usize;
+        let Some(base) = self.schedule.delays().get(index) else {
             return Next::GiveUp;
         };
         let jittered = jitter(*base);
         let wanted = retry_after.map_or(jittered, |ra| ra.max(jittered));
         Next::Retry {
             delay: self.round_up(wanted),
-            tier,
+            tier: index + 1,
         }
     }
 
@@ -102,7 +103,7 @@ mod tests {
             let Next::Retry { delay, tier } = p.after_failure(1, None) else {
                 panic!()
             };
-            assert_eq!(tier, 0);
+            assert_eq!(tier, 1);
             assert!(
                 [10_000, 11_000, 12_000, 13_000].contains(&(delay.as_millis() as u64)),
                 "{delay:?}"
@@ -110,7 +111,7 @@ mod tests {
             let Next::Retry { delay, tier } = p.after_failure(2, None) else {
                 panic!()
             };
-            assert_eq!(tier, 1);
+            assert_eq!(tier, 2);
             assert!(delay >= Duration::from_secs(60) && delay <= Duration::from_secs(78));
         }
         assert_eq!(p.after_failure(3, None), Next::GiveUp);

@@ -31,6 +31,23 @@ fn check(value: &str, max: usize, extra: &'static str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// The OpenAPI schema of an identifier: 1 to `max` characters, letters,
+/// digits and `extra`.
+fn id_schema(max: usize, extra: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    // A `-` stands last in the character class, where it means itself.
+    let mut class: String = extra.chars().filter(|c| *c != '-').collect();
+    if extra.contains('-') {
+        class.push('-');
+    }
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(format!("^[A-Za-z0-9{class}]+$")))
+        .into()
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $max:expr, $extra:expr) => {
         $(#[$doc])*
@@ -73,6 +90,14 @@ macro_rules! id_type {
                 f.write_str(&self.0)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema($max, $extra)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 

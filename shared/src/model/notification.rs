@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{
     Category, Channel, FieldError, FieldErrors, Lane, TopicName, UserId, find_nul, template,
@@ -28,8 +29,8 @@ const MAX_DATA_BYTES: usize = 64 * 1024;
 /// How far ahead `send_at` may defer; further than that is almost surely a bug.
 const MAX_DEFER_DAYS: i64 = 365;
 
-/// Who a notification goes to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Who a notification goes to: a list of users or a topic's subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Recipients {
     /// An explicit list of 1 to 1000 user ids.
@@ -39,7 +40,7 @@ pub enum Recipients {
 }
 
 /// Push content. Strings may hold `{{var}}` placeholders.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushContent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,10 +53,13 @@ pub struct PushContent {
 }
 
 /// Email content. At least one of `text` and `html`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailContent {
+    /// One line, required: optional here only so that validation can name
+    /// it when it is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = true, max_length = 998)]
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -64,16 +68,19 @@ pub struct EmailContent {
 }
 
 /// SMS content.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmsContent {
+    /// Required; optional here only so that validation can name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = true, max_length = 1600)]
     pub text: Option<String>,
 }
 
 /// Content per channel; a channel without content is never delivered.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct Content {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushContent>,
@@ -116,17 +123,23 @@ struct RawTo {
     topic: Option<String>,
 }
 
-/// A validated notification request. It is what ingest stores and the router reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A validated notification request. It is what ingest stores and the router
+/// reads, and its schema is the body of `POST /v1/notifications` (where
+/// `priority` and `data` may be left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NotificationRequest {
     pub category: Category,
     pub to: Recipients,
+    /// `normal` when left out.
+    #[schema(required = false)]
     pub priority: Lane,
     /// Channels the caller restricted delivery to; `None` means all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1)]
     pub channels: Option<Vec<Channel>>,
     pub content: Content,
-    /// Template variables; always a JSON object.
+    /// Template variables; always a JSON object (`{}` when left out).
+    #[schema(value_type = Object, required = false)]
     pub data: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_at: Option<DateTime<Utc>>,

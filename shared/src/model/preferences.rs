@@ -5,16 +5,21 @@ use std::collections::BTreeMap;
 use chrono::NaiveTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{Category, Channel, FieldError, FieldErrors};
 
 /// A daily window in the recipient's time zone during which `normal` and
 /// `bulk` deliveries are held. It may wrap midnight (`22:00`-`07:00`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct QuietHours {
+    /// `HH:MM`, 24-hour clock.
     #[serde(with = "hhmm")]
+    #[schema(value_type = String, pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub start: NaiveTime,
+    /// `HH:MM`, 24-hour clock; before `start` when the window wraps midnight.
     #[serde(with = "hhmm")]
+    #[schema(value_type = String, pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub end: NaiveTime,
 }
 
@@ -33,8 +38,10 @@ mod hhmm {
     }
 }
 
-/// Stored preferences. Absent entries mean "allowed".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Stored preferences. Absent entries mean "allowed". Also the body of
+/// `PUT /v1/users/{id}/preferences` and, with every channel listed, the
+/// answer of both its `PUT` and `GET`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Preferences {
     #[serde(default)]
     pub channels: BTreeMap<Channel, bool>,
@@ -111,16 +118,14 @@ impl Preferences {
     }
 
     /// The effective preferences: every channel listed with its value.
-    pub fn effective(&self) -> Value {
-        let channels: BTreeMap<_, _> = Channel::ALL
-            .iter()
-            .map(|c| (c.as_str(), self.channels.get(c).copied().unwrap_or(true)))
-            .collect();
-        serde_json::json!({
-            "channels": channels,
-            "categories": self.categories,
-            "quiet_hours": self.quiet_hours,
-        })
+    pub fn effective(&self) -> Preferences {
+        Preferences {
+            channels: Channel::ALL
+                .iter()
+                .map(|c| (*c, self.channels.get(c).copied().unwrap_or(true)))
+                .collect(),
+            ..self.clone()
+        }
     }
 }
 

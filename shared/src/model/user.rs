@@ -2,6 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        RefOr,
+        schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type},
+    },
+};
 
 use super::{FieldError, FieldErrors};
 
@@ -46,6 +53,18 @@ impl EmailAddress {
     }
 }
 
+impl PartialSchema for EmailAddress {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+            .max_length(Some(254))
+            .into()
+    }
+}
+
+impl ToSchema for EmailAddress {}
+
 impl TryFrom<String> for EmailAddress {
     type Error = String;
     fn try_from(value: String) -> Result<Self, String> {
@@ -85,6 +104,17 @@ impl PhoneE164 {
     }
 }
 
+impl PartialSchema for PhoneE164 {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^\+[1-9][0-9]{1,14}$"))
+            .into()
+    }
+}
+
+impl ToSchema for PhoneE164 {}
+
 impl TryFrom<String> for PhoneE164 {
     type Error = String;
     fn try_from(value: String) -> Result<Self, String> {
@@ -98,12 +128,15 @@ impl From<PhoneE164> for String {
     }
 }
 
-/// A recipient's profile as stored and answered by `GET /v1/users/{id}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A recipient's profile as stored, and the body of `PUT /v1/users/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Profile {
+    #[schema(max_length = 200)]
     pub name: Option<String>,
     pub email: Option<EmailAddress>,
     pub phone: Option<PhoneE164>,
+    /// A language tag such as `en` or `pt-BR`.
+    #[schema(max_length = 35, pattern = "^[A-Za-z0-9]{2,3}([-_][A-Za-z0-9]{2,8})*$")]
     pub locale: Option<String>,
     /// IANA time zone name, e.g. `Europe/Paris`; quiet hours are read in it.
     pub timezone: Option<String>,
@@ -180,7 +213,7 @@ impl Profile {
 }
 
 /// A push platform, which decides the provider a device token goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     Fcm,

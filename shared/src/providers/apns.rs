@@ -18,7 +18,6 @@ mod token;
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use reqwest::{Client, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -26,8 +25,8 @@ use serde_json::{Map, Value, json};
 pub use self::token::ApnsKey;
 use self::token::TokenCache;
 use super::{
-    Destination, ErrorClass, Outcome, Provider, PushMessage, Rendered, SendContext,
-    http::{client_builder, retry_after, snippet, transport_outcome},
+    ChannelProvider, Destination, ErrorClass, Outcome, PushMessage, SendContext,
+    http::{Refusal, client_builder, retry_after, snippet, transport_outcome},
 };
 use crate::model::Lane;
 
@@ -155,23 +154,12 @@ impl ApnsProvider {
     }
 }
 
-impl Provider for ApnsProvider {
-    fn name(&self) -> &'static str {
-        "apns"
-    }
+impl ChannelProvider for ApnsProvider {
+    type Message = PushMessage;
+    const NAME: &'static str = "apns";
 
-    fn send<'a>(
-        &'a self,
-        message: &'a Rendered,
-        to: &'a Destination,
-        ctx: &'a SendContext,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            match message {
-                Rendered::Push(push) => self.send_push(push, &to.address, ctx).await,
-                other => Outcome::wrong_channel("apns", other),
-            }
-        })
+    async fn deliver(&self, push: &PushMessage, to: &Destination, ctx: &SendContext) -> Outcome {
+        self.send_push(push, &to.address, ctx).await
     }
 }
 
@@ -220,28 +208,14 @@ pub fn classify(
     } else {
         format!("apns {} {reason_code}", status.as_u16())
     };
-    let permanent = |class, deactivate| Outcome::Permanent {
-        class,
-        reason: reason.clone(),
-        deactivate,
-    };
+    let refusal = Refusal { reason, after };
     match (status.as_u16(), reason_code.as_str()) {
-        (410, _) | (_, "Unregistered") => permanent(ErrorClass::Unregistered, true),
+        (410, _) | (_, "Unregistered") => refusal.deactivate(ErrorClass::Unregistered),
         (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => {
-            permanent(ErrorClass::InvalidAddress, true)
+            refusal.deactivate(ErrorClass::InvalidAddress)
         }
-        (403, _) => permanent(ErrorClass::Auth, false),
-        (429, _) => Outcome::Retry {
-            class: ErrorClass::RateLimited,
-            reason,
-            after,
-        },
-        (500.., _) => Outcome::Retry {
-            class: ErrorClass::Server,
-            reason,
-            after,
-        },
-        _ => permanent(ErrorClass::Rejected, false),
+        (403, _) => refusal.permanent(ErrorClass::Auth),
+        _ => refusal.by_status(status, ErrorClass::Rejected),
     }
 }
 

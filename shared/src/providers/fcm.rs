@@ -24,7 +24,6 @@ mod oauth;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use reqwest::{Client, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -33,7 +32,7 @@ pub use self::errors::classify;
 pub use self::oauth::{DEFAULT_TOKEN_URL, FCM_SCOPE, ServiceAccount};
 use self::{errors::error_code, oauth::TokenSource};
 use super::{
-    Destination, Outcome, Provider, PushMessage, Rendered, SendContext,
+    ChannelProvider, Destination, Outcome, PushMessage, SendContext,
     http::{client_builder, retry_after, transport_outcome},
 };
 use crate::model::Lane;
@@ -119,23 +118,12 @@ impl FcmProvider {
     }
 }
 
-impl Provider for FcmProvider {
-    fn name(&self) -> &'static str {
-        "fcm"
-    }
+impl ChannelProvider for FcmProvider {
+    type Message = PushMessage;
+    const NAME: &'static str = "fcm";
 
-    fn send<'a>(
-        &'a self,
-        message: &'a Rendered,
-        to: &'a Destination,
-        ctx: &'a SendContext,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            match message {
-                Rendered::Push(push) => self.send_push(push, &to.address, ctx).await,
-                other => Outcome::wrong_channel("fcm", other),
-            }
-        })
+    async fn deliver(&self, push: &PushMessage, to: &Destination, ctx: &SendContext) -> Outcome {
+        self.send_push(push, &to.address, ctx).await
     }
 }
 

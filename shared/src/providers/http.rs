@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{
+    StatusCode,
+    header::{HeaderMap, RETRY_AFTER},
+};
 
 use super::{ErrorClass, Outcome};
 
@@ -44,6 +47,56 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
             .to_std()
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// A provider's answer that was not a success, on its way to an [`Outcome`]:
+/// the reason to record and the provider's `Retry-After`. Each provider
+/// decides the class from its own error codes; what the status alone says
+/// is the same for all of them ([`Refusal::by_status`]).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub reason: String,
+    pub after: Option<Duration>,
+}
+
+impl Refusal {
+    /// Worth trying again, no sooner than the provider's `Retry-After`.
+    pub fn retry(&self, class: ErrorClass) -> Outcome {
+        Outcome::Retry {
+            class,
+            reason: self.reason.clone(),
+            after: self.after,
+        }
+    }
+
+    /// Will never succeed as is; the address stays in use.
+    pub fn permanent(&self, class: ErrorClass) -> Outcome {
+        Outcome::Permanent {
+            class,
+            reason: self.reason.clone(),
+            deactivate: false,
+        }
+    }
+
+    /// Will never succeed, and the device token is to be deactivated.
+    pub fn deactivate(&self, class: ErrorClass) -> Outcome {
+        Outcome::Permanent {
+            class,
+            reason: self.reason.clone(),
+            deactivate: true,
+        }
+    }
+
+    /// What the status says when no error code of the provider decided:
+    /// 429 is throttling and any 5xx a server failure, both retried;
+    /// anything else is a permanent failure of class `otherwise`.
+    pub fn by_status(&self, status: StatusCode, otherwise: ErrorClass) -> Outcome {
+        match status.as_u16() {
+            429 => self.retry(ErrorClass::RateLimited),
+            500.. => self.retry(ErrorClass::Server),
+            _ => self.permanent(otherwise),
+        }
+    }
 }
 
 /// Classifies a request that got no HTTP answer: a timeout, or a connection

@@ -8,14 +8,13 @@
 
 use std::{fmt, time::Duration};
 
-use futures::future::BoxFuture;
 use reqwest::{Client, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Destination, ErrorClass, Outcome, Provider, Rendered, SendContext,
-    http::{client_builder, retry_after, snippet, transport_outcome},
+    ChannelProvider, Destination, EmailMessage, ErrorClass, Outcome, SendContext,
+    http::{Refusal, client_builder, retry_after, snippet, transport_outcome},
 };
 
 /// Sends email through an HTTP API.
@@ -63,49 +62,38 @@ impl fmt::Debug for HttpEmailProvider {
     }
 }
 
-impl Provider for HttpEmailProvider {
-    fn name(&self) -> &'static str {
-        "http"
-    }
+impl ChannelProvider for HttpEmailProvider {
+    type Message = EmailMessage;
+    const NAME: &'static str = "http";
 
-    fn send<'a>(
-        &'a self,
-        message: &'a Rendered,
-        to: &'a Destination,
-        ctx: &'a SendContext,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let Rendered::Email(email) = message else {
-                return Outcome::wrong_channel("http email", message);
-            };
-            let body = Email {
-                from: &self.from,
-                to: &to.address,
-                subject: &email.subject,
-                text: email.text.as_deref(),
-                html: email.html.as_deref(),
-            };
-            // The delivery id as idempotency key: a retry after a lost answer
-            // is not a second email where the API de-duplicates.
-            let mut request = self
-                .http
-                .post(&self.url)
-                .header("Idempotency-Key", ctx.delivery_id.to_string())
-                .json(&body);
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token.expose_secret());
-            }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(err) => return transport_outcome("http email", &err),
-            };
-            let status = response.status();
-            let after = retry_after(response.headers());
-            match response.text().await {
-                Ok(text) => classify(status, &text, after),
-                Err(err) => transport_outcome("http email", &err),
-            }
-        })
+    async fn deliver(&self, email: &EmailMessage, to: &Destination, ctx: &SendContext) -> Outcome {
+        let body = Email {
+            from: &self.from,
+            to: &to.address,
+            subject: &email.subject,
+            text: email.text.as_deref(),
+            html: email.html.as_deref(),
+        };
+        // The delivery id as idempotency key: a retry after a lost answer
+        // is not a second email where the API de-duplicates.
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("Idempotency-Key", ctx.delivery_id.to_string())
+            .json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return transport_outcome("http email", &err),
+        };
+        let status = response.status();
+        let after = retry_after(response.headers());
+        match response.text().await {
+            Ok(text) => classify(status, &text, after),
+            Err(err) => transport_outcome("http email", &err),
+        }
     }
 }
 
@@ -124,25 +112,11 @@ pub fn classify(status: StatusCode, body: &str, after: Option<Duration>) -> Outc
         return Outcome::Sent { provider_id: id };
     }
     let reason = format!("http email {}: {}", status.as_u16(), snippet(body, 300));
-    let permanent = |class| Outcome::Permanent {
-        class,
-        reason: reason.clone(),
-        deactivate: false,
-    };
+    let refusal = Refusal { reason, after };
     match status.as_u16() {
-        429 => Outcome::Retry {
-            class: ErrorClass::RateLimited,
-            reason,
-            after,
-        },
-        500.. => Outcome::Retry {
-            class: ErrorClass::Server,
-            reason,
-            after,
-        },
-        401 | 403 => permanent(ErrorClass::Auth),
-        422 if complains_about_address(body) => permanent(ErrorClass::InvalidAddress),
-        _ => permanent(ErrorClass::Rejected),
+        401 | 403 => refusal.permanent(ErrorClass::Auth),
+        422 if complains_about_address(body) => refusal.permanent(ErrorClass::InvalidAddress),
+        _ => refusal.by_status(status, ErrorClass::Rejected),
     }
 }
 

@@ -61,6 +61,19 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class, in a stable order.
+    pub const ALL: [ErrorClass; 9] = [
+        ErrorClass::Timeout,
+        ErrorClass::Connection,
+        ErrorClass::Server,
+        ErrorClass::RateLimited,
+        ErrorClass::InvalidAddress,
+        ErrorClass::Unregistered,
+        ErrorClass::Rejected,
+        ErrorClass::Auth,
+        ErrorClass::Config,
+    ];
+
     /// Snake-case name, as stored and filtered on.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -131,6 +144,79 @@ pub trait Provider: Send + Sync {
     ) -> BoxFuture<'a, Outcome>;
 }
 
+/// A provider of one channel, written as a plain async method on that
+/// channel's message. Every such provider is a [`Provider`]: a message of
+/// another channel is refused there, in one place, and the boxing `dyn
+/// Provider` needs happens there too.
+pub trait ChannelProvider: Send + Sync {
+    /// The message of the channel it serves.
+    type Message: ChannelMessage;
+    /// Short name for logs and metrics, as [`Provider::name`].
+    const NAME: &'static str;
+
+    /// Sends one message. Never panics on a provider answer; every failure
+    /// is an [`Outcome`].
+    fn deliver(
+        &self,
+        message: &Self::Message,
+        to: &Destination,
+        ctx: &SendContext,
+    ) -> impl Future<Output = Outcome> + Send;
+}
+
+impl<P: ChannelProvider> Provider for P {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn send<'a>(
+        &'a self,
+        message: &'a Rendered,
+        to: &'a Destination,
+        ctx: &'a SendContext,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match P::Message::of(message) {
+                Some(message) => self.deliver(message, to, ctx).await,
+                None => Outcome::wrong_channel(P::NAME, message),
+            }
+        })
+    }
+}
+
+/// A channel's message type, picked out of a [`Rendered`] message.
+pub trait ChannelMessage: Sync {
+    /// The message, if `rendered` is of this channel.
+    fn of(rendered: &Rendered) -> Option<&Self>;
+}
+
+impl ChannelMessage for PushMessage {
+    fn of(rendered: &Rendered) -> Option<&Self> {
+        match rendered {
+            Rendered::Push(push) => Some(push),
+            _ => None,
+        }
+    }
+}
+
+impl ChannelMessage for EmailMessage {
+    fn of(rendered: &Rendered) -> Option<&Self> {
+        match rendered {
+            Rendered::Email(email) => Some(email),
+            _ => None,
+        }
+    }
+}
+
+impl ChannelMessage for SmsMessage {
+    fn of(rendered: &Rendered) -> Option<&Self> {
+        match rendered {
+            Rendered::Sms(sms) => Some(sms),
+            _ => None,
+        }
+    }
+}
+
 /// Chooses the provider for a destination (push: by device platform).
 pub trait Providers: Send + Sync {
     /// The provider that serves `to`.
@@ -139,6 +225,14 @@ pub trait Providers: Send + Sync {
     /// The provider that serves `to` while the first one's circuit is open,
     /// if the channel has one.
     fn failover(&self, _to: &Destination) -> Option<&dyn Provider> {
+        None
+    }
+
+    /// Names of every provider it may choose, for metrics at start.
+    fn names(&self) -> Vec<&'static str>;
+
+    /// The first provider's name and its failover's, if the channel has one.
+    fn failover_names(&self) -> Option<(&'static str, &'static str)> {
         None
     }
 }

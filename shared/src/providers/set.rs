@@ -127,6 +127,15 @@ impl super::Providers for ProviderSet {
             Some(_) => None,
         }
     }
+
+    fn names(&self) -> Vec<&'static str> {
+        ProviderSet::names(self)
+    }
+
+    fn failover_names(&self) -> Option<(&'static str, &'static str)> {
+        let failover = self.failover.as_ref()?;
+        Some((self.other.name(), failover.name()))
+    }
 }
 
 #[cfg(test)]

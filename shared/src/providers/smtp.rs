@@ -19,14 +19,13 @@
 use std::{fmt, time::Duration};
 
 use anyhow::Context as _;
-use futures::future::BoxFuture;
 use lettre::{
     Address, Message,
     message::{Mailbox, MultiPart, SinglePart},
     transport::smtp,
 };
 
-use super::{Destination, EmailMessage, ErrorClass, Outcome, Provider, Rendered, SendContext};
+use super::{ChannelProvider, Destination, EmailMessage, ErrorClass, Outcome, SendContext};
 
 mod sessions;
 
@@ -135,23 +134,12 @@ impl fmt::Debug for SmtpProvider {
     }
 }
 
-impl Provider for SmtpProvider {
-    fn name(&self) -> &'static str {
-        "smtp"
-    }
+impl ChannelProvider for SmtpProvider {
+    type Message = EmailMessage;
+    const NAME: &'static str = "smtp";
 
-    fn send<'a>(
-        &'a self,
-        message: &'a Rendered,
-        to: &'a Destination,
-        ctx: &'a SendContext,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            match message {
-                Rendered::Email(email) => self.send_email(email, &to.address, ctx).await,
-                other => Outcome::wrong_channel("smtp", other),
-            }
-        })
+    async fn deliver(&self, email: &EmailMessage, to: &Destination, ctx: &SendContext) -> Outcome {
+        self.send_email(email, &to.address, ctx).await
     }
 }
 

@@ -17,14 +17,13 @@
 
 use std::{fmt, time::Duration};
 
-use futures::future::BoxFuture;
 use reqwest::{Client, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{
-    Destination, ErrorClass, Outcome, Provider, Rendered, SendContext,
-    http::{client_builder, retry_after, snippet, transport_outcome},
+    ChannelProvider, Destination, ErrorClass, Outcome, SendContext, SmsMessage,
+    http::{Refusal, client_builder, retry_after, snippet, transport_outcome},
 };
 
 /// Twilio's API host.
@@ -105,30 +104,17 @@ impl fmt::Debug for TwilioProvider {
     }
 }
 
-impl Provider for TwilioProvider {
-    fn name(&self) -> &'static str {
-        "twilio"
-    }
+impl ChannelProvider for TwilioProvider {
+    type Message = SmsMessage;
+    const NAME: &'static str = "twilio";
 
-    fn send<'a>(
-        &'a self,
-        message: &'a Rendered,
-        to: &'a Destination,
-        _ctx: &'a SendContext,
-    ) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            match message {
-                Rendered::Sms(sms) => {
-                    let form = [
-                        ("To", to.address.as_str()),
-                        (self.sender_field(), self.from.as_str()),
-                        ("Body", sms.text.as_str()),
-                    ];
-                    self.post_message(&form).await
-                }
-                other => Outcome::wrong_channel("twilio", other),
-            }
-        })
+    async fn deliver(&self, sms: &SmsMessage, to: &Destination, _ctx: &SendContext) -> Outcome {
+        let form = [
+            ("To", to.address.as_str()),
+            (self.sender_field(), self.from.as_str()),
+            ("Body", sms.text.as_str()),
+        ];
+        self.post_message(&form).await
     }
 }
 
@@ -165,24 +151,14 @@ pub fn classify(status: StatusCode, body: &str, after: Option<Duration>) -> Outc
         ),
         None => format!("twilio {}: {}", status.as_u16(), snippet(body, 300)),
     };
-    let permanent = |class| Outcome::Permanent {
-        class,
-        reason: reason.clone(),
-        // An SMS number is not a device token: nothing to deactivate.
-        deactivate: false,
-    };
-    let retry = |class| Outcome::Retry {
-        class,
-        reason: reason.clone(),
-        after,
-    };
+    // An SMS number is not a device token: nothing is ever deactivated.
+    let refusal = Refusal { reason, after };
     match (status.as_u16(), err.code) {
-        (_, Some(21211 | 21614 | 21610)) => permanent(ErrorClass::InvalidAddress),
-        (_, Some(21408 | 21612)) => permanent(ErrorClass::Rejected),
-        (_, Some(20003)) | (401, _) => permanent(ErrorClass::Auth),
-        (_, Some(20429)) | (429, _) => retry(ErrorClass::RateLimited),
-        (500.., _) => retry(ErrorClass::Server),
-        _ => permanent(ErrorClass::Rejected),
+        (_, Some(21211 | 21614 | 21610)) => refusal.permanent(ErrorClass::InvalidAddress),
+        (_, Some(21408 | 21612)) => refusal.permanent(ErrorClass::Rejected),
+        (_, Some(20003)) | (401, _) => refusal.permanent(ErrorClass::Auth),
+        (_, Some(20429)) => refusal.retry(ErrorClass::RateLimited),
+        _ => refusal.by_status(status, ErrorClass::Rejected),
     }
 }
 

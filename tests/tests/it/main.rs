@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod contract;
 mod delivery;
 mod erasure;
 mod faults_kit;

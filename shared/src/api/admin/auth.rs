@@ -14,6 +14,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header, request::Parts},
     response::{IntoResponse, Redirect, Response},
 };
+use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -121,12 +122,10 @@ impl AdminAuth {
     /// The `Set-Cookie` value of a new session. `Secure` when the request
     /// reached the proxy over HTTPS; plain HTTP only on a local port-forward.
     pub fn session_cookie(&self, secure: bool) -> String {
-        format!(
-            "{COOKIE}={}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{}",
-            self.session(),
-            SESSION.as_secs(),
-            if secure { "; Secure" } else { "" }
-        )
+        session_cookie(self.session(), SESSION)
+            .secure(secure)
+            .build()
+            .to_string()
     }
 
     /// The token a replay confirmation form carries, bound to exactly the
@@ -145,9 +144,10 @@ impl AdminAuth {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-            .any(|value| self.verify("session", value, ""))
+            .flat_map(Cookie::split_parse)
+            .filter_map(Result::ok)
+            .filter(|c| c.name() == COOKIE)
+            .any(|c| self.verify("session", c.value(), ""))
     }
 }
 
@@ -155,9 +155,21 @@ impl AdminAuth {
 #[derive(Debug)]
 pub struct Blocked(pub u64);
 
+/// The session cookie with `value`, living `max_age`: only sent to the admin
+/// pages, never to scripts, never from another site.
+fn session_cookie(value: String, max_age: Duration) -> cookie::CookieBuilder<'static> {
+    Cookie::build((COOKIE, value))
+        .path("/admin")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
+}
+
 /// A cookie that ends the session.
 pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0")
+    session_cookie(String::new(), Duration::ZERO)
+        .build()
+        .to_string()
 }
 
 /// Whether the client reached us over HTTPS (through the ingress).
@@ -277,6 +289,18 @@ mod tests {
         );
         assert!(auth.session_valid(&headers));
         assert!(!other.session_valid(&headers));
+        let set = auth.session_cookie(true);
+        for part in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/admin",
+            "Max-Age=43200",
+            "Secure",
+        ] {
+            assert!(set.contains(part), "{part} missing in {set}");
+        }
+        assert!(!auth.session_cookie(false).contains("Secure"));
+        assert!(clear_cookie().contains("Max-Age=0"));
     }
 
     fn client(last: u8) -> ClientIp {

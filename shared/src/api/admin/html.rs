@@ -1,44 +1,25 @@
-//! Server-rendered HTML for the admin pages: escaping, the page frame and a
-//! few building blocks. Every value that did not come from this file goes
-//! through [`esc`]; there is no other way into the page.
-
-use std::fmt::Write;
+//! Server-rendered HTML for the admin pages: the page frame and a few
+//! building blocks, written with maud, which escapes every value it splices
+//! in: there is no way into a page but through its templates.
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// What a query-string component keeps as is: the unreserved characters of
+/// RFC 3986. Everything else is percent-encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
-/// Percent-encodes a query-string component (everything but unreserved characters).
+/// Percent-encodes a query-string component.
 pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-    out
+    utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// Small and inline: the pages need no stylesheet request, and the content
@@ -90,33 +71,40 @@ pub enum Nav {
 
 /// A complete page: header with navigation (and log-out when signed in),
 /// then `body`.
-pub fn page(title: &str, nav: Nav, signed_in: bool, body: &str) -> String {
+pub fn page(title: &str, nav: Nav, signed_in: bool, body: Markup) -> Markup {
     let link = |href: &str, label: &str, this: Nav| {
-        let class = if nav == this { " class=\"on\"" } else { "" };
-        format!("<a href=\"{href}\"{class}>{label}</a>")
+        html! { a href=(href) class=[(nav == this).then_some("on")] { (label) } }
     };
-    let menu = if signed_in {
-        format!(
-            "{}{}<form method=\"post\" action=\"/admin/logout\"><button class=\"quiet\" type=\"submit\">Log out</button></form>",
-            link("/admin", "Overview", Nav::Overview),
-            link("/admin/dead-letters", "Dead letters", Nav::DeadLetters),
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{} · Herald admin</title><style>{CSS}</style></head>\
-         <body><header><b>Herald</b>{menu}</header><main>{body}</main></body></html>",
-        esc(title)
-    )
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                title { (title) " · Herald admin" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header {
+                    b { "Herald" }
+                    @if signed_in {
+                        (link("/admin", "Overview", Nav::Overview))
+                        (link("/admin/dead-letters", "Dead letters", Nav::DeadLetters))
+                        form method="post" action="/admin/logout" {
+                            button.quiet type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
 }
 
 /// An HTML response with the admin pages' security headers: never cached,
 /// never framed, no script or outside resource of any kind.
-pub fn respond(status: StatusCode, html: String) -> Response {
-    let mut response = (status, html).into_response();
+pub fn respond(status: StatusCode, page: Markup) -> Response {
+    let mut response = (status, page.into_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -139,50 +127,41 @@ pub fn respond(status: StatusCode, html: String) -> Response {
 
 /// An error page.
 pub fn error_page(status: StatusCode, message: &str) -> Response {
-    let body = format!(
-        "<h1>{}</h1><section><p class=\"err\">{}</p><p><a href=\"/admin\">Back to the overview</a></p></section>",
-        esc(status.canonical_reason().unwrap_or("Error")),
-        esc(message)
-    );
-    respond(status, page("Error", Nav::None, true, &body))
+    let body = html! {
+        h1 { (status.canonical_reason().unwrap_or("Error")) }
+        section {
+            p.err { (message) }
+            p { a href="/admin" { "Back to the overview" } }
+        }
+    };
+    respond(status, page("Error", Nav::None, true, body))
 }
 
 /// A table: header cells (a leading `#` right-aligns a numeric column) and
-/// rows of already-escaped cell HTML.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let numeric: Vec<bool> = headers.iter().map(|h| h.starts_with('#')).collect();
-    let mut out = String::from("<table><thead><tr>");
-    for h in headers {
-        let (class, label) = match h.strip_prefix('#') {
-            Some(label) => (" class=\"n\"", label),
-            None => ("", *h),
-        };
-        let _ = write!(out, "<th{class}>{}</th>", esc(label));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in rows {
-        out.push_str("<tr>");
-        for (i, cell) in row.iter().enumerate() {
-            let class = if numeric.get(i) == Some(&true) {
-                " class=\"n\""
-            } else {
-                ""
-            };
-            let _ = write!(out, "<td{class}>{cell}</td>");
+/// rows of cells.
+pub fn table(headers: &[&str], rows: &[Vec<Markup>]) -> Markup {
+    let numeric = |i: usize| headers.get(i).is_some_and(|h| h.starts_with('#'));
+    html! {
+        table {
+            thead { tr {
+                @for (i, h) in headers.iter().enumerate() {
+                    th class=[numeric(i).then_some("n")] { (h.trim_start_matches('#')) }
+                }
+            } }
+            tbody {
+                @for row in rows {
+                    tr { @for (i, cell) in row.iter().enumerate() {
+                        td class=[numeric(i).then_some("n")] { (cell) }
+                    } }
+                }
+            }
         }
-        out.push_str("</tr>");
     }
-    out.push_str("</tbody></table>");
-    out
 }
 
 /// A hidden form field.
-pub fn hidden(name: &str, value: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-        esc(name),
-        esc(value)
-    )
+pub fn hidden(name: &str, value: &str) -> Markup {
+    html! { input type="hidden" name=(name) value=(value); }
 }
 
 /// A time as the pages show it (UTC).
@@ -205,13 +184,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_everything_that_could_open_markup() {
-        assert_eq!(
-            esc(r#"<script>alert("x")</script> & 'y'"#),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+    fn values_are_escaped_and_components_encoded() {
+        let t = table(
+            &["name", "#count"],
+            &[vec![html! { (r#"<b a="'">"#) }, html! { (3) }]],
         );
-        assert_eq!(url_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-        let t = table(&["name", "#count"], &[vec![esc("<b>"), "3".into()]]);
-        assert!(t.contains("<td>&lt;b&gt;</td><td class=\"n\">3</td>"));
+        assert!(
+            t.into_string()
+                .contains("<td>&lt;b a=&quot;'&quot;&gt;</td><td class=\"n\">3</td>")
+        );
+        assert!(
+            hidden("n", "\"><script>")
+                .into_string()
+                .contains("value=\"&quot;&gt;&lt;script&gt;\"")
+        );
+        assert_eq!(url_encode("a b&c=d/é~"), "a%20b%26c%3Dd%2F%C3%A9~");
     }
 }

@@ -21,12 +21,13 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
 };
+use maud::html;
 use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use auth::AdminAuth;
 use auth::{AdminPage, Blocked};
-use html::{Nav, esc};
+use html::Nav;
 
 use super::{AppState, client::ClientIp};
 use crate::config::RetrySchedule;
@@ -69,18 +70,24 @@ struct LoginQuery {
 }
 
 fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
-    let error = error.map_or_else(String::new, |e| {
-        format!("<p class=\"err\" id=\"login-error\">{}</p>", esc(e))
-    });
-    let body = format!(
-        "<h1>Sign in</h1><section style=\"max-width:420px\">{error}\
-         <form method=\"post\" action=\"/admin/login\">{}\
-         <label>Admin key<input type=\"password\" name=\"key\" id=\"key\" autocomplete=\"current-password\" autofocus required></label>\
-         <p><button type=\"submit\" id=\"login\">Sign in</button></p></form>\
-         <p class=\"muted\">The key is the ingest's <code>ADMIN_API_KEY</code>.</p></section>",
-        html::hidden("next", next)
-    );
-    html::respond(status, html::page("Sign in", Nav::None, false, &body))
+    let body = html! {
+        h1 { "Sign in" }
+        section style="max-width:420px" {
+            @if let Some(error) = error {
+                p.err id="login-error" { (error) }
+            }
+            form method="post" action="/admin/login" {
+                (html::hidden("next", next))
+                label {
+                    "Admin key"
+                    input type="password" name="key" id="key" autocomplete="current-password" autofocus required;
+                }
+                p { button type="submit" id="login" { "Sign in" } }
+            }
+            p.muted { "The key is the ingest's " code { "ADMIN_API_KEY" } "." }
+        }
+    };
+    html::respond(status, html::page("Sign in", Nav::None, false, body))
 }
 
 async fn login_form(Query(q): Query<LoginQuery>) -> Response {

@@ -1,14 +1,15 @@
 //! The overview page: deliveries per minute, queue depths and consumers,
 //! dead letters by class.
 
-use std::{collections::BTreeMap, fmt::Write, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{extract::State, http::StatusCode, response::Response};
 use chrono::{DurationRound, Utc};
+use maud::{Markup, html};
 
 use super::{
     auth::AdminPage,
-    html::{self, Nav, esc, table},
+    html::{self, Nav, table},
     selection::Selection,
 };
 use crate::{
@@ -37,13 +38,9 @@ const STATUSES: [(&str, &str); 8] = [
     ("sending", "#5c6bc0"),
 ];
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> String {
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Markup {
     tracing::warn!(error = %e, "admin overview: {what} unavailable");
-    format!(
-        "<p class=\"err\">{} unavailable: {}</p>",
-        esc(what),
-        esc(&e.to_string())
-    )
+    html! { p.err { (what) " unavailable: " (e) } }
 }
 
 /// `GET /admin`: queues, deliveries per minute, dead letters by class.
@@ -71,7 +68,7 @@ pub async fn overview(_: AdminPage, State(state): State<AppState>) -> Response {
     };
     let classes = match classes {
         Ok(rows) if rows.is_empty() => {
-            "<p class=\"muted\">No dead letters in the last 24 hours.</p>".into()
+            html! { p.muted { "No dead letters in the last 24 hours." } }
         }
         Ok(rows) => table(
             &["Error class", "#Dead letters"],
@@ -83,73 +80,66 @@ pub async fn overview(_: AdminPage, State(state): State<AppState>) -> Response {
                         since: Some("24h".into()),
                         ..Default::default()
                     };
-                    vec![
-                        format!(
-                            "<a href=\"/admin/dead-letters?{}\">{}</a>",
-                            esc(&link.query()),
-                            esc(&c.key)
-                        ),
-                        c.count.to_string(),
-                    ]
+                    let href = format!("/admin/dead-letters?{}", link.query());
+                    vec![html! { a href=(href) { (c.key) } }, html! { (c.count) }]
                 })
                 .collect::<Vec<_>>(),
         ),
         Err(e) => unavailable("dead-letter counts", e),
     };
     let unreplayed = match unreplayed {
-        Ok(n) => format!(
-            "<p><a href=\"/admin/dead-letters?unreplayed=1\">{n} dead letter(s)</a> not replayed in the store.</p>"
-        ),
+        Ok(n) => html! {
+            p { a href="/admin/dead-letters?unreplayed=1" { (n) " dead letter(s)" } " not replayed in the store." }
+        },
         Err(e) => unavailable("dead-letter store", e),
     };
-    let body = format!(
-        "<h1>Overview</h1>\
-         <section id=\"deliveries\"><h2>Deliveries per minute, last 15 minutes</h2>{chart}</section>\
-         <div class=\"grid\"><section id=\"queues\"><h2>Queues</h2>{queues}</section>\
-         <section id=\"dead-letter-classes\"><h2>Dead letters by class, last 24 hours</h2>{classes}{unreplayed}</section></div>"
-    );
+    let body = html! {
+        h1 { "Overview" }
+        section id="deliveries" { h2 { "Deliveries per minute, last 15 minutes" } (chart) }
+        div.grid {
+            section id="queues" { h2 { "Queues" } (queues) }
+            section id="dead-letter-classes" {
+                h2 { "Dead letters by class, last 24 hours" }
+                (classes)
+                (unreplayed)
+            }
+        }
+    };
     html::respond(
         StatusCode::OK,
-        html::page("Overview", Nav::Overview, true, &body),
+        html::page("Overview", Nav::Overview, true, body),
     )
 }
 
 /// Queue depths, with the retry tiers (four jitter steps per tier) summed up
 /// into one row so the work queues stay readable.
-fn queue_table(stats: Vec<QueueStats>, retry_prefix: &str) -> String {
+fn queue_table(stats: Vec<QueueStats>, retry_prefix: &str) -> Markup {
     let (retry, work): (Vec<_>, Vec<_>) = stats
         .into_iter()
         .partition(|q| q.queue.starts_with(retry_prefix));
-    let mut rows: Vec<Vec<String>> = work
+    let mut rows: Vec<Vec<Markup>> = work
         .iter()
         .map(|q| {
             vec![
-                esc(&q.queue),
-                q.messages.to_string(),
-                q.consumers.to_string(),
+                html! { (q.queue) },
+                html! { (q.messages) },
+                html! { (q.consumers) },
             ]
         })
         .collect();
     if !retry.is_empty() {
+        let waiting: u64 = retry.iter().map(|q| u64::from(q.messages)).sum();
         rows.push(vec![
-            format!(
-                "{}* <span class=\"muted\">({} retry tiers)</span>",
-                esc(retry_prefix),
-                retry.len()
-            ),
-            retry
-                .iter()
-                .map(|q| u64::from(q.messages))
-                .sum::<u64>()
-                .to_string(),
-            "–".into(),
+            html! { (retry_prefix) "* " span.muted { "(" (retry.len()) " retry tiers)" } },
+            html! { (waiting) },
+            html! { "–" },
         ]);
     }
     table(&["Queue", "#Messages", "#Consumers"], &rows)
 }
 
 /// A table of the last 15 minutes, one row a minute, with a stacked bar.
-fn minute_chart(rows: &[activity::MinuteCount]) -> String {
+fn minute_chart(rows: &[activity::MinuteCount]) -> Markup {
     let mut counts: BTreeMap<chrono::DateTime<Utc>, BTreeMap<&str, i64>> = BTreeMap::new();
     let now = Utc::now()
         .duration_trunc(chrono::Duration::minutes(1))
@@ -178,34 +168,30 @@ fn minute_chart(rows: &[activity::MinuteCount]) -> String {
     let mut headers = vec!["Minute (UTC)".to_owned()];
     headers.extend(shown.iter().map(|(s, _)| format!("#{s}")));
     headers.push(String::new());
-    let rows: Vec<Vec<String>> = counts
+    let rows: Vec<Vec<Markup>> = counts
         .iter()
         .map(|(minute, by_status)| {
-            let mut row = vec![minute.format("%H:%M").to_string()];
-            row.extend(
-                shown
-                    .iter()
-                    .map(|(s, _)| by_status.get(s).copied().unwrap_or(0).to_string()),
-            );
-            let mut bar = String::from("<div class=\"bar\">");
-            for (status, colour) in &shown {
-                let n = by_status.get(status).copied().unwrap_or(0);
-                if n > 0 {
-                    let width = (n as f64 / max as f64 * 100.0).max(0.5);
-                    let _ = write!(
-                        bar,
-                        "<span title=\"{status}: {n}\" style=\"width:{width:.1}%;background:{colour}\"></span>"
-                    );
+            let count = |s: &str| by_status.get(s).copied().unwrap_or(0);
+            let mut row = vec![html! { (minute.format("%H:%M")) }];
+            row.extend(shown.iter().map(|(s, _)| html! { (count(s)) }));
+            row.push(html! {
+                div.bar {
+                    @for (status, colour) in &shown {
+                        @let n = count(status);
+                        @if n > 0 {
+                            @let width = (n as f64 / max as f64 * 100.0).max(0.5);
+                            span title={ (status) ": " (n) }
+                                style={ "width:" (format!("{width:.1}")) "%;background:" (colour) } {}
+                        }
+                    }
                 }
-            }
-            bar.push_str("</div>");
-            row.push(bar);
+            });
             row
         })
         .collect();
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    format!(
-        "<div class=\"chart\">{}</div><p class=\"muted\">Deliveries of notifications accepted today (UTC), by the status they reached in each minute.</p>",
-        table(&headers, &rows)
-    )
+    html! {
+        div.chart { (table(&headers, &rows)) }
+        p.muted { "Deliveries of notifications accepted today (UTC), by the status they reached in each minute." }
+    }
 }

@@ -2,20 +2,19 @@
 //! many records the selection takes and carries a signed token; only a POST
 //! with that token for that same selection replays.
 
-use std::fmt::Write;
-
 use axum::{
     Form,
     extract::{Query, State},
     http::StatusCode,
     response::Response,
 };
+use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
     auth::AdminPage,
     dead_letters::page_error,
-    html::{self, Nav, esc, table},
+    html::{self, Nav, table},
     selection::Selection,
 };
 use crate::{
@@ -76,84 +75,68 @@ pub async fn confirm(
     } else {
         "not replayed before"
     };
-    let mut body = format!(
-        "<h1>Replay dead letters</h1><section id=\"confirm\"><p>Selection: <b>{}</b> ({which}).</p>",
-        esc(&sel.describe())
-    );
+    let selection = html! { p { "Selection: " b { (sel.describe()) } " (" (which) ")." } };
     if will == 0 {
-        body.push_str(
-            "<p class=\"notice\" id=\"nothing\">Nothing to replay: no dead letter matches.</p>",
-        );
-        if !sel.again() {
-            let again = sel.with(|s| s.again = Some("1".into()));
-            let _ = write!(
-                body,
-                "<p><a href=\"/admin/replay?{}\">Include dead letters replayed before</a></p>",
-                esc(&again.query())
-            );
-        }
-        body.push_str("</section>");
+        let again = (!sel.again()).then(|| sel.with(|s| s.again = Some("1".into())));
+        let body = html! {
+            h1 { "Replay dead letters" }
+            section id="confirm" {
+                (selection)
+                p.notice id="nothing" { "Nothing to replay: no dead letter matches." }
+                @if let Some(again) = again {
+                    p { a href={ "/admin/replay?" (again.query()) } { "Include dead letters replayed before" } }
+                }
+            }
+        };
         return html::respond(
             StatusCode::OK,
-            html::page("Replay", Nav::DeadLetters, true, &body),
+            html::page("Replay", Nav::DeadLetters, true, body),
         );
     }
-    let _ = write!(
-        body,
-        "<p class=\"notice\"><b id=\"will-replay\">{will}</b> dead letter(s) will be republished to where they came from, \
-         oldest first, at up to {RATE_PER_SEC} per second{}. Deliveries are set back to pending and go through \
-         the worker again; expired ones are dropped there.</p>",
-        if total > will {
-            format!(" ({total} match; the first {will} are taken)")
-        } else {
-            String::new()
-        }
-    );
-    let rows: Vec<Vec<String>> = preview
+    let rows: Vec<Vec<Markup>> = preview
         .iter()
         .map(|d| {
+            let href = format!("/admin/dead-letters/{}", d.id);
             vec![
-                format!(
-                    "<a href=\"/admin/dead-letters/{}\">{}</a>",
-                    d.id,
-                    html::time(d.failed_at)
-                ),
-                esc(d.tenant_id.as_deref().unwrap_or("")),
-                esc(d.channel.as_deref().unwrap_or("")),
-                esc(&d.error_class),
-                esc(&format!("{} {}", d.exchange, d.routing_key)),
+                html! { a href=(href) { (html::time(d.failed_at)) } },
+                html! { (d.tenant_id.as_deref().unwrap_or("")) },
+                html! { (d.channel.as_deref().unwrap_or("")) },
+                html! { (d.error_class) },
+                html! { (d.exchange) " " (d.routing_key) },
             ]
         })
         .collect();
-    body.push_str(&table(
-        &["Failed", "Tenant", "Channel", "Class", "Back to"],
-        &rows,
-    ));
-    if will > PREVIEW {
-        let _ = write!(
-            body,
-            "<p class=\"muted\">… and {} more.</p>",
-            will - PREVIEW
-        );
-    }
-    let mut form = String::from("<form method=\"post\" action=\"/admin/replay\">");
-    for (k, v) in sel.pairs() {
-        form.push_str(&html::hidden(k, &v));
-    }
-    form.push_str(&html::hidden(
-        "token",
-        &admin.auth.replay_token(&sel.query()),
-    ));
-    let _ = write!(
-        form,
-        "<p><button type=\"submit\" class=\"danger\" id=\"confirm-replay\">Replay {will} dead letter(s)</button> \
-         <a href=\"/admin/dead-letters?{}\">Cancel</a></p></form></section>",
-        esc(&sel.with(|s| s.limit = None).query())
-    );
-    body.push_str(&form);
+    let token = admin.auth.replay_token(&sel.query());
+    let cancel = sel.with(|s| s.limit = None);
+    let body = html! {
+        h1 { "Replay dead letters" }
+        section id="confirm" {
+            (selection)
+            p.notice {
+                b id="will-replay" { (will) }
+                " dead letter(s) will be republished to where they came from, oldest first, at up to "
+                (RATE_PER_SEC) " per second"
+                @if total > will { " (" (total) " match; the first " (will) " are taken)" }
+                ". Deliveries are set back to pending and go through the worker again; expired ones are dropped there."
+            }
+            (table(&["Failed", "Tenant", "Channel", "Class", "Back to"], &rows))
+            @if will > PREVIEW {
+                p.muted { "… and " (will - PREVIEW) " more." }
+            }
+            form method="post" action="/admin/replay" {
+                @for (k, v) in sel.pairs() { (html::hidden(k, &v)) }
+                (html::hidden("token", &token))
+                p {
+                    button.danger type="submit" id="confirm-replay" { "Replay " (will) " dead letter(s)" }
+                    " "
+                    a href={ "/admin/dead-letters?" (cancel.query()) } { "Cancel" }
+                }
+            }
+        }
+    };
     html::respond(
         StatusCode::OK,
-        html::page("Replay", Nav::DeadLetters, true, &body),
+        html::page("Replay", Nav::DeadLetters, true, body),
     )
 }
 
@@ -175,14 +158,16 @@ pub async fn run(
     let admin = state.admin.as_ref().expect("mounted with admin");
     let sel = confirmed(&form.selection);
     if !admin.auth.replay_token_valid(&form.token, &sel.query()) {
-        let body = format!(
-            "<h1>Confirmation expired</h1><section><p class=\"err\">This confirmation is too old or does not match the selection. \
-             Nothing was replayed.</p><p><a href=\"/admin/replay?{}\">Confirm again</a></p></section>",
-            esc(&sel.query())
-        );
+        let body = html! {
+            h1 { "Confirmation expired" }
+            section {
+                p.err { "This confirmation is too old or does not match the selection. Nothing was replayed." }
+                p { a href={ "/admin/replay?" (sel.query()) } { "Confirm again" } }
+            }
+        };
         return html::respond(
             StatusCode::FORBIDDEN,
-            html::page("Replay", Nav::DeadLetters, true, &body),
+            html::page("Replay", Nav::DeadLetters, true, body),
         );
     }
     let filter = match sel.filter() {
@@ -207,15 +192,7 @@ pub async fn run(
         Err(e) => return page_error(e),
     };
     let class = if report.failed > 0 { "err" } else { "ok" };
-    let mut body = format!(
-        "<h1>Replay result</h1><section id=\"replay-result\"><p id=\"summary\" class=\"{class}\">\
-         {} selected: <b>{} replayed</b>, {} skipped, {} failed.</p>",
-        report.selected, report.replayed, report.skipped, report.failed
-    );
-    if let Some(why) = &report.stopped {
-        let _ = write!(body, "<p class=\"err\">Stopped early: {}</p>", esc(why));
-    }
-    let rows: Vec<Vec<String>> = report
+    let rows: Vec<Vec<Markup>> = report
         .results
         .iter()
         .map(|r| {
@@ -226,33 +203,33 @@ pub async fn run(
                 Outcome::Failed => "failed",
                 Outcome::NotAttempted => "not attempted",
             };
+            let href = format!("/admin/dead-letters/{}", r.id);
             vec![
-                format!("<a href=\"/admin/dead-letters/{}\">{}</a>", r.id, r.id),
-                esc(r.tenant.as_deref().unwrap_or("")),
-                esc(r.channel.as_deref().unwrap_or("")),
-                esc(&r.error_class),
-                format!(
-                    "<span class=\"tag {}\">{outcome}</span>",
-                    outcome.replace(' ', "-")
-                ),
-                esc(r.detail.as_deref().unwrap_or("")),
+                html! { a href=(href) { (r.id) } },
+                html! { (r.tenant.as_deref().unwrap_or("")) },
+                html! { (r.channel.as_deref().unwrap_or("")) },
+                html! { (r.error_class) },
+                html! { span class={ "tag " (outcome.replace(' ', "-")) } { (outcome) } },
+                html! { (r.detail.as_deref().unwrap_or("")) },
             ]
         })
         .collect();
-    body.push_str(&table(
-        &[
-            "Dead letter",
-            "Tenant",
-            "Channel",
-            "Class",
-            "Outcome",
-            "Detail",
-        ],
-        &rows,
-    ));
-    body.push_str("<p><a href=\"/admin/dead-letters\">Back to the dead letters</a></p></section>");
+    let body = html! {
+        h1 { "Replay result" }
+        section id="replay-result" {
+            p id="summary" class=(class) {
+                (report.selected) " selected: " b { (report.replayed) " replayed" } ", "
+                (report.skipped) " skipped, " (report.failed) " failed."
+            }
+            @if let Some(why) = &report.stopped {
+                p.err { "Stopped early: " (why) }
+            }
+            (table(&["Dead letter", "Tenant", "Channel", "Class", "Outcome", "Detail"], &rows))
+            p { a href="/admin/dead-letters" { "Back to the dead letters" } }
+        }
+    };
     html::respond(
         StatusCode::OK,
-        html::page("Replay result", Nav::DeadLetters, true, &body),
+        html::page("Replay result", Nav::DeadLetters, true, body),
     )
 }

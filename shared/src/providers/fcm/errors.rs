@@ -6,7 +6,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use crate::providers::{ErrorClass, Outcome, http::snippet};
+use crate::providers::{
+    ErrorClass, Outcome,
+    http::{Refusal, snippet},
+};
 
 #[derive(Deserialize, Default)]
 struct ErrorBody {
@@ -82,36 +85,30 @@ pub fn classify(status: StatusCode, body: &str, after: Option<Duration>) -> Outc
         Some(e) if !code.is_empty() => format!("fcm {} {code}: {}", status.as_u16(), e.message),
         _ => format!("fcm {}: {}", status.as_u16(), snippet(body, 200)),
     };
-    let permanent = |class, deactivate| Outcome::Permanent {
-        class,
-        reason: reason.clone(),
-        deactivate,
-    };
-    let retry = |class| Outcome::Retry {
-        class,
-        reason: reason.clone(),
-        after,
-    };
+    let refusal = Refusal { reason, after };
     match (status.as_u16(), code) {
-        (_, "UNREGISTERED") => permanent(ErrorClass::Unregistered, true),
+        (_, "UNREGISTERED") => refusal.deactivate(ErrorClass::Unregistered),
         // Only FCM's explicit `UNREGISTERED` deactivates: any other 404 more
         // likely comes from a wrong base URL or project id, and deactivating
         // every token on it would be a disaster.
         (404, _) => Outcome::Permanent {
             class: ErrorClass::Config,
-            reason: format!("{reason} (check FCM_BASE_URL and FCM_PROJECT_ID)"),
+            reason: format!("{} (check FCM_BASE_URL and FCM_PROJECT_ID)", refusal.reason),
             deactivate: false,
         },
         // The token belongs to another Firebase project: useless to us, but
         // the likelier cause is our project id, so the token is kept.
-        (_, "SENDER_ID_MISMATCH") => permanent(ErrorClass::InvalidAddress, false),
-        (_, "QUOTA_EXCEEDED") | (429, _) => retry(ErrorClass::RateLimited),
-        (_, "UNAVAILABLE" | "INTERNAL") | (500.., _) => retry(ErrorClass::Server),
-        (401 | 403, _) | (_, "THIRD_PARTY_AUTH_ERROR") => permanent(ErrorClass::Auth, false),
+        (_, "SENDER_ID_MISMATCH") => refusal.permanent(ErrorClass::InvalidAddress),
+        // FCM's codes for throttling and failure count whatever the status,
+        // and the status counts before the auth code below: a 5xx naming
+        // `THIRD_PARTY_AUTH_ERROR` is retried.
+        (_, "QUOTA_EXCEEDED") | (429, _) => refusal.retry(ErrorClass::RateLimited),
+        (_, "UNAVAILABLE" | "INTERNAL") | (500.., _) => refusal.retry(ErrorClass::Server),
+        (401 | 403, _) | (_, "THIRD_PARTY_AUTH_ERROR") => refusal.permanent(ErrorClass::Auth),
         (400, _) if err.is_some_and(GoogleError::names_token) => {
-            permanent(ErrorClass::InvalidAddress, true)
+            refusal.deactivate(ErrorClass::InvalidAddress)
         }
-        _ => permanent(ErrorClass::Rejected, false),
+        _ => refusal.permanent(ErrorClass::Rejected),
     }
 }
 

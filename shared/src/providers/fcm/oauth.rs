@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::providers::{
     ErrorClass, Outcome,
-    http::{retry_after, snippet, transport_outcome},
+    http::{Refusal, retry_after, snippet, transport_outcome},
 };
 
 /// Google's token endpoint, used when the credentials file names none.
@@ -229,23 +229,7 @@ fn classify_token_error(status: StatusCode, body: &str, after: Option<Duration>)
             err.error, err.error_description
         )
     };
-    match status.as_u16() {
-        429 => Outcome::Retry {
-            class: ErrorClass::RateLimited,
-            reason,
-            after,
-        },
-        500.. => Outcome::Retry {
-            class: ErrorClass::Server,
-            reason,
-            after,
-        },
-        _ => Outcome::Permanent {
-            class: ErrorClass::Auth,
-            reason,
-            deactivate: false,
-        },
-    }
+    Refusal { reason, after }.by_status(status, ErrorClass::Auth)
 }
 
 #[cfg(test)]

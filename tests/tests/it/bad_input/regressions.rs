@@ -192,3 +192,35 @@ async fn hostile_events_are_dead_lettered_instead_of_stalling_ingest() {
     router.stop().await;
     broker.close().await;
 }
+
+#[tokio::test]
+async fn a_device_token_too_long_for_the_index_is_refused_not_a_500() {
+    let env = TestEnv::new().await;
+    let app = env.spawn_ingest().await;
+    let key = env.key("acme", &[Scope::Manage]).await;
+    let client = herald_tests::Client::new(&app, &key);
+    let put = reqwest::Method::PUT;
+    let (status, _) = client
+        .json(put.clone(), "/v1/users/u-1", Some(json!({})))
+        .await;
+    assert_eq!(status, 201);
+    // 4 KiB of hex: no btree entry holds it, and the insert failed (500).
+    let token: String = (0..256u64)
+        .map(|i| format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    let (status, problem) = problem_of(
+        &app,
+        &key,
+        "PUT",
+        &format!("/v1/users/u-1/devices/{token}"),
+        &json!({"platform": "fcm"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "token");
+    let path = format!("/v1/users/u-1/devices/{}", &token[..1024]);
+    let (status, answer) = client
+        .json(put, &path, Some(json!({"platform": "fcm"})))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+}

@@ -1,10 +1,12 @@
 //! The operator's side: dead letters archived once, filtered, replayed
 //! (dry run, twice, each kind), purged; `heraldctl dlq` and `stats`; the
-//! admin JSON API; and the admin page in a real headless browser.
+//! admin JSON API; the admin page in a real headless browser; and the
+//! metrics every binary shows from its start.
 
 mod admin;
 mod archive;
 mod cli;
+mod metrics;
 mod replaying;
 
 use std::time::Duration;
