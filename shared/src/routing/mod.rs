@@ -76,6 +76,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = ops::Service::start(&config.common)?;
+    crate::telemetry::catalogue::router(service.broker.names());
     let publisher = Publisher::new(service.broker.clone());
     let fanout = Fanout::new(service.pool.clone(), publisher.clone());
     {

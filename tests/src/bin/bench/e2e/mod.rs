@@ -75,6 +75,8 @@ impl Pipeline {
             ("DATABASE_URL", env.database_url.clone()),
             ("AMQP_URL", herald_tests::amqp_url()),
             ("BROKER_PREFIX", env.prefix.clone()),
+            // The environment's schedule, so its cleanup finds every queue.
+            ("RETRY_SCHEDULE", env.schedule.to_string()),
             ("LOG_FORMAT", "json".into()),
             ("RUST_LOG", "warn".into()),
             ("API_KEY_RATE_PER_SEC", "0".into()),
