@@ -1,5 +1,11 @@
 //! `heraldctl`: Herald's operator CLI.
 
+/// mimalloc rather than the system allocator: the request and message
+/// paths allocate and free many small values across threads, and glibc's
+/// malloc spent about a third of ingest's CPU on it (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     herald::ctl::main().await

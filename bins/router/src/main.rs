@@ -1,5 +1,11 @@
 //! `router`: expands accepted notifications into deliveries.
 
+/// mimalloc rather than the system allocator: the request and message
+/// paths allocate and free many small values across threads, and glibc's
+/// malloc spent about a third of ingest's CPU on it (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use herald::{routing, shutdown, telemetry};
 
