@@ -11,7 +11,9 @@ pub struct NewNotification {
     pub tenant_id: String,
     pub category: String,
     pub priority: String,
-    pub request: serde_json::Value,
+    /// The validated request as JSON text: serialised once, straight from
+    /// the typed request, and stored as `jsonb` by the database.
+    pub request: String,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -19,7 +21,7 @@ pub struct NewNotification {
 /// Inserts notifications in one statement (UNNEST).
 pub async fn insert_many<'e>(
     db: impl sqlx::Executor<'e, Database = Postgres>,
-    rows: &[NewNotification],
+    rows: &[&NewNotification],
 ) -> Result<(), sqlx::Error> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut tenants = Vec::with_capacity(rows.len());
@@ -33,13 +35,15 @@ pub async fn insert_many<'e>(
         tenants.push(r.tenant_id.as_str());
         categories.push(r.category.as_str());
         priorities.push(r.priority.as_str());
-        requests.push(r.request.clone());
+        requests.push(r.request.as_str());
         keys.push(r.idempotency_key.as_deref());
         created.push(r.created_at);
     }
     sqlx::query(
         "INSERT INTO notifications (id, tenant_id, category, priority, request, idempotency_key, created_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::timestamptz[])",
+         SELECT u.id, u.tenant, u.category, u.priority, u.request::jsonb, u.key, u.created
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+              AS u(id, tenant, category, priority, request, key, created)",
     )
     .bind(&ids)
     .bind(&tenants)
@@ -53,8 +57,9 @@ pub async fn insert_many<'e>(
     Ok(())
 }
 
-/// Records that the broker confirmed these notifications' routing messages,
-/// and that the requests behind these idempotency keys are durable.
+/// Records that the broker confirmed these notifications' routing messages
+/// (those the router has not routed yet: a routed one needs no mark), and
+/// that the requests behind these idempotency keys are durable.
 /// Committed asynchronously: if the marks are lost in a database crash the
 /// relay merely republishes (the router's fan-out key absorbs the
 /// duplicate), and a replay of the key waits for the relay's grace.
@@ -69,7 +74,8 @@ pub async fn mark_published(
         .await?;
     if !ids.is_empty() {
         sqlx::query(
-            "UPDATE notifications SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+            "UPDATE notifications SET published_at = now()
+             WHERE id = ANY($1) AND published_at IS NULL AND status = 'accepted'",
         )
         .bind(ids)
         .execute(&mut *tx)
@@ -140,7 +146,8 @@ pub async fn lock_unpublished(
 ) -> Result<Vec<NotificationRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM notifications
-         WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+         WHERE status = 'accepted' AND published_at IS NULL
+           AND created_at < now() - make_interval(secs => $1)
          ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     )))
     .bind(grace.as_secs_f64())

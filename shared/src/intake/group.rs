@@ -185,7 +185,7 @@ pub(super) async fn write(
             }
         }
     }
-    let mut rows = Vec::new();
+    let mut rows: Vec<&NewNotification> = Vec::new();
     let mut answers = Vec::with_capacity(shares.len());
     for share in shares {
         let pair = share
@@ -195,7 +195,7 @@ pub(super) async fn write(
         match pair.and_then(|p| taken.remove(&p)) {
             Some(existing) => answers.push(Claimed::Taken(existing)),
             None => {
-                rows.extend(share.rows.iter().cloned());
+                rows.extend(share.rows.iter());
                 answers.push(Claimed::Fresh);
             }
         }
@@ -214,6 +214,9 @@ pub(super) enum Mark {
     Completed { tenant: String, key: String },
 }
 
+/// How long a published mark waits: about the time the router needs.
+const MARK_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// Notes published notifications and completed keys in batches: one
 /// transaction for everything confirmed in the last few milliseconds, not a
 /// commit per request. Committed asynchronously: a lost mark only costs a
@@ -224,14 +227,36 @@ pub(super) async fn mark_published_batches(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Mark>,
 ) {
     let mut marks = Vec::with_capacity(1024);
-    while rx.recv_many(&mut marks, 1024).await > 0 {
-        let mut ids = Vec::new();
+    // Published marks wait [`MARK_DELAY`]: most notifications are routed
+    // meanwhile, and a routed one needs no mark (the update then writes
+    // nothing for it). Completed keys are written at once: a client's
+    // retry waits for them.
+    let mut held: std::collections::VecDeque<(std::time::Instant, Uuid)> = Default::default();
+    let mut open = true;
+    while open || !held.is_empty() {
+        let due_at = held.front().map(|(at, _)| *at + MARK_DELAY);
+        tokio::select! {
+            n = rx.recv_many(&mut marks, 1024), if open => open = n > 0,
+            _ = tokio::time::sleep_until(due_at.unwrap_or_else(std::time::Instant::now).into()),
+                if due_at.is_some() => {}
+        }
+        let now = std::time::Instant::now();
         let mut keys = Vec::new();
         for mark in marks.drain(..) {
             match mark {
-                Mark::Published(id) => ids.push(id),
+                Mark::Published(id) => held.push_back((now, id)),
                 Mark::Completed { tenant, key } => keys.push((tenant, key)),
             }
+        }
+        let mut ids = Vec::new();
+        while held
+            .front()
+            .is_some_and(|(at, _)| !open || *at + MARK_DELAY <= now)
+        {
+            ids.extend(held.pop_front().map(|(_, id)| id));
+        }
+        if ids.is_empty() && keys.is_empty() {
+            continue;
         }
         if let Err(e) = db::notifications::mark_published(&pool, &ids, &keys).await {
             tracing::warn!(error = %e, "could not mark notifications published; the relay will republish them");

@@ -130,7 +130,7 @@ fn prepare(
             tenant_id: tenant.to_owned(),
             category: req.category.as_str().to_owned(),
             priority: lane.clone(),
-            request: serde_json::to_value(&req).expect("serialisable"),
+            request: serde_json::to_string(&req).expect("serialisable"),
             idempotency_key: key.map(|k| k.as_str().to_owned()),
             created_at: now,
         },

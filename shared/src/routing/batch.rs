@@ -17,6 +17,7 @@ use std::{
     sync::Arc,
 };
 
+use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -312,7 +313,7 @@ fn first_routing(
     if matches!(row.status.as_str(), "routed" | "completed") {
         return Ok(None);
     }
-    let req: NotificationRequest = serde_json::from_value(row.request.clone()).map_err(|e| {
+    let req: NotificationRequest = NotificationRequest::deserialize(&row.request).map_err(|e| {
         Err(RouteError::Permanent(format!(
             "stored request does not parse: {e}"
         )))

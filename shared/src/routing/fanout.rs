@@ -14,6 +14,7 @@ use std::{
 };
 
 use chrono::Utc;
+use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -221,7 +222,7 @@ impl Fanout {
         if first_pass && matches!(row.status.as_str(), "routed" | "completed") {
             return Ok(());
         }
-        let req: NotificationRequest = serde_json::from_value(row.request.clone())
+        let req: NotificationRequest = NotificationRequest::deserialize(&row.request)
             .map_err(|e| RouteError::Permanent(format!("stored request does not parse: {e}")))?;
         if let Some(replay) = &msg.replay {
             let ids: Vec<&str> = replay.users.iter().map(String::as_str).collect();

@@ -315,12 +315,12 @@ async fn retention_keeps_a_day_that_still_holds_a_delivery() {
     let notification = uuid::Uuid::new_v7(ts);
     herald::db::notifications::insert_many(
         &env.pool,
-        &[NewNotification {
+        &[&NewNotification {
             id: notification,
             tenant_id: "acme".into(),
             category: "reminders".into(),
             priority: "normal".into(),
-            request: json!({}),
+            request: "{}".into(),
             idempotency_key: None,
             created_at: yesterday,
         }],
