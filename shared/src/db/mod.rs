@@ -23,12 +23,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Opens a pool. Connections are made lazily so a process starts (and says
 /// it is not ready) even while the database is down.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    // Plan every statement for its parameters. The delivery partition of the
-    // day starts empty and grows to millions of rows within hours: a generic
-    // plan cached while it was empty (a sequential scan) would stay in use.
-    let options: PgConnectOptions = url
-        .parse::<PgConnectOptions>()?
-        .options([("plan_cache_mode", "force_custom_plan")]);
+    // PostgreSQL's own choice between a custom and a generic plan per
+    // prepared statement. Forcing a custom plan for every execution cost a
+    // planner run per statement, a measurable share of the database's CPU on
+    // the send path (docs/benchmarks.md). The worry it answered, a generic
+    // plan made while the day's delivery partition was empty, is bounded:
+    // every query of the hot path finds its rows by primary key or the
+    // fan-out key whatever the statistics say, and each autoanalyze of the
+    // growing partition invalidates the cached plans that depend on it.
+    let options: PgConnectOptions = url.parse::<PgConnectOptions>()?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         // A request must fail fast with 503 when the database is gone rather

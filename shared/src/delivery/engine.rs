@@ -37,7 +37,7 @@ use crate::{
     broker::{Publisher, consumer::Incoming},
     db::deliveries::{self, CLAIM_LEASE, Claim, ClaimRequest},
     dlq::{self, DeadLetterReason},
-    model::{Channel, message::DeliveryMessage, user::mask},
+    model::{Channel, Lane, message::DeliveryMessage, user::mask},
     outage::{self, Held},
     providers::{Destination, ErrorClass, Outcome, Provider, Providers, SendContext},
 };
@@ -68,7 +68,14 @@ pub struct Engine {
     pub policy: RetryPolicy,
     /// Longest a provider call may take.
     pub timeout: Duration,
-    pub(super) ledger: Ledger,
+    /// The group-committed claims and outcomes: one ledger for `high`, one
+    /// for the other lanes, so a one-time code's claim never waits in line
+    /// behind a batch of bulk ones.
+    ledgers: [Ledger; 2],
+    /// `high` deliveries in flight: `normal` and `bulk` ones wait before
+    /// their claim while there are any (bounded), so on a busy machine a
+    /// draining campaign leaves the CPU and the database to the codes.
+    high_in_flight: std::sync::atomic::AtomicUsize,
     circuits: Mutex<HashMap<&'static str, Arc<Circuit>>>,
     /// Fires [`SETTLE_GRACE`] after shutdown began.
     pub(super) settle_until: CancellationToken,
@@ -87,7 +94,10 @@ impl Engine {
         timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
-        let ledger = Ledger::start(pool.clone(), CLAIM_LEASE, channel);
+        let ledgers = [
+            Ledger::start(pool.clone(), CLAIM_LEASE, channel),
+            Ledger::start(pool.clone(), CLAIM_LEASE, channel),
+        ];
         let settle_until = CancellationToken::new();
         {
             let settle_until = settle_until.clone();
@@ -105,7 +115,8 @@ impl Engine {
             budget,
             policy,
             timeout,
-            ledger,
+            ledgers,
+            high_in_flight: Default::default(),
             circuits: Mutex::default(),
             settle_until,
         }
@@ -143,6 +154,7 @@ impl Engine {
             delivery_id = %msg.delivery_id, channel = %self.channel);
         // `instrument`, not `enter`: an entered guard held across an await
         // would leak the span onto whatever else the thread runs meanwhile.
+        let _high = (msg.lane == Lane::High).then(|| HighGuard::new(&self.high_in_flight));
         match self.deliver(&delivery, &msg, &lost).instrument(span).await {
             Ok(Done::Ack) => {
                 settle.ack(&delivery);
@@ -221,7 +233,9 @@ impl Engine {
             redelivered: delivery.redelivered,
             token: Uuid::new_v4(),
         };
-        let claimed = outage::hold("claim", lost, || self.ledger.claim(claim.clone())).await;
+        self.yield_to_high(msg.lane).await;
+        let ledger = self.ledger(msg.lane);
+        let claimed = outage::hold("claim", lost, || ledger.claim(claim.clone())).await;
         let attempts = match claimed {
             Ok(Claim::Claimed { attempts }) => attempts as u32,
             Ok(Claim::Skip { status }) => {
@@ -336,8 +350,47 @@ impl Engine {
         }
     }
 
+    /// The ledger of `lane`.
+    pub(super) fn ledger(&self, lane: Lane) -> &Ledger {
+        &self.ledgers[usize::from(lane != Lane::High)]
+    }
+
+    /// Waits while `high` deliveries are in flight (at most about 200 ms,
+    /// so a stream of codes slows bulk work down but never stops it).
+    async fn yield_to_high(&self, lane: Lane) {
+        if lane == Lane::High {
+            return;
+        }
+        for _ in 0..100 {
+            if self
+                .high_in_flight
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     pub(super) fn count(&self, outcome: &'static str) {
         metrics::counter!("herald_deliveries_total", "channel" => self.channel.as_str(), "outcome" => outcome).increment(1);
+    }
+}
+
+/// Counts a `high` delivery in flight for as long as it lives.
+struct HighGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> HighGuard<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for HighGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

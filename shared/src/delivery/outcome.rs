@@ -210,7 +210,8 @@ impl Engine {
         outcome: &Settle<'_>,
     ) -> anyhow::Result<()> {
         let request = SettleRequest::new(msg.created_at, msg.delivery_id, token, outcome);
-        self.must("record_outcome", || self.ledger.settle(request.clone()))
+        let ledger = self.ledger(msg.lane);
+        self.must("record_outcome", || ledger.settle(request.clone()))
             .await
     }
 

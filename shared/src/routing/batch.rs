@@ -264,7 +264,7 @@ impl Fanout {
         }
         let mut failed = HashSet::new();
         for (result, at) in self
-            .publisher()
+            .publisher(lane)
             .publish_all(&msgs)
             .await
             .into_iter()

@@ -71,7 +71,10 @@ type CachedPolicy = (Policy, Caps, Instant);
 #[derive(Clone)]
 pub struct Fanout {
     pool: PgPool,
-    publisher: Publisher,
+    /// One confirming publisher (AMQP channel) per lane: confirms come back
+    /// in order per channel, so a `high` delivery published behind a bulk
+    /// page of a thousand would wait for all of their confirms.
+    publishers: Arc<[Publisher; 3]>,
     policies: Arc<Mutex<HashMap<String, CachedPolicy>>>,
     /// `high` routing messages in progress. Work of the other lanes pauses
     /// between its steps while there are any: on two cores, a bulk page's
@@ -126,11 +129,12 @@ pub(super) fn recipient(row: RecipientRow) -> Recipient {
 }
 
 impl Fanout {
-    /// A router writing to `pool` and publishing with `publisher`.
+    /// A router writing to `pool` and publishing on `publisher`'s broker.
     pub fn new(pool: PgPool, publisher: Publisher) -> Self {
+        let broker = publisher.broker().clone();
         Self {
             pool,
-            publisher,
+            publishers: Arc::new(Lane::ALL.map(|_| Publisher::new(broker.clone()))),
             policies: Arc::default(),
             high_in_flight: Arc::default(),
             page_slots: Arc::new(Lane::ALL.map(|l| tokio::sync::Semaphore::new(page_slots(l)))),
@@ -171,9 +175,10 @@ impl Fanout {
         &self.pool
     }
 
-    /// The confirming publisher.
-    pub(super) fn publisher(&self) -> &Publisher {
-        &self.publisher
+    /// The confirming publisher of `lane`.
+    pub(super) fn publisher(&self, lane: Lane) -> &Publisher {
+        let at = Lane::ALL.iter().position(|l| *l == lane).expect("a lane");
+        &self.publishers[at]
     }
 
     /// Waits while `high` work is in flight (bounded, so a stream of codes
@@ -287,7 +292,8 @@ impl Fanout {
     /// lane, checkpointing as it goes so a crash resumes where it stopped.
     async fn enumerate(&self, row: &NotificationRow, topic: &str) -> Result<(), RouteError> {
         db::routing::start_routing(&self.pool, row.id).await?;
-        let names = self.publisher.broker().names();
+        let lane: Lane = row.priority.parse().unwrap_or(Lane::Normal);
+        let names = self.publisher(lane).broker().names();
         let mut cursor = row.route_cursor.clone();
         loop {
             let mut pages = Vec::with_capacity(PAGES_PER_CHECKPOINT);
@@ -325,7 +331,7 @@ impl Fanout {
                 })
                 .collect();
             if let Some(Err(e)) = self
-                .publisher
+                .publisher(lane)
                 .publish_all(&msgs)
                 .await
                 .into_iter()
@@ -388,7 +394,7 @@ impl Fanout {
         ids: &HashMap<DeliveryKey<'_>, Uuid>,
         replay: Option<i64>,
     ) -> Vec<Outgoing> {
-        let names = self.publisher.broker().names();
+        let names = self.publisher(req.priority).broker().names();
         planned
             .iter()
             .filter_map(|p| {
@@ -480,7 +486,7 @@ impl Fanout {
             .collect();
         let msgs = self.messages(row, req, &planned, &pending, replay);
         if let Some(Err(e)) = self
-            .publisher
+            .publisher(lane)
             .publish_all(&msgs)
             .await
             .into_iter()
