@@ -5,9 +5,10 @@
 //! routing message is published with a confirm, and only then is it accepted
 //! (202). If ingest dies between the commit and the confirm, the relay
 //! ([`relay`]) republishes the committed row; the router's fan-out key makes
-//! the possible duplicate harmless. If the publish fails, the row is withdrawn
-//! and the caller gets 503, so a 202 always means "in PostgreSQL and on the
-//! broker". See docs/ingest.md for the trade-off.
+//! the possible duplicate harmless. If the broker certainly holds none of
+//! the messages, the rows are withdrawn and the caller gets 503; if it may
+//! hold them (a confirm timed out), the request is accepted and the messages
+//! published again until confirmed. See docs/ingest.md for the trade-off.
 
 pub mod amqp;
 mod commitment;
