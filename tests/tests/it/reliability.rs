@@ -454,3 +454,90 @@ async fn stopping_hands_back_what_waits_for_the_budget() {
     fast.stop().await;
     p.stop().await;
 }
+
+/// The claim and the outcome of a delivery are tied by the claim's token:
+/// a claim retried after its answer was lost counts its attempt once; a
+/// second worker cannot take a row another one is sending (unless the
+/// broker redelivered the message or the lease ran out); an outcome under
+/// a stale token changes nothing.
+#[tokio::test]
+async fn claims_and_outcomes_are_tied_by_the_claims_token() {
+    let env = herald_tests::TestEnv::new().await;
+    let created = chrono::Utc::now();
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, user_id, channel, lane,
+                                 destination, status)
+         VALUES ($1, $2, $3, 'acme', 'u-1', 'push', 'normal', 'tok', 'pending')",
+    )
+    .bind(id)
+    .bind(created)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let claim = |token: uuid::Uuid, redelivered: bool| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_as::<_, (bool, Option<i32>, Option<String>)>(
+                "SELECT claimed, attempts, status FROM herald_claim_deliveries($1, $2, $3, 120, $4)",
+            )
+            .bind(vec![created])
+            .bind(vec![id])
+            .bind(vec![redelivered])
+            .bind(vec![token])
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let settle = |token: uuid::Uuid, status: &'static str| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(vec![created])
+            .bind(vec![id])
+            .bind(vec![status])
+            .bind(vec![None::<String>])
+            .bind(vec![None::<String>])
+            .bind(vec![None::<String>])
+            .bind(vec![false])
+            .bind(vec![token])
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let first = uuid::Uuid::new_v4();
+    assert_eq!(
+        claim(first, false).await,
+        (true, Some(1), Some("sending".into()))
+    );
+    // The same claim again (its answer was lost): still one attempt.
+    assert_eq!(
+        claim(first, false).await,
+        (true, Some(1), Some("sending".into()))
+    );
+    // Another worker's claim of a row being sent is refused.
+    let second = uuid::Uuid::new_v4();
+    assert_eq!(
+        claim(second, false).await,
+        (false, Some(1), Some("sending".into()))
+    );
+    // A redelivered message takes it over (its holder's channel closed).
+    assert_eq!(
+        claim(second, true).await,
+        (true, Some(2), Some("sending".into()))
+    );
+    // The first holder's outcome comes late: nothing is recorded.
+    assert_eq!(settle(first, "failed").await, 0);
+    assert_eq!(settle(second, "sent").await, 1);
+    // Recorded once: the retried outcome and every later claim change nothing.
+    assert_eq!(settle(second, "sent").await, 0);
+    assert_eq!(
+        claim(uuid::Uuid::new_v4(), true).await,
+        (false, Some(2), Some("sent".into()))
+    );
+}

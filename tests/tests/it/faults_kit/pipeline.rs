@@ -174,6 +174,14 @@ impl Pipeline {
         .with_queues(self.stack.settled_queues().await);
         eprintln!("{report}");
         eprintln!("{}", report.to_json());
+        // Kept for docs/reliability.md: target/faults/<scenario>.json.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/faults");
+        let file = dir.join(format!("{}.json", scenario.replace(['/', ' '], "_")));
+        if let Err(e) = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&file, format!("{:#}", report.to_json())))
+        {
+            eprintln!("could not write {}: {e}", file.display());
+        }
         report
     }
 
