@@ -44,6 +44,16 @@ pub struct CommonConfig {
     /// `json` or `pretty`; default: pretty on a terminal, JSON otherwise.
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// OTLP/HTTP collector to export spans to (its base URL, e.g.
+    /// `http://otel-collector:4318`); unset: spans are not exported, but
+    /// trace context is still carried across processes.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Service name of exported spans; default: the binary's name.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
 }
 
 impl fmt::Debug for CommonConfig {
@@ -189,6 +199,8 @@ mod tests {
             broker_prefix: "herald".into(),
             retry_schedule: RetrySchedule::default(),
             log_format: None,
+            otlp_endpoint: None,
+            service_name: None,
         };
         let debug = format!("{config:?}");
         assert!(

@@ -1,38 +1,54 @@
-//! Logs (tracing, JSON or pretty) and metrics (a Prometheus recorder, and
+//! Logs (tracing, JSON or pretty), traces ([`traces`]: W3C trace context
+//! across processes, OTLP export) and metrics (a Prometheus recorder, and
 //! in [`catalogue`] every metric described and exposed at zero at start).
 
 pub mod catalogue;
+pub mod traces;
 
 use std::{io::IsTerminal, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
-use crate::config::LogFormat;
+use crate::config::{CommonConfig, LogFormat};
 
-/// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`).
-/// Safe to call more than once: later calls are ignored, which tests rely on.
-pub fn init_logging(format: Option<LogFormat>) {
-    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
-        LogFormat::Pretty
-    } else {
-        LogFormat::Json
-    });
+/// Installs the global tracing subscriber: logs (`RUST_LOG` filters them,
+/// default `info`) and the spans' trace context ([`traces::layer`], exported
+/// over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set). `service` names the
+/// process's spans unless `OTEL_SERVICE_NAME` does. Safe to call more than
+/// once: later calls are ignored, which tests rely on.
+pub fn init(common: &CommonConfig, service: &str) {
+    let export = traces::Export {
+        endpoint: common.otlp_endpoint.clone(),
+        service_name: common
+            .service_name
+            .clone()
+            .unwrap_or_else(|| service.to_owned()),
+    };
+    let format = common
+        .log_format
+        .unwrap_or(if std::io::stdout().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        });
+    // The filter is the log's own: trace context must travel whatever
+    // `RUST_LOG` silences, so the span layer filters for itself.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,h2=warn,hyper=warn"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
+    let logs = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces::layer(&export))
+        .try_init();
 }
 
 /// The process-wide Prometheus handle, installing the recorder on first use.

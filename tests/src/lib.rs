@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Server of the tests' databases (no database name).
 pub fn pg_server() -> String {
@@ -113,13 +114,22 @@ impl TestEnv {
 
     /// A fresh environment whose retry tiers are `schedule`.
     pub async fn with_schedule(schedule: &str) -> Self {
-        // Logs go through the test writer, so they show only for failing tests.
-        let _ = tracing_subscriber::fmt()
+        // Logs go through the test writer, so they show only for failing
+        // tests. The binaries run in this process, so it carries their trace
+        // layer too (without export, as they run by default).
+        let logs = tracing_subscriber::fmt::layer()
             .with_test_writer()
-            .with_env_filter(
+            .with_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "info,sqlx=warn,lapin=warn".into()),
-            )
+            );
+        let export = herald::telemetry::traces::Export {
+            endpoint: None,
+            service_name: "herald-tests".into(),
+        };
+        let _ = tracing_subscriber::registry()
+            .with(logs)
+            .with(herald::telemetry::traces::layer(&export))
             .try_init();
         let template = template().await;
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -156,6 +166,8 @@ impl TestEnv {
             broker_prefix: self.prefix.clone(),
             retry_schedule: self.schedule.clone(),
             log_format: Some(LogFormat::Pretty),
+            otlp_endpoint: None,
+            service_name: None,
         }
     }
 

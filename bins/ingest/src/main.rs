@@ -12,7 +12,9 @@ use herald::{api, shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = api::IngestConfig::parse();
-    telemetry::init_logging(config.common.log_format);
+    telemetry::init(&config.common, "ingest");
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    api::run(config, listener, shutdown::on_signal()).await
+    let stopped = api::run(config, listener, shutdown::on_signal()).await;
+    telemetry::traces::shutdown();
+    stopped
 }

@@ -12,7 +12,9 @@ use herald::{routing, shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = routing::RouterConfig::parse();
-    telemetry::init_logging(config.common.log_format);
+    telemetry::init(&config.common, "router");
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    routing::run(config, listener, shutdown::on_signal()).await
+    let stopped = routing::run(config, listener, shutdown::on_signal()).await;
+    telemetry::traces::shutdown();
+    stopped
 }

@@ -30,7 +30,8 @@ use axum::{
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use auth::{Auth, KeyVerifier};
 pub use config::IngestConfig;
@@ -42,6 +43,7 @@ use crate::{
     db,
     intake::{self, Intake},
     ops,
+    telemetry::traces::TraceContext,
 };
 
 /// Largest body of a single request (PRODUCT.md).
@@ -86,6 +88,29 @@ async fn track(req: Request, next: Next) -> Response {
     response
 }
 
+/// The span of one request: a child of the caller's span when the request
+/// carries a `traceparent`, else the root of a new trace. Named by route, not
+/// by path, so ids in paths do not make every request a name of its own.
+fn request_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = route,
+    );
+    let carried = TraceContext::from_http(req.headers());
+    if carried.traceparent().is_some() {
+        // Fails only without the trace layer (nothing to propagate then).
+        let _ = span.set_parent(carried.parent());
+    }
+    span
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal("handler panicked".into()).into_response()
 }
@@ -126,7 +151,12 @@ pub fn router(state: AppState) -> Router {
     }
     // Each layer wraps the ones before it: every answer is counted, a path
     // no resource can have is refused before any handler sees it, and the
-    // timeout bounds extractors and handler alike.
+    // timeout bounds extractors and handler alike. The timeout is Herald's
+    // own, not tower-http's `TimeoutLayer`: that one answers a bare 408,
+    // where a client is owed 503 problem+json with `Retry-After`, and it
+    // cannot give a send that began committing its grace. The trace span is
+    // outermost, so it covers everything the request costs; failures are
+    // logged and counted by the API itself, so the layer logs none.
     app.fallback(not_found)
         .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -137,6 +167,11 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(extract::usable_path))
         .layer(middleware::from_fn(track))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(()),
+        )
         .with_state(state)
 }
 

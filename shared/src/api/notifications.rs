@@ -71,6 +71,7 @@ fn location(id: Uuid) -> String {
         SendErrors,
     )
 )]
+#[tracing::instrument(name = "ingest.accept", skip_all, fields(tenant = %auth.tenant))]
 pub async fn send(
     auth: Auth,
     State(state): State<AppState>,
@@ -129,6 +130,7 @@ pub struct BatchBody {
         SendErrors,
     )
 )]
+#[tracing::instrument(name = "ingest.accept", skip_all, fields(tenant = %auth.tenant))]
 pub async fn send_batch(
     auth: Auth,
     State(state): State<AppState>,

@@ -25,6 +25,7 @@ use lapin::message::Delivery;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{
@@ -40,6 +41,7 @@ use crate::{
     model::{Channel, Lane, message::DeliveryMessage, user::mask},
     outage::{self, Held},
     providers::{Destination, ErrorClass, Outcome, Provider, Providers, SendContext},
+    telemetry::traces::TraceContext,
 };
 
 /// Pause before returning a message that failed on its own (not an outage)
@@ -150,8 +152,14 @@ impl Engine {
                 return dlq::reject(&self.publisher, &delivery, &settle, &reason, &lost).await;
             }
         };
-        let span = tracing::info_span!("deliver", tenant = %msg.tenant_id, notification_id = %msg.notification_id,
+        let span = tracing::info_span!("worker.deliver", tenant = %msg.tenant_id, notification_id = %msg.notification_id,
             delivery_id = %msg.delivery_id, channel = %self.channel);
+        // A child of the routing span, whose context the router (and any
+        // retry tier since) kept in the message's headers.
+        let carried = TraceContext::from_amqp(delivery.properties.headers().as_ref());
+        if carried.traceparent().is_some() {
+            let _ = span.set_parent(carried.parent());
+        }
         // `instrument`, not `enter`: an entered guard held across an await
         // would leak the span onto whatever else the thread runs meanwhile.
         let _high = (msg.lane == Lane::High).then(|| HighGuard::new(&self.high_in_flight));
@@ -276,9 +284,18 @@ impl Engine {
             expires_at: msg.expires_at,
         };
         let started = Instant::now();
+        // The provider's HTTP request carries this span's `traceparent`.
+        let call = tracing::info_span!(
+            "provider.call",
+            otel.kind = "client",
+            provider = provider.name(),
+            attempt = attempts
+        );
         let outcome = match tokio::time::timeout(
             self.timeout,
-            provider.send(&msg.rendered, &msg.destination, &ctx),
+            provider
+                .send(&msg.rendered, &msg.destination, &ctx)
+                .instrument(call),
         )
         .await
         {

@@ -111,17 +111,19 @@ pub fn prefetch(lane: Lane) -> u16 {
 /// worker binaries differ only in the channel they pass.
 pub async fn main(channel: Channel) -> anyhow::Result<()> {
     let config = WorkerConfig::parse_for(channel);
-    crate::telemetry::init_logging(config.common.log_format);
+    crate::telemetry::init(&config.common, engine::source(channel));
     let providers = Arc::new(crate::providers::config::build(channel, &config.providers)?);
     let listener = TcpListener::bind(config.listen_addr(channel)).await?;
-    run(
+    let stopped = run(
         channel,
         config,
         providers,
         listener,
         crate::shutdown::on_signal(),
     )
-    .await
+    .await;
+    crate::telemetry::traces::shutdown();
+    stopped
 }
 
 /// How often a worker re-reads its replica count and queue depths.

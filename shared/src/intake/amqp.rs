@@ -6,6 +6,8 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{Commitment, Intake, IntakeError};
 use crate::{
@@ -18,6 +20,7 @@ use crate::{
     dlq::{self, DeadLetterReason},
     model::{IdempotencyKey, TenantId, notification::MAX_REQUEST_BYTES},
     outage::{self, Held, Unavailable},
+    telemetry::traces::TraceContext,
 };
 
 /// Messages processed at once per ingest replica.
@@ -55,6 +58,13 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
     } = incoming;
     let tenant = delivery.routing_key.as_str().to_owned();
     let headers = delivery.properties.headers().as_ref();
+    // A child of the publisher's span when the message carries a
+    // `traceparent`, else the root of a new trace.
+    let span = tracing::info_span!("ingest.accept", tenant = %tenant, source = "amqp");
+    let carried = TraceContext::from_amqp(headers);
+    if carried.traceparent().is_some() {
+        let _ = span.set_parent(carried.parent());
+    }
     let outcome = outage::hold("ingest", &lost, || async {
         let accepted = match check(intake, &tenant, headers, &delivery.data).await {
             Ok((body, key)) => intake
@@ -72,6 +82,7 @@ async fn handle(intake: &Intake, publisher: &Publisher, incoming: Incoming) {
             other => Ok(other),
         }
     })
+    .instrument(span)
     .await;
     // Only a routing key that can be a tenant is recorded as one.
     let known_tenant = TenantId::parse(tenant.as_str()).ok().map(String::from);

@@ -30,6 +30,7 @@ use crate::{
         notifications::NewNotification,
     },
     model::{FieldError, IdempotencyKey, message::RouteMessage, notification::NotificationRequest},
+    telemetry::traces::TraceContext,
 };
 pub use commitment::Commitment;
 use group::{Claimed, InsertReply, Mark, Share, insert_batches, mark_published_batches};
@@ -382,9 +383,16 @@ impl Intake {
         items: &[&Prepared],
     ) -> Result<(), IntakeError> {
         let names = self.publisher.broker().names();
+        // The accepting span's context travels on, so the router's spans
+        // join the caller's trace (one context for all the items of a batch).
+        let trace = TraceContext::current();
         let msgs: Vec<Outgoing> = items
             .iter()
-            .map(|p| route_message(names, p.row.id, tenant, &p.lane, p.row.created_at))
+            .map(|p| {
+                let mut msg = route_message(names, p.row.id, tenant, &p.lane, p.row.created_at);
+                msg.headers = trace.apply(msg.headers);
+                msg
+            })
             .collect();
         let results = self.publisher.publish_all(&msgs).await;
         let ids: Vec<Uuid> = items.iter().map(|p| p.row.id).collect();

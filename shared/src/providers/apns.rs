@@ -26,7 +26,7 @@ pub use self::token::ApnsKey;
 use self::token::TokenCache;
 use super::{
     ChannelProvider, Destination, ErrorClass, Outcome, PushMessage, SendContext,
-    http::{Refusal, client_builder, retry_after, snippet, transport_outcome},
+    http::{Refusal, client_builder, retry_after, snippet, trace_headers, transport_outcome},
 };
 use crate::model::Lane;
 
@@ -115,6 +115,7 @@ impl ApnsProvider {
         let mut request = self
             .http
             .post(format!("{}/3/device/{token}", self.base_url))
+            .headers(trace_headers())
             .header("authorization", format!("bearer {jwt}"))
             .header("apns-topic", &self.topic)
             .header("apns-push-type", "alert")

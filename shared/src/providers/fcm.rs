@@ -33,7 +33,7 @@ pub use self::oauth::{DEFAULT_TOKEN_URL, FCM_SCOPE, ServiceAccount};
 use self::{errors::error_code, oauth::TokenSource};
 use super::{
     ChannelProvider, Destination, Outcome, PushMessage, SendContext,
-    http::{client_builder, retry_after, transport_outcome},
+    http::{client_builder, retry_after, trace_headers, transport_outcome},
 };
 use crate::model::Lane;
 
@@ -103,6 +103,7 @@ impl FcmProvider {
         let response = self
             .http
             .post(&self.send_url)
+            .headers(trace_headers())
             .bearer_auth(access.expose_secret())
             .json(body)
             .send()

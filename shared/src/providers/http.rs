@@ -28,6 +28,14 @@ pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
         .connect_timeout(timeout.min(Duration::from_secs(5)))
 }
 
+/// The current span's trace context as request headers (`traceparent`, and
+/// `tracestate` when there is one): sent with every provider request from
+/// inside the engine's provider-call span, so the provider's side of a call
+/// can be joined to ours. Empty outside any span.
+pub fn trace_headers() -> HeaderMap {
+    crate::telemetry::traces::TraceContext::current().http_headers()
+}
+
 /// The provider's `Retry-After`, as delta-seconds or an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?;

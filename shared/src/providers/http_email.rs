@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ChannelProvider, Destination, EmailMessage, ErrorClass, Outcome, SendContext,
-    http::{Refusal, client_builder, retry_after, snippet, transport_outcome},
+    http::{Refusal, client_builder, retry_after, snippet, trace_headers, transport_outcome},
 };
 
 /// Sends email through an HTTP API.
@@ -79,6 +79,7 @@ impl ChannelProvider for HttpEmailProvider {
         let mut request = self
             .http
             .post(&self.url)
+            .headers(trace_headers())
             .header("Idempotency-Key", ctx.delivery_id.to_string())
             .json(&body);
         if let Some(token) = &self.token {

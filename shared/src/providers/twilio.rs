@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use super::{
     ChannelProvider, Destination, ErrorClass, Outcome, SendContext, SmsMessage,
-    http::{Refusal, client_builder, retry_after, snippet, transport_outcome},
+    http::{Refusal, client_builder, retry_after, snippet, trace_headers, transport_outcome},
 };
 
 /// Twilio's API host.
@@ -69,6 +69,7 @@ impl TwilioProvider {
         let response = match self
             .http
             .post(&self.messages_url)
+            .headers(trace_headers())
             .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
             .form(form)
             .send()

@@ -33,6 +33,7 @@ use crate::{
         notification::{NotificationRequest, Recipients},
     },
     outage,
+    telemetry::traces::TraceContext,
 };
 
 /// Most routing messages in one batch: a batch's rows and messages stay
@@ -54,10 +55,14 @@ pub enum Routed {
 
 type Reply = oneshot::Sender<Result<Routed, RouteError>>;
 
+/// A routing message queued for the batch, with the trace context of the
+/// span that routes it: its deliveries carry that span's, not the batch's.
+type Job = (RouteMessage, TraceContext, Reply);
+
 /// Collects one lane's routing messages into batches. Cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
-    jobs: mpsc::Sender<(RouteMessage, Reply)>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl Batcher {
@@ -68,16 +73,20 @@ impl Batcher {
         Self { jobs }
     }
 
-    /// Routes `msg` with whatever else is queued.
+    /// Routes `msg` with whatever else is queued; its deliveries carry the
+    /// current span's trace context.
     pub async fn route(&self, msg: RouteMessage) -> Result<Routed, RouteError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || RouteError::Transient(anyhow::anyhow!("the router is stopping"));
-        self.jobs.send((msg, reply)).await.map_err(|_| stopped())?;
+        self.jobs
+            .send((msg, TraceContext::current(), reply))
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
-async fn collect(fanout: Fanout, lane: Lane, mut rx: mpsc::Receiver<(RouteMessage, Reply)>) {
+async fn collect(fanout: Fanout, lane: Lane, mut rx: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(SLOTS));
     let mut queued = Vec::with_capacity(BATCH);
     loop {
@@ -87,12 +96,19 @@ async fn collect(fanout: Fanout, lane: Lane, mut rx: mpsc::Receiver<(RouteMessag
         if rx.recv_many(&mut queued, BATCH).await == 0 {
             return;
         }
-        let (msgs, replies): (Vec<RouteMessage>, Vec<Reply>) = queued.drain(..).unzip();
+        let mut msgs = Vec::with_capacity(queued.len());
+        let mut traces = Vec::with_capacity(queued.len());
+        let mut replies = Vec::with_capacity(queued.len());
+        for (msg, trace, reply) in queued.drain(..) {
+            msgs.push(msg);
+            traces.push(trace);
+            replies.push(reply);
+        }
         let fanout = fanout.clone();
         tokio::spawn(async move {
             metrics::histogram!("herald_router_batch_messages", "lane" => lane.as_str())
                 .record(msgs.len() as f64);
-            let results = fanout.route_batch(&msgs, lane).await;
+            let results = fanout.route_batch(&msgs, &traces, lane).await;
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }
@@ -121,11 +137,13 @@ fn shared(e: &anyhow::Error) -> RouteError {
 }
 
 impl Fanout {
-    /// Routes a batch of routing messages of `lane`; one result per message,
-    /// in order.
+    /// Routes a batch of routing messages of `lane`, each message's
+    /// deliveries carrying its trace context in `traces` (the same order);
+    /// one result per message, in order.
     pub async fn route_batch(
         &self,
         msgs: &[RouteMessage],
+        traces: &[TraceContext],
         lane: Lane,
     ) -> Vec<Result<Routed, RouteError>> {
         let mut results: Vec<Option<Result<Routed, RouteError>>> =
@@ -157,7 +175,7 @@ impl Fanout {
                 Err(routed) => results[at] = Some(routed),
             }
         }
-        if let Err(e) = self.route_work(&work, lane, &mut results).await {
+        if let Err(e) = self.route_work(&work, traces, lane, &mut results).await {
             return fill(results, &e);
         }
         results
@@ -171,6 +189,7 @@ impl Fanout {
     async fn route_work(
         &self,
         work: &[Work],
+        traces: &[TraceContext],
         lane: Lane,
         results: &mut [Option<Result<Routed, RouteError>>],
     ) -> anyhow::Result<()> {
@@ -256,7 +275,8 @@ impl Fanout {
                 .filter(|(p, _)| p.status == Initial::Pending)
                 .map(|(p, r)| (key_of(p), r.id))
                 .collect();
-            for m in self.messages(&w.row, &w.req, plan, &ids, None) {
+            let trace = traces.get(w.at).cloned().unwrap_or_default();
+            for m in self.messages(&w.row, &w.req, plan, &ids, None, &trace) {
                 msgs.push(m);
                 owners.push(w.at);
             }

@@ -36,6 +36,7 @@ use crate::{
         notification::{NotificationRequest, Recipients},
         user::{EmailAddress, PhoneE164, Platform, Profile},
     },
+    telemetry::traces::TraceContext,
 };
 
 /// Subscribers per topic page: big enough that per-page overhead (a few
@@ -318,16 +319,20 @@ impl Fanout {
             if pages.is_empty() {
                 break;
             }
+            // Each page's routing continues the enumerating span's trace.
+            let trace = TraceContext::current();
             let msgs: Vec<Outgoing> = pages
                 .iter()
                 .map(|page| {
-                    RouteMessage {
+                    let mut msg = RouteMessage {
                         notification_id: row.id,
                         tenant_id: row.tenant_id.clone(),
                         page: Some(page.clone()),
                         replay: None,
                     }
-                    .outgoing(names, &row.priority, row.created_at)
+                    .outgoing(names, &row.priority, row.created_at);
+                    msg.headers = trace.apply(msg.headers);
+                    msg
                 })
                 .collect();
             if let Some(Err(e)) = self
@@ -385,7 +390,8 @@ impl Fanout {
     }
 
     /// One message per planned delivery that `ids` names (the stored id of
-    /// each pending one), carrying `replay` when an operator replays it.
+    /// each pending one), carrying `replay` when an operator replays it and
+    /// the routing span's `trace` context.
     pub(super) fn messages(
         &self,
         row: &NotificationRow,
@@ -393,6 +399,7 @@ impl Fanout {
         planned: &[Planned],
         ids: &HashMap<DeliveryKey<'_>, Uuid>,
         replay: Option<i64>,
+        trace: &TraceContext,
     ) -> Vec<Outgoing> {
         let names = self.publisher(req.priority).broker().names();
         planned
@@ -416,6 +423,7 @@ impl Fanout {
                 if let Some(number) = replay {
                     out.headers = out.headers.int(Headers::REPLAY, number);
                 }
+                out.headers = trace.apply(out.headers);
                 Some(out)
             })
             .collect()
@@ -484,7 +492,14 @@ impl Fanout {
                 )
             })
             .collect();
-        let msgs = self.messages(row, req, &planned, &pending, replay);
+        let msgs = self.messages(
+            row,
+            req,
+            &planned,
+            &pending,
+            replay,
+            &TraceContext::current(),
+        );
         if let Some(Err(e)) = self
             .publisher(lane)
             .publish_all(&msgs)

@@ -19,6 +19,8 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     broker::{
@@ -31,6 +33,7 @@ use crate::{
     model::{Lane, message::RouteMessage},
     ops,
     outage::{self, Held},
+    telemetry::traces::TraceContext,
 };
 use batch::{Batcher, Routed};
 use fanout::{Fanout, RouteError};
@@ -143,6 +146,14 @@ async fn handle(
     } = incoming;
     let routed = match serde_json::from_slice::<RouteMessage>(&delivery.data) {
         Ok(msg) => {
+            // A child of the accepting span when the message carries its
+            // `traceparent` (the relay's republished ones do not).
+            let span = tracing::info_span!("router.route", notification_id = %msg.notification_id,
+                tenant = %msg.tenant_id, lane = lane.as_str());
+            let carried = TraceContext::from_amqp(delivery.properties.headers().as_ref());
+            if carried.traceparent().is_some() {
+                let _ = span.set_parent(carried.parent());
+            }
             outage::hold("route", &lost, || async {
                 let outcome = route(fanout, batcher, &msg, lane, delivery.redelivered).await;
                 match outcome {
@@ -151,6 +162,7 @@ async fn handle(
                     Err(RouteError::Transient(e)) => Err(e),
                 }
             })
+            .instrument(span)
             .await
         }
         Err(e) => Ok(Err(format!("routing message does not parse: {e}"))),

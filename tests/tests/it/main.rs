@@ -13,3 +13,4 @@ mod providers;
 mod reliability;
 mod routing;
 mod security;
+mod traces;
