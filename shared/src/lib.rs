@@ -15,6 +15,7 @@ pub mod intake;
 pub mod model;
 pub mod ops;
 pub mod outage;
+pub mod priority;
 pub mod providers;
 pub mod routing;
 pub mod shutdown;

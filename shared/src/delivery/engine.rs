@@ -40,6 +40,7 @@ use crate::{
     dlq::{self, DeadLetterReason},
     model::{Channel, Lane, message::DeliveryMessage, user::mask},
     outage::{self, Held},
+    priority::HighFirst,
     providers::{Destination, ErrorClass, Outcome, Provider, Providers, SendContext},
     telemetry::traces::TraceContext,
 };
@@ -77,7 +78,7 @@ pub struct Engine {
     /// `high` deliveries in flight: `normal` and `bulk` ones wait before
     /// their claim while there are any (bounded), so on a busy machine a
     /// draining campaign leaves the CPU and the database to the codes.
-    high_in_flight: std::sync::atomic::AtomicUsize,
+    high_first: HighFirst,
     circuits: Mutex<HashMap<&'static str, Arc<Circuit>>>,
     /// Fires [`SETTLE_GRACE`] after shutdown began.
     pub(super) settle_until: CancellationToken,
@@ -118,7 +119,7 @@ impl Engine {
             policy,
             timeout,
             ledgers,
-            high_in_flight: Default::default(),
+            high_first: HighFirst::default(),
             circuits: Mutex::default(),
             settle_until,
         }
@@ -162,7 +163,7 @@ impl Engine {
         }
         // `instrument`, not `enter`: an entered guard held across an await
         // would leak the span onto whatever else the thread runs meanwhile.
-        let _high = (msg.lane == Lane::High).then(|| HighGuard::new(&self.high_in_flight));
+        let _high = self.high_first.track(msg.lane);
         match self.deliver(&delivery, &msg, &lost).instrument(span).await {
             Ok(Done::Ack) => {
                 settle.ack(&delivery);
@@ -241,7 +242,7 @@ impl Engine {
             redelivered: delivery.redelivered,
             token: Uuid::new_v4(),
         };
-        self.yield_to_high(msg.lane).await;
+        self.high_first.yield_to_high(msg.lane).await;
         let ledger = self.ledger(msg.lane);
         let claimed = outage::hold("claim", lost, || ledger.claim(claim.clone())).await;
         let attempts = match claimed {
@@ -372,42 +373,8 @@ impl Engine {
         &self.ledgers[usize::from(lane != Lane::High)]
     }
 
-    /// Waits while `high` deliveries are in flight (at most about 200 ms,
-    /// so a stream of codes slows bulk work down but never stops it).
-    async fn yield_to_high(&self, lane: Lane) {
-        if lane == Lane::High {
-            return;
-        }
-        for _ in 0..100 {
-            if self
-                .high_in_flight
-                .load(std::sync::atomic::Ordering::Acquire)
-                == 0
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
     pub(super) fn count(&self, outcome: &'static str) {
         metrics::counter!("herald_deliveries_total", "channel" => self.channel.as_str(), "outcome" => outcome).increment(1);
-    }
-}
-
-/// Counts a `high` delivery in flight for as long as it lives.
-struct HighGuard<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> HighGuard<'a> {
-    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
-        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Self(count)
-    }
-}
-
-impl Drop for HighGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -36,6 +36,7 @@ use crate::{
         notification::{NotificationRequest, Recipients},
         user::{EmailAddress, PhoneE164, Platform, Profile},
     },
+    priority::HighFirst,
     telemetry::traces::TraceContext,
 };
 
@@ -77,11 +78,9 @@ pub struct Fanout {
     /// page of a thousand would wait for all of their confirms.
     publishers: Arc<[Publisher; 3]>,
     policies: Arc<Mutex<HashMap<String, CachedPolicy>>>,
-    /// `high` routing messages in progress. Work of the other lanes pauses
-    /// between its steps while there are any: on two cores, a bulk page's
-    /// insert and publish otherwise compete with a one-time code for CPU
-    /// and database.
-    high_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// `high` routing messages in progress: work of the other lanes pauses
+    /// between its steps while there are any.
+    high_first: HighFirst,
     /// Topic work (enumerating, or routing a page of 1000) in progress per
     /// lane is bounded here rather than by the lane's prefetch, which is
     /// deep for the batches of one-off notifications.
@@ -96,15 +95,6 @@ fn page_slots(lane: Lane) -> usize {
         Lane::High => 8,
         Lane::Normal => 2,
         Lane::Bulk => 1,
-    }
-}
-
-/// Counts a `high` message in flight for as long as it lives.
-struct HighGuard(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for HighGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -137,7 +127,7 @@ impl Fanout {
             pool,
             publishers: Arc::new(Lane::ALL.map(|_| Publisher::new(broker.clone()))),
             policies: Arc::default(),
-            high_in_flight: Arc::default(),
+            high_first: HighFirst::default(),
             page_slots: Arc::new(Lane::ALL.map(|l| tokio::sync::Semaphore::new(page_slots(l)))),
         }
     }
@@ -182,22 +172,9 @@ impl Fanout {
         &self.publishers[at]
     }
 
-    /// Waits while `high` work is in flight (bounded, so a stream of codes
-    /// slows bulk work down but never stops it).
+    /// Waits while `high` work is in flight (bounded).
     pub(super) async fn yield_to_high(&self, lane: Lane) {
-        if lane == Lane::High {
-            return;
-        }
-        for _ in 0..100 {
-            if self
-                .high_in_flight
-                .load(std::sync::atomic::Ordering::Acquire)
-                == 0
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        self.high_first.yield_to_high(lane).await;
     }
 
     /// Routes one message from a route queue; `lane` is the queue's lane,
@@ -209,11 +186,7 @@ impl Fanout {
         lane: Lane,
         redelivered: bool,
     ) -> Result<(), RouteError> {
-        let _high = (lane == Lane::High).then(|| {
-            self.high_in_flight
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            HighGuard(self.high_in_flight.clone())
-        });
+        let _high = self.high_first.track(lane);
         let Some(row) = db::routing::notification(&self.pool, msg.notification_id).await? else {
             // Withdrawn by ingest after a failed publish: nothing to route.
             tracing::info!("notification no longer exists; skipping");

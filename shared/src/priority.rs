@@ -1,0 +1,102 @@
+//! `high` before the rest. Each lane has its own consumer, channel and
+//! prefetch, but on a busy machine they still share the CPU and the
+//! database: a bulk page's insert and publish, or a batch of bulk claims,
+//! compete with a one-time code. The router and the workers therefore count
+//! their `high` work in flight, and `normal` and `bulk` work waits before
+//! each step while there is any: for at most about 200 ms at a time, so a
+//! stream of codes slows bulk work down but never stops it.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::model::Lane;
+
+/// Longest a `normal` or `bulk` step waits for `high` work, in polls.
+const POLLS: u32 = 100;
+/// Pause between two polls.
+const POLL: Duration = Duration::from_millis(2);
+
+/// The `high` work in flight in one process. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct HighFirst(Arc<AtomicUsize>);
+
+impl HighFirst {
+    /// Counts work of `lane` as in flight for as long as the answer lives,
+    /// if `lane` is `high`.
+    pub fn track(&self, lane: Lane) -> Option<InFlight> {
+        (lane == Lane::High).then(|| {
+            self.0.fetch_add(1, Ordering::AcqRel);
+            InFlight(self.0.clone())
+        })
+    }
+
+    /// Waits while `high` work is in flight, unless `lane` is `high`
+    /// (bounded: see the module's documentation).
+    pub async fn yield_to_high(&self, lane: Lane) {
+        if lane == Lane::High {
+            return;
+        }
+        for _ in 0..POLLS {
+            if self.0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// One piece of `high` work in flight, counted until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn other_lanes_wait_for_high_work_but_not_for_ever() {
+        let first = HighFirst::default();
+        assert!(first.track(Lane::Bulk).is_none());
+        let started = std::time::Instant::now();
+        first.yield_to_high(Lane::Bulk).await;
+        assert!(started.elapsed() < POLL, "nothing in flight");
+
+        let code = first.track(Lane::High);
+        let started = std::time::Instant::now();
+        first.yield_to_high(Lane::High).await;
+        assert!(started.elapsed() < POLL, "high never waits");
+        first.yield_to_high(Lane::Bulk).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= POLL * POLLS && waited < Duration::from_secs(2),
+            "bounded: {waited:?}"
+        );
+
+        let waiter = tokio::spawn({
+            let first = first.clone();
+            async move {
+                let started = std::time::Instant::now();
+                first.yield_to_high(Lane::Normal).await;
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(code);
+        let waited = waiter.await.unwrap();
+        assert!(
+            waited >= Duration::from_millis(30) && waited < POLL * POLLS,
+            "released when the high work ends: {waited:?}"
+        );
+    }
+}
