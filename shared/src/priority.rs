@@ -14,49 +14,63 @@ use std::{
     time::Duration,
 };
 
+use tokio::sync::Notify;
+
 use crate::model::Lane;
 
-/// Longest a `normal` or `bulk` step waits for `high` work, in polls.
-const POLLS: u32 = 100;
-/// Pause between two polls.
-const POLL: Duration = Duration::from_millis(2);
+/// Longest a `normal` or `bulk` step waits for `high` work.
+const LONGEST: Duration = Duration::from_millis(200);
 
 /// The `high` work in flight in one process. Cheap to clone.
 #[derive(Clone, Debug, Default)]
-pub struct HighFirst(Arc<AtomicUsize>);
+pub struct HighFirst(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    in_flight: AtomicUsize,
+    /// Woken when the last piece of `high` work ends.
+    idle: Notify,
+}
 
 impl HighFirst {
     /// Counts work of `lane` as in flight for as long as the answer lives,
     /// if `lane` is `high`.
     pub fn track(&self, lane: Lane) -> Option<InFlight> {
         (lane == Lane::High).then(|| {
-            self.0.fetch_add(1, Ordering::AcqRel);
+            self.0.in_flight.fetch_add(1, Ordering::AcqRel);
             InFlight(self.0.clone())
         })
     }
 
     /// Waits while `high` work is in flight, unless `lane` is `high`
-    /// (bounded: see the module's documentation).
+    /// (bounded: see the module's documentation). Waiters sleep until the
+    /// last `high` work ends rather than polling.
     pub async fn yield_to_high(&self, lane: Lane) {
         if lane == Lane::High {
             return;
         }
-        for _ in 0..POLLS {
-            if self.0.load(Ordering::Acquire) == 0 {
+        let deadline = tokio::time::Instant::now() + LONGEST;
+        loop {
+            let idle = self.0.idle.notified();
+            if self.0.in_flight.load(Ordering::Acquire) == 0 {
                 return;
             }
-            tokio::time::sleep(POLL).await;
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
         }
     }
 }
 
 /// One piece of `high` work in flight, counted until dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -70,16 +84,22 @@ mod tests {
         assert!(first.track(Lane::Bulk).is_none());
         let started = std::time::Instant::now();
         first.yield_to_high(Lane::Bulk).await;
-        assert!(started.elapsed() < POLL, "nothing in flight");
+        assert!(
+            started.elapsed() < Duration::from_millis(2),
+            "nothing in flight"
+        );
 
         let code = first.track(Lane::High);
         let started = std::time::Instant::now();
         first.yield_to_high(Lane::High).await;
-        assert!(started.elapsed() < POLL, "high never waits");
+        assert!(
+            started.elapsed() < Duration::from_millis(2),
+            "high never waits"
+        );
         first.yield_to_high(Lane::Bulk).await;
         let waited = started.elapsed();
         assert!(
-            waited >= POLL * POLLS && waited < Duration::from_secs(2),
+            waited >= LONGEST && waited < Duration::from_secs(2),
             "bounded: {waited:?}"
         );
 
@@ -95,7 +115,7 @@ mod tests {
         drop(code);
         let waited = waiter.await.unwrap();
         assert!(
-            waited >= Duration::from_millis(30) && waited < POLL * POLLS,
+            waited >= Duration::from_millis(30) && waited < LONGEST,
             "released when the high work ends: {waited:?}"
         );
     }
