@@ -88,7 +88,10 @@ impl Engine {
                     class: class.as_str(),
                     error: &reason,
                 };
-                self.settle(msg, token, &failed).await?;
+                // The device first: whoever sees the delivery `failed`
+                // then also sees its token inactive (a crash in between
+                // redelivers the message, and deactivating again is
+                // harmless).
                 if deactivate {
                     self.must("deactivate_device", || async {
                         Ok(deliveries::deactivate_device(
@@ -102,6 +105,7 @@ impl Engine {
                     })
                     .await?;
                 }
+                self.settle(msg, token, &failed).await?;
                 self.count("failed");
                 tracing::info!(provider, to = %to, attempts, outcome = "failed", error_class = class.as_str(), error = %reason, deactivated = deactivate, "delivery failed permanently");
             }
