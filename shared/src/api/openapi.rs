@@ -167,7 +167,7 @@ fn problem(status: u16) -> RefOr<openapi::Response> {
         403 => "The key lacks the scope",
         404 => "No such object in the key's tenant",
         409 => {
-            "Idempotency-Key reused with a different body, or its first request still in progress"
+            "Idempotency-Key reused with a different body (`/problems/conflict`: do not retry), or its first request still in progress (`/problems/key-in-progress`, with a `Retry-After` header in seconds: ask again then; the header is absent from the other 409, so it is not declared as always present)"
         }
         413 => "Body over 1 MiB (8 MiB for a batch)",
         415 => "Not `Content-Type: application/json`",
@@ -207,6 +207,7 @@ fn problem(status: u16) -> RefOr<openapi::Response> {
             )
         }
         429 | 503 => response = response.header("Retry-After", seconds()),
+
         _ => {}
     }
     RefOr::T(response.build())

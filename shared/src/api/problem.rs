@@ -43,6 +43,11 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// The first request with this `Idempotency-Key` is still between
+    /// commit and confirm (or its process died there and the relay has not
+    /// taken it over yet): `Retry-After` says when to ask again.
+    #[error("a request with this Idempotency-Key is still in progress; retry after {0} s")]
+    KeyInProgress(u64),
     #[error("the request has invalid fields")]
     Invalid(Vec<FieldError>),
     #[error("{0}")]
@@ -78,6 +83,11 @@ impl ApiError {
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            KeyInProgress(_) => (
+                StatusCode::CONFLICT,
+                "key-in-progress",
+                "Request in progress",
+            ),
             Invalid(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-request",
@@ -165,7 +175,9 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            ApiError::RateLimited(secs) | ApiError::TooManyFailures(secs) => {
+            ApiError::RateLimited(secs)
+            | ApiError::TooManyFailures(secs)
+            | ApiError::KeyInProgress(secs) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             // Long enough for a broker or database failover to finish.
@@ -211,9 +223,7 @@ impl From<IntakeError> for ApiError {
             IntakeError::KeyReused => ApiError::Conflict(
                 "this Idempotency-Key was already used with a different request body".into(),
             ),
-            IntakeError::KeyInProgress => ApiError::Conflict(
-                "a request with this Idempotency-Key is still in progress; retry shortly".into(),
-            ),
+            IntakeError::KeyInProgress => ApiError::KeyInProgress(1),
             IntakeError::Unavailable(e) => ApiError::Unavailable(e),
         }
     }

@@ -309,7 +309,12 @@ impl LogicalSend {
                         .expect("refused")
                         .entry(status)
                         .or_default() += 1;
-                    if status != 503 && status != 429 {
+                    // 503 and 429 say "later"; so does a 409 with
+                    // `Retry-After` (the key's first request is still in
+                    // progress, e.g. its ingest was killed mid-request).
+                    let later = matches!(status, 429 | 503)
+                        || (status == 409 && resp.headers().contains_key("retry-after"));
+                    if !later {
                         break;
                     }
                     retry_after(&resp)

@@ -352,6 +352,77 @@ async fn idempotent_replay_and_conflict() {
     app.stop().await;
 }
 
+/// What an ingest killed between commit and confirm leaves behind: the
+/// notification and its key committed, the key never marked complete. A
+/// retry is told to come back (409 with `Retry-After`, a problem type of its
+/// own) until the relay owns the notification, then gets the first answer.
+#[tokio::test]
+async fn a_key_whose_first_request_died_mid_way_answers_retry_later_then_the_first_answer() {
+    let (env, app, client) = setup().await;
+    let send = || {
+        client
+            .req(Method::POST, "/v1/notifications")
+            .header("idempotency-key", "order-992")
+            .json(&email_notification(&["u-1"]))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    // The key is marked complete just after the answer; undo that once done.
+    herald_tests::faults::wait_for(
+        "the key marked complete",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(10),
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT completed_at IS NOT NULL FROM idempotency_keys WHERE key = 'order-992'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            .then_some(())
+        },
+    )
+    .await;
+    sqlx::query("UPDATE idempotency_keys SET completed_at = NULL")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let waiting = send().await.unwrap();
+    assert_eq!(waiting.status(), 409);
+    assert_eq!(waiting.headers()["retry-after"], "1");
+    let problem: Value = waiting.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/key-in-progress");
+    assert_eq!(problem["status"], 409);
+
+    // Past the relay's grace the relay owns it: the first answer, replayed.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '31 seconds'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let settled = send().await.unwrap();
+    assert_eq!(settled.status(), 202);
+    assert_eq!(settled.headers()["idempotent-replayed"], "true");
+    let settled: Value = settled.json().await.unwrap();
+    assert_eq!(settled["id"], first["id"]);
+
+    // A key reused with another body is a plain conflict: no Retry-After.
+    let other = client
+        .req(Method::POST, "/v1/notifications")
+        .header("idempotency-key", "order-992")
+        .json(&email_notification(&["u-2"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 409);
+    assert!(other.headers().get("retry-after").is_none());
+    let problem: Value = other.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/conflict");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn batch_answers_each_item_in_order() {
     let (env, app, client) = setup().await;
