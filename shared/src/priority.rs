@@ -49,6 +49,11 @@ impl HighFirst {
         if lane == Lane::High {
             return;
         }
+        if self.0.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        metrics::counter!(crate::telemetry::catalogue::consumers::YIELDED_TO_HIGH.name, "lane" => lane.as_str())
+            .increment(1);
         let deadline = tokio::time::Instant::now() + LONGEST;
         loop {
             let idle = self.0.idle.notified();

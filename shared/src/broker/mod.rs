@@ -75,6 +75,18 @@ impl Broker {
         })
     }
 
+    /// The same broker on a connection of its own (opened on first use):
+    /// what `high` publishes through, so its frames never queue behind a
+    /// bulk page's thousand publishes on a shared socket.
+    pub fn own_connection(&self) -> Arc<Self> {
+        Arc::new(Self {
+            url: self.url.clone(),
+            names: self.names.clone(),
+            conn: Mutex::new(None),
+            declared: AtomicBool::new(self.topology_declared()),
+        })
+    }
+
     /// Exchange and queue names of this deployment.
     pub fn names(&self) -> &Names {
         &self.names

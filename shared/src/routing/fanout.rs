@@ -125,7 +125,13 @@ impl Fanout {
         let broker = publisher.broker().clone();
         Self {
             pool,
-            publishers: Arc::new(Lane::ALL.map(|_| Publisher::new(broker.clone()))),
+            publishers: Arc::new(Lane::ALL.map(|lane| {
+                Publisher::new(if lane == Lane::High {
+                    broker.own_connection()
+                } else {
+                    broker.clone()
+                })
+            })),
             policies: Arc::default(),
             high_first: HighFirst::default(),
             page_slots: Arc::new(Lane::ALL.map(|l| tokio::sync::Semaphore::new(page_slots(l)))),
@@ -170,6 +176,12 @@ impl Fanout {
     pub(super) fn publisher(&self, lane: Lane) -> &Publisher {
         let at = Lane::ALL.iter().position(|l| *l == lane).expect("a lane");
         &self.publishers[at]
+    }
+
+    /// Counts `lane`'s work as `high` work in flight while the answer
+    /// lives (when `lane` is `high`): the other lanes' steps yield to it.
+    pub(super) fn track_high(&self, lane: Lane) -> Option<crate::priority::InFlight> {
+        self.high_first.track(lane)
     }
 
     /// Waits while `high` work is in flight (bounded).

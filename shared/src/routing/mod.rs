@@ -203,6 +203,9 @@ async fn route(
     lane: Lane,
     redelivered: bool,
 ) -> Result<(), RouteError> {
+    // From here to the end `high` work is in flight, the batch included:
+    // `normal` and `bulk` steps of this router yield to it.
+    let _high = fanout.track_high(lane);
     let mut again = redelivered || msg.replay.is_some();
     if !again && msg.page.is_none() {
         match batcher.route(msg.clone()).await? {

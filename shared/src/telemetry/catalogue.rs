@@ -313,8 +313,13 @@ pub mod consumers {
         "messages this process holds while a dependency is down",
     );
 
+    pub const YIELDED_TO_HIGH: Metric = counter(
+        "herald_yielded_to_high_total",
+        "normal and bulk steps of the router or a worker that waited for high work in flight, by lane",
+    );
+
     /// Every metric of the area.
-    pub const ALL: &[Metric] = &[RESTARTS, OUTAGE_RETRIES, HELD];
+    pub const ALL: &[Metric] = &[RESTARTS, OUTAGE_RETRIES, HELD, YIELDED_TO_HIGH];
 }
 
 /// Replaying dead letters (`dlq::replay`): the admin page in ingest, and

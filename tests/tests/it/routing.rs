@@ -614,3 +614,56 @@ async fn status_pages_through_deliveries_and_reports_completion() {
     assert_eq!(body["counts"], json!({"sent": 5}));
     s.stop().await;
 }
+
+/// The router's `bulk` fan-out steps yield to `high` notifications in
+/// flight, including the common ones routed through the lane's batch (a
+/// one-time code to one user): while a topic drains and codes stream in,
+/// `herald_yielded_to_high_total{lane="bulk"}` counts the waits.
+#[tokio::test]
+async fn bulk_fan_out_yields_to_high_notifications_routed_in_batches() {
+    let s = setup().await;
+    seed_topic(&s.env, "sale", 5_000).await;
+    s.user("code-user", json!({"email": "code@example.com"}))
+        .await;
+    s.send(
+        json!({"category": "sale", "priority": "bulk", "to": {"topic": "sale"},
+        "content": {"email": {"subject": "Sale", "text": "Hi"}}}),
+    )
+    .await;
+    // Codes from 8 clients at once until the topic is routed.
+    let routed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries WHERE lane = 'bulk'")
+            .fetch_one(&s.env.pool)
+            .await
+            .unwrap()
+    };
+    let mut codes = 0;
+    while routed().await < 5_000 {
+        let sends = (0..8).map(|_| {
+            s.send(
+                json!({"category": "login", "priority": "high", "to": {"users": ["code-user"]},
+                "content": {"email": {"subject": "Code", "text": "123456"}}}),
+            )
+        });
+        futures::future::join_all(sends).await;
+        codes += 8;
+        assert!(codes < 20_000, "the topic was not routed");
+    }
+    let metrics = reqwest::get(s.router.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let yields: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_yielded_to_high_total{lane=\"bulk\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no bulk yield series in:\n{metrics}"));
+    assert!(
+        yields > 0.0,
+        "{codes} codes were routed while the topic's pages were, and no bulk step waited for them"
+    );
+    s.stop().await;
+}

@@ -32,6 +32,15 @@ fn outage_steps(steps: &[&str]) {
     consumers::HELD.zero(&[]);
 }
 
+/// The router and the workers: lanes whose steps yield to `high`.
+fn yields() {
+    zero_each(
+        &consumers::YIELDED_TO_HIGH,
+        "lane",
+        [Lane::Normal, Lane::Bulk].map(|l| l.to_string()),
+    );
+}
+
 /// Ingest at start. `routes` are the API's (route, method, status) triples
 /// as its OpenAPI document lists them, each counted at zero.
 pub fn ingest(names: &Names, routes: impl IntoIterator<Item = (String, String, u16)>) {
@@ -124,6 +133,7 @@ pub fn router(names: &Names) {
     queues.push(names.dead_queue());
     zero_each(&consumers::RESTARTS, "queue", queues);
     outage_steps(&["route", "archive", "dead_letter"]);
+    yields();
 }
 
 /// What a worker knows of itself at start.
@@ -179,4 +189,5 @@ pub fn worker(w: &WorkerLabels<'_>) {
         "publish_retry",
         "dead_letter",
     ]);
+    yields();
 }

@@ -47,6 +47,10 @@ pub struct Args {
     /// Subscribers of the `bulk` topic that drains while `high` is measured.
     #[arg(long, default_value_t = 50_000)]
     pub topic: usize,
+    /// Only the `high`-under-`bulk` phase, with where its time goes (for
+    /// working on that path; writes nothing).
+    #[arg(long)]
+    pub high_only: bool,
     /// Where the JSON, Markdown and SVG go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -132,6 +136,12 @@ async fn seed(env: &TestEnv, n: usize) -> anyhow::Result<Vec<String>> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let p = Pipeline::start(args.notifications.clamp(1_000, 20_000)).await?;
     eprintln!("pipeline up; processes log to {}", p.log_dir().display());
+    if args.high_only {
+        let h = report::high_under_bulk(&p, &args).await?;
+        println!("{h:#?}");
+        println!("{}", report::high_stages(&p).await?);
+        return Ok(());
+    }
     let summary = report::measure(&p, &args).await?;
     summary.write(&args.out)?;
     println!("{}", summary.markdown());

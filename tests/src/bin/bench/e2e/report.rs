@@ -153,9 +153,40 @@ pub async fn measure(p: &Pipeline, args: &Args) -> anyhow::Result<Summary> {
     })
 }
 
+/// Where the `high` notifications' time went, stage by stage, from the
+/// database's own timestamps (each a transaction's start): accepted
+/// (ingest's insert) to routed (the router's status update, after its
+/// delivery publishes were confirmed), routed to claimed (the worker's
+/// claim), claimed to settled (the provider call and the outcome's
+/// transaction start).
+pub async fn high_stages(p: &Pipeline) -> anyhow::Result<String> {
+    let rows: Vec<(String, f64, f64, f64)> = sqlx::query_as(
+        "WITH s AS (
+           SELECT extract(epoch FROM n.routed_at - n.created_at) * 1000 AS routed,
+                  extract(epoch FROM d.claimed_at - n.routed_at) * 1000 AS claimed,
+                  extract(epoch FROM d.sent_at - d.claimed_at) * 1000 AS settled
+           FROM notifications n JOIN deliveries d ON d.notification_id = n.id AND d.created_at = n.created_at
+           WHERE n.priority = 'high' AND d.sent_at IS NOT NULL)
+         SELECT q, percentile_cont(f) WITHIN GROUP (ORDER BY routed),
+                   percentile_cont(f) WITHIN GROUP (ORDER BY claimed),
+                   percentile_cont(f) WITHIN GROUP (ORDER BY settled)
+         FROM s, (VALUES ('p50', 0.5::float8), ('p95', 0.95), ('p99', 0.99), ('max', 1.0)) AS v(q, f)
+         GROUP BY q, f ORDER BY f",
+    )
+    .fetch_all(&p.env.pool)
+    .await?;
+    let mut out = String::from(
+        "| `high` stage, ms | accepted to routed | routed to claimed | claimed to settled |\n|---|---|---|---|\n",
+    );
+    for (q, routed, claimed, settled) in rows {
+        let _ = writeln!(out, "| {q} | {routed:.1} | {claimed:.1} | {settled:.1} |");
+    }
+    Ok(out)
+}
+
 /// Seeds a topic, sends it `bulk`, and measures `high` sends while it
 /// drains.
-async fn high_under_bulk(p: &Pipeline, args: &Args) -> anyhow::Result<HighUnderBulk> {
+pub async fn high_under_bulk(p: &Pipeline, args: &Args) -> anyhow::Result<HighUnderBulk> {
     for sql in [
         "INSERT INTO users (tenant_id, id) SELECT 'bench', 'bt-' || g FROM generate_series(1, $1) g",
         "INSERT INTO devices (tenant_id, user_id, token, platform)
