@@ -11,6 +11,7 @@ mod notifications;
 pub mod openapi;
 pub mod problem;
 mod recipients;
+mod suppressions;
 mod timeout;
 mod views;
 
@@ -144,6 +145,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/topics/{topic}/subscribers/{user_id}",
             put(recipients::subscribe).delete(recipients::unsubscribe),
+        )
+        .route("/suppressions", get(suppressions::list))
+        .route(
+            "/suppressions/{channel}/{address}",
+            put(suppressions::put).delete(suppressions::delete),
         );
     let mut app = Router::new().nest("/v1", v1);
     if state.admin.is_some() {

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod notifications;
 pub mod recipients;
 pub mod routing;
+pub mod suppressions;
 pub mod tenants;
 
 use std::time::Duration;

@@ -13,4 +13,5 @@ mod providers;
 mod reliability;
 mod routing;
 mod security;
+mod suppressions;
 mod traces;
