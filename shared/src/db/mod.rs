@@ -6,6 +6,7 @@ pub mod deliveries;
 pub mod idempotency;
 pub mod keys;
 pub mod notifications;
+pub mod receipts;
 pub mod recipients;
 pub mod routing;
 pub mod suppressions;

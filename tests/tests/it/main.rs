@@ -10,6 +10,7 @@ mod faults_kit;
 mod ingest;
 mod operators;
 mod providers;
+mod receipts;
 mod reliability;
 mod routing;
 mod security;
