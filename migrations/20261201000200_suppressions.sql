@@ -12,7 +12,7 @@ CREATE TABLE suppressions (
     channel     text NOT NULL CHECK (channel IN ('email', 'sms')),
     address     text NOT NULL CHECK (address <> ''),
     reason      text NOT NULL CHECK (reason IN ('hard_bounce', 'complaint', 'unsubscribed', 'manual')),
-    -- Who added it: `api`, `heraldctl`, `admin`, or the provider whose
+    -- Who added it: `api`, `heraldctl`, or the provider whose
     -- receipt did (`twilio`, `sendgrid`).
     source      text NOT NULL,
     -- The provider's words (bounce message, error code) or the operator's note.

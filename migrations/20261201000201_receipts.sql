@@ -30,8 +30,8 @@ CREATE TABLE receipts (
     delivery_created_at timestamptz,
     delivery_id         uuid,
     -- The status it moved the delivery to; NULL when it changed none (an
-    -- intermediate status, a soft bounce the retry ladder will see, a
-    -- delivery already settled).
+    -- intermediate status, an unsubscribe, a delivery already settled
+    -- otherwise, a push token the provider no longer knows).
     status              text,
     reason              text,
     received_at         timestamptz NOT NULL DEFAULT now(),

@@ -64,7 +64,7 @@ pub struct Suppression {
     pub address: String,
     #[schema(value_type = SuppressionReason)]
     pub reason: String,
-    /// Who added it: `api`, `heraldctl`, `admin`, `twilio` or `sendgrid`.
+    /// Who added it: `api`, `heraldctl`, `twilio` or `sendgrid`.
     pub source: String,
     /// The provider's words (bounce message, error code) or the note given.
     pub detail: Option<String>,
