@@ -122,6 +122,22 @@ pub async fn apply(pool: &PgPool, receipt: &Receipt) -> Result<Applied, sqlx::Er
     })
 }
 
+/// Receipts received in the last `window`, per provider and the status
+/// each moved its delivery to (`recorded` when none), most first.
+pub async fn counts(
+    pool: &PgPool,
+    window: std::time::Duration,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT provider, COALESCE(status, 'recorded'), count(*) FROM receipts
+         WHERE received_at > now() - make_interval(secs => $1)
+         GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+    )
+    .bind(window.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
 /// Deletes receipts older than `days`; answers how many.
 pub async fn purge_older_than(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error> {
     Ok(

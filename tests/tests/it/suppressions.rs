@@ -433,6 +433,19 @@ async fn admin_page_lists_suppressions_and_removes_one_with_its_own_button() {
     assert!(page.contains("&lt;i&gt;note&lt;/i&gt;"), "escaped: {page}");
     assert!(!page.contains("<i>note"), "{page}");
     let token = hidden(&page, "token");
+    let overview = http
+        .get(app.url("/admin"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        overview.contains("1 suppressed address(es)") && overview.contains("manual 1"),
+        "{overview}"
+    );
 
     // A token for another suppression (or none) removes nothing.
     for token in ["", "123.abc", token.as_str()] {
