@@ -1,5 +1,8 @@
 //! Twilio Programmable Messaging: `POST /2010-04-01/Accounts/{AccountSid}/Messages.json`,
 //! a form post authorised with HTTP basic auth (account SID : auth token).
+//! With a receipts base URL ([`TwilioProvider::with_status_callbacks`]),
+//! each message also carries `StatusCallback`, where Twilio reports what
+//! became of it (crate::receipts::twilio).
 //!
 //! Twilio's error body (`code`, `message`, `more_info`, `status`) carries a
 //! numeric code that says more than the HTTP status:
