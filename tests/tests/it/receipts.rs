@@ -394,3 +394,50 @@ async fn sendgrid_bounces_and_complaints_suppress_and_a_replay_counts_once() {
     assert_eq!(s.sendgrid.accepted().len(), 6);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn receipts_of_an_unconfigured_provider_are_404_and_a_malformed_signed_body_is_400() {
+    let env = TestEnv::new().await;
+    let bare = env.spawn_ingest().await;
+    for path in [
+        "/v1/receipts/sendgrid",
+        "/v1/receipts/twilio/1764500000000000/0191e8a0-0000-7000-8000-000000000001",
+    ] {
+        let resp = reqwest::Client::new()
+            .post(bare.url(path))
+            .header("X-Twilio-Signature", "x")
+            .body("a=b")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+    bare.stop().await;
+
+    let sendgrid = SendGridFake::start().await;
+    let key = sendgrid.public_key();
+    let ingest = env
+        .spawn_ingest_with(|c| c.sendgrid_webhook_public_key = Some(key))
+        .await;
+    let url = ingest.url("/v1/receipts/sendgrid");
+    let resp = sendgrid
+        .post_events(&url, &json!({"event": "delivered"}), false)
+        .await;
+    assert_eq!(resp.status(), 400);
+    let problem: Value = resp.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("array of events"),
+        "{problem}"
+    );
+    ingest.stop().await;
+
+    // A key that is not a P-256 public key stops ingest at start.
+    let mut config = <herald::api::IngestConfig as clap::Parser>::parse_from(["ingest"]);
+    config.sendgrid_webhook_public_key = Some("bm90IGEga2V5".into());
+    let err = config.check().unwrap_err().to_string();
+    assert!(err.contains("SENDGRID_WEBHOOK_PUBLIC_KEY"), "{err}");
+}
