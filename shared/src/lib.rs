@@ -17,6 +17,7 @@ pub mod ops;
 pub mod outage;
 pub mod priority;
 pub mod providers;
+pub mod receipts;
 pub mod routing;
 pub mod shutdown;
 pub mod telemetry;

@@ -39,6 +39,21 @@ pub struct IngestConfig {
     /// admin pages do not exist (404). Use a long random value.
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true, value_parser = secret)]
     pub admin_api_key: Option<SecretString>,
+    /// Public base URL at which providers reach this ingest, e.g.
+    /// `https://herald.example.com` (the SMS worker puts the same value in
+    /// each message's status callback). Twilio signs the URL it called, so
+    /// receipts from Twilio are verified against this, not against what a
+    /// proxy forwarded. Unset: no Twilio receipts.
+    #[arg(long, env = "RECEIPTS_BASE_URL")]
+    pub receipts_base_url: Option<String>,
+    /// Twilio auth token, which signs Twilio's status callbacks. Unset: no
+    /// Twilio receipts.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub twilio_auth_token: Option<SecretString>,
+    /// SendGrid's Event Webhook verification key, base64 of its DER public
+    /// key as SendGrid shows it. Unset: no SendGrid receipts.
+    #[arg(long, env = "SENDGRID_WEBHOOK_PUBLIC_KEY")]
+    pub sendgrid_webhook_public_key: Option<String>,
 }
 
 /// Wraps the key at once; its length is checked by [`IngestConfig::check`],
@@ -63,7 +78,31 @@ impl IngestConfig {
         if self.api_request_timeout.is_zero() {
             anyhow::bail!("API_REQUEST_TIMEOUT must be greater than zero");
         }
+        if let Some(url) = &self.receipts_base_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            anyhow::bail!(
+                "RECEIPTS_BASE_URL must be an http(s) URL such as https://herald.example.com"
+            );
+        }
+        self.receipt_keys()?;
         Ok(())
+    }
+
+    /// What verifies the providers' receipts, from these settings.
+    pub fn receipt_keys(&self) -> anyhow::Result<super::receipts::ReceiptKeys> {
+        let sendgrid_key = match &self.sendgrid_webhook_public_key {
+            Some(text) => Some(
+                crate::receipts::sendgrid::EventKey::parse(text)
+                    .map_err(|e| anyhow::anyhow!("SENDGRID_WEBHOOK_PUBLIC_KEY {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(super::receipts::ReceiptKeys {
+            base_url: self.receipts_base_url.clone(),
+            twilio_auth_token: self.twilio_auth_token.clone(),
+            sendgrid_key,
+        })
     }
 }
 

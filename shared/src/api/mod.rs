@@ -10,7 +10,9 @@ mod extract;
 mod notifications;
 pub mod openapi;
 pub mod problem;
+mod receipts;
 mod recipients;
+mod suppressions;
 mod timeout;
 mod views;
 
@@ -37,6 +39,7 @@ pub use auth::{Auth, KeyVerifier};
 pub use config::IngestConfig;
 pub use extract::{ApiJson, ApiQuery};
 use problem::ApiError;
+pub use receipts::ReceiptKeys;
 
 use crate::{
     broker::{Broker, Names, Publisher},
@@ -65,6 +68,8 @@ pub struct AppState {
     pub client_ip_header: Option<HeaderName>,
     /// `API_REQUEST_TIMEOUT`.
     pub request_timeout: Duration,
+    /// What verifies provider receipts.
+    pub receipts: Arc<ReceiptKeys>,
 }
 
 async fn not_found() -> ApiError {
@@ -144,6 +149,20 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/topics/{topic}/subscribers/{user_id}",
             put(recipients::subscribe).delete(recipients::unsubscribe),
+        )
+        .route(
+            "/receipts/twilio/{created}/{delivery}",
+            post(receipts::twilio),
+        )
+        .route(
+            "/receipts/sendgrid",
+            // SendGrid batches events; a busy minute's batch can pass 1 MiB.
+            post(receipts::sendgrid).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
+        .route("/suppressions", get(suppressions::list))
+        .route(
+            "/suppressions/{channel}/{address}",
+            put(suppressions::put).delete(suppressions::delete),
         );
     let mut app = Router::new().nest("/v1", v1);
     if state.admin.is_some() {
@@ -206,6 +225,7 @@ pub async fn run(
             .map(|key| Arc::new(admin::Admin::new(key, common.retry_schedule.clone()))),
         client_ip_header: config.client_ip_header.clone(),
         request_timeout: config.api_request_timeout,
+        receipts: Arc::new(config.receipt_keys()?),
     };
 
     let tasks = TaskTracker::new();
@@ -247,7 +267,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Periodic chores: expire idempotency keys, prune idle rate-limit and
+/// Days a receipt's event id is kept: far longer than any provider retries
+/// a callback (SendGrid: 24 hours), so a replay within it is recognised.
+const RECEIPT_RETENTION_DAYS: i32 = 30;
+
+/// Periodic chores: expire idempotency keys and old receipts, prune idle rate-limit and
 /// failed-attempt state.
 async fn housekeeping(
     pool: PgPool,
@@ -269,6 +293,11 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
             Err(e) => tracing::warn!(error = %e, "idempotency purge failed"),
+        }
+        match db::receipts::purge_older_than(&pool, RECEIPT_RETENTION_DAYS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "old receipts purged"),
+            Err(e) => tracing::warn!(error = %e, "receipt purge failed"),
         }
     }
 }

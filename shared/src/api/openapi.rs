@@ -20,7 +20,7 @@ use utoipa::{
     },
 };
 
-use super::{notifications, problem::Problem, recipients};
+use super::{notifications, problem::Problem, recipients, suppressions};
 use crate::model::FieldError;
 
 /// The document's root.
@@ -47,6 +47,9 @@ use crate::model::FieldError;
         recipients::get_topic,
         recipients::subscribe,
         recipients::unsubscribe,
+        suppressions::list,
+        suppressions::put,
+        suppressions::delete,
         openapi_json,
     ),
     components(schemas(Problem, FieldError)),
@@ -55,6 +58,7 @@ use crate::model::FieldError;
     tags(
         (name = "notifications", description = "Send, batch send and status (scope `send`)"),
         (name = "recipients", description = "Users, devices, preferences and topics (scope `manage`)"),
+        (name = "suppressions", description = "Addresses not sent to: hard bounces, complaints, opt-outs at the carrier, and your own (scope `manage`)"),
         (name = "contract", description = "This document"),
     )
 )]
@@ -277,7 +281,7 @@ mod tests {
             .values()
             .map(|p| p.as_object().unwrap().len())
             .sum();
-        assert_eq!(operations, 14);
+        assert_eq!(operations, 17);
         let send = &doc["paths"]["/v1/notifications"]["post"];
         for status in [
             "202", "400", "401", "403", "409", "413", "415", "422", "429", "503",

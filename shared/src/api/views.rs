@@ -77,6 +77,14 @@ pub enum DeliveryState {
     Suppressed,
     Expired,
     Dead,
+    /// After a provider receipt: handed to the device or mailbox.
+    Delivered,
+    /// After a provider receipt: the mailbox does not exist.
+    Bounced,
+    /// After a provider receipt: the recipient reported it as spam.
+    Complained,
+    /// After a provider receipt: the carrier or receiving server would not take it.
+    Undelivered,
 }
 
 /// `GET /v1/notifications/{id}`.
@@ -119,6 +127,11 @@ pub struct Delivery {
     /// Held until then (quiet hours, `send_at`).
     pub deliver_after: Option<DateTime<Utc>>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// When the provider's receipt (`delivered`, `bounced`, `complained`,
+    /// `undelivered`) arrived.
+    pub receipt_at: Option<DateTime<Utc>>,
+    /// What the receipt said: an error code, a bounce reason.
+    pub receipt_reason: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -137,6 +150,8 @@ impl From<DeliveryView> for Delivery {
             last_error: d.last_error,
             deliver_after: d.not_before,
             sent_at: d.sent_at,
+            receipt_at: d.receipt_at,
+            receipt_reason: d.receipt_reason,
             updated_at: d.updated_at,
         }
     }

@@ -1,9 +1,10 @@
-//! `heraldctl`: migrations, broker topology, tenants, API keys, dead letters
-//! and pipeline stats. Scriptable: results on stdout (`--json` where a listing
+//! `heraldctl`: migrations, broker topology, tenants, API keys, dead letters,
+//! suppressions and pipeline stats. Scriptable: results on stdout (`--json` where a listing
 //! is printed), the reason of a failure on stderr, non-zero exit on failure.
 
 mod dlq;
 mod output;
+mod suppressions;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
@@ -42,6 +43,9 @@ enum Command {
     /// Search, inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// List, add and remove suppressed addresses.
+    #[command(subcommand)]
+    Suppressions(suppressions::SuppressionCommand),
     /// Queue depths and consumers of every queue, deliveries per status in
     /// the last hour and dead letters per class in the last 24 hours.
     Stats {
@@ -166,6 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants(cmd) => tenants(common, cmd).await?,
         Command::Keys(cmd) => keys(common, cmd).await?,
         Command::Dlq(cmd) => dlq::run(common, &pool(common).await?, cmd).await?,
+        Command::Suppressions(cmd) => suppressions::run(&pool(common).await?, cmd).await?,
         Command::Stats { json } => stats(common, json).await?,
     }
     Ok(())

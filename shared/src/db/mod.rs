@@ -6,8 +6,10 @@ pub mod deliveries;
 pub mod idempotency;
 pub mod keys;
 pub mod notifications;
+pub mod receipts;
 pub mod recipients;
 pub mod routing;
+pub mod suppressions;
 pub mod tenants;
 
 use std::time::Duration;

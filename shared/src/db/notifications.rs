@@ -187,6 +187,8 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
     pub sent_at: Option<DateTime<Utc>>,
+    pub receipt_at: Option<DateTime<Utc>>,
+    pub receipt_reason: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -200,7 +202,7 @@ pub async fn deliveries_page(
 ) -> Result<Vec<DeliveryView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, user_id, channel, lane, destination, status, reason, attempts, error_class,
-                last_error, not_before, sent_at, updated_at
+                last_error, not_before, sent_at, receipt_at, receipt_reason, updated_at
          FROM deliveries WHERE created_at = $1 AND notification_id = $2 AND ($3::uuid IS NULL OR id > $3)
          ORDER BY id LIMIT $4",
     )

@@ -280,6 +280,7 @@ impl Engine {
         }
         let ctx = SendContext {
             delivery_id: msg.delivery_id,
+            created_at: msg.created_at,
             notification_id: msg.notification_id,
             lane: msg.lane,
             expires_at: msg.expires_at,

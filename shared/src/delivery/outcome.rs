@@ -96,10 +96,15 @@ impl Engine {
                     self.must("deactivate_device", || async {
                         Ok(deliveries::deactivate_device(
                             &self.pool,
-                            &msg.tenant_id,
-                            &msg.user_id,
-                            &msg.destination.address,
-                            &reason,
+                            &deliveries::Unregistered {
+                                provider,
+                                tenant: &msg.tenant_id,
+                                user: &msg.user_id,
+                                token: &msg.destination.address,
+                                reason: &reason,
+                                created_at: msg.created_at,
+                                delivery_id: msg.delivery_id,
+                            },
                         )
                         .await?)
                     })

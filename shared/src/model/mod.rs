@@ -8,6 +8,7 @@ pub mod message;
 pub mod notification;
 pub mod policy;
 pub mod preferences;
+pub mod suppression;
 pub mod template;
 pub mod user;
 

@@ -15,6 +15,7 @@ use super::{
     fcm::{self, FcmProvider, ServiceAccount},
     http_email::HttpEmailProvider,
     log::LogProvider,
+    sendgrid::{self, SendGridProvider},
     smtp::SmtpProvider,
     twilio::{self, TwilioProvider},
 };
@@ -38,6 +39,9 @@ pub enum EmailProviderKind {
     Smtp,
     /// An HTTP email API (`EMAIL_HTTP_URL`).
     Http,
+    /// SendGrid's v3 Mail Send API (`SENDGRID_API_KEY`), whose Event Webhook
+    /// ingest takes receipts from.
+    Sendgrid,
     /// Log instead of sending.
     Log,
 }
@@ -48,6 +52,7 @@ impl EmailProviderKind {
         match self {
             Self::Smtp => "smtp",
             Self::Http => "http",
+            Self::Sendgrid => "sendgrid",
             Self::Log => "log",
         }
     }
@@ -112,7 +117,7 @@ pub struct ProviderConfig {
     /// The app's bundle id.
     #[arg(long, env = "APNS_TOPIC")]
     pub apns_topic: Option<String>,
-    /// Email provider: `smtp`, `http` or `log`.
+    /// Email provider: `smtp`, `http`, `sendgrid` or `log`.
     #[arg(long, env = "EMAIL_PROVIDER", default_value = "log")]
     pub email_provider: EmailProviderKind,
     /// A second email provider (`smtp` or `http`), used while the first
@@ -146,6 +151,21 @@ pub struct ProviderConfig {
         value_parser = secret
     )]
     pub email_http_token: Option<SecretString>,
+    /// SendGrid API base URL.
+    #[arg(long, env = "SENDGRID_BASE_URL", default_value = sendgrid::DEFAULT_BASE_URL)]
+    pub sendgrid_base_url: String,
+    /// SendGrid API key (Mail Send permission).
+    #[arg(
+        long,
+        env = "SENDGRID_API_KEY",
+        hide_env_values = true,
+        value_parser = secret
+    )]
+    pub sendgrid_api_key: Option<SecretString>,
+    /// Public base URL of ingest, e.g. `https://herald.example.com`: each
+    /// SMS asks Twilio for status callbacks there. Unset: none are asked for.
+    #[arg(long, env = "RECEIPTS_BASE_URL")]
+    pub receipts_base_url: Option<String>,
     /// SMS provider: `twilio` or `log`.
     #[arg(long, env = "SMS_PROVIDER", default_value = "log")]
     pub sms_provider: SmsProviderKind,
@@ -195,6 +215,9 @@ impl Default for ProviderConfig {
             email_from: None,
             email_http_url: None,
             email_http_token: None,
+            sendgrid_base_url: sendgrid::DEFAULT_BASE_URL.into(),
+            sendgrid_api_key: None,
+            receipts_base_url: None,
             sms_provider: SmsProviderKind::Log,
             twilio_base_url: twilio::DEFAULT_BASE_URL.into(),
             twilio_account_sid: None,
@@ -236,6 +259,9 @@ impl fmt::Debug for ProviderConfig {
                 &self.email_http_url.as_deref().map(redact_url),
             )
             .field("email_http_token", &hidden(&self.email_http_token))
+            .field("sendgrid_base_url", &self.sendgrid_base_url)
+            .field("sendgrid_api_key", &hidden(&self.sendgrid_api_key))
+            .field("receipts_base_url", &self.receipts_base_url)
             .field("sms_provider", &self.sms_provider)
             .field("twilio_base_url", &self.twilio_base_url)
             .field("twilio_account_sid", &self.twilio_account_sid)
@@ -286,6 +312,15 @@ fn email(
             let token = cfg.email_http_token.clone();
             Arc::new(HttpEmailProvider::new(url, token, from()?, timeout)?)
         }
+        EmailProviderKind::Sendgrid => {
+            let key = required(&cfg.sendgrid_api_key, "SENDGRID_API_KEY", &chosen)?;
+            Arc::new(SendGridProvider::new(
+                &cfg.sendgrid_base_url,
+                key.clone(),
+                from()?,
+                timeout,
+            )?)
+        }
     })
 }
 
@@ -302,7 +337,7 @@ pub fn build(channel: Channel, cfg: &ProviderConfig) -> anyhow::Result<ProviderS
                 None => set,
                 Some(EmailProviderKind::Log) => anyhow::bail!(
                     "EMAIL_FAILOVER_PROVIDER=log would record emails as sent without sending them; \
-                     use smtp or http"
+                     use smtp, http or sendgrid"
                 ),
                 Some(kind) if kind == cfg.email_provider => anyhow::bail!(
                     "EMAIL_FAILOVER_PROVIDER is the same as EMAIL_PROVIDER ({}); \
@@ -319,13 +354,10 @@ pub fn build(channel: Channel, cfg: &ProviderConfig) -> anyhow::Result<ProviderS
                 let sid = required(&cfg.twilio_account_sid, "TWILIO_ACCOUNT_SID", chosen)?;
                 let token = required(&cfg.twilio_auth_token, "TWILIO_AUTH_TOKEN", chosen)?;
                 let sender = required(&cfg.twilio_from, "TWILIO_FROM", chosen)?;
-                single(Arc::new(TwilioProvider::new(
-                    &cfg.twilio_base_url,
-                    sid,
-                    token.clone(),
-                    sender,
-                    timeout,
-                )?))
+                single(Arc::new(
+                    TwilioProvider::new(&cfg.twilio_base_url, sid, token.clone(), sender, timeout)?
+                        .with_status_callbacks(cfg.receipts_base_url.as_deref()),
+                ))
             }
         },
     }

@@ -191,6 +191,7 @@ mod tests {
         let now = Utc::now();
         let ctx = SendContext {
             delivery_id: Uuid::nil(),
+            created_at: now,
             notification_id: Uuid::from_u128(7),
             lane: Lane::High,
             expires_at: Some(now + chrono::Duration::seconds(90)),

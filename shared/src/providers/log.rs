@@ -109,6 +109,7 @@ mod tests {
             .finish();
         let ctx = SendContext {
             delivery_id: uuid::Uuid::new_v4(),
+            created_at: chrono::Utc::now(),
             notification_id: uuid::Uuid::new_v4(),
             lane: Lane::High,
             expires_at: None,

@@ -11,6 +11,7 @@ pub mod fcm;
 mod http;
 pub mod http_email;
 pub mod log;
+pub mod sendgrid;
 mod set;
 pub mod smtp;
 pub mod twilio;
@@ -27,10 +28,14 @@ use crate::model::Lane;
 pub use crate::model::message::{Destination, EmailMessage, PushMessage, Rendered, SmsMessage};
 
 /// What a provider may use beyond the message: ids for idempotency and
-/// collapse keys, the lane for priority, the expiry for TTL headers.
+/// collapse keys, the lane for priority, the expiry for TTL headers, and
+/// the delivery's address in the ledger (`created_at`, `delivery_id`) for
+/// the receipts a provider sends back.
 #[derive(Debug, Clone)]
 pub struct SendContext {
     pub delivery_id: Uuid,
+    /// The delivery's partition key (its notification's acceptance time).
+    pub created_at: DateTime<Utc>,
     pub notification_id: Uuid,
     pub lane: Lane,
     pub expires_at: Option<DateTime<Utc>>,

@@ -151,6 +151,7 @@ mod tests {
     fn ctx() -> SendContext {
         SendContext {
             delivery_id: Uuid::nil(),
+            created_at: chrono::DateTime::UNIX_EPOCH,
             notification_id: Uuid::nil(),
             lane: Lane::Normal,
             expires_at: None,

@@ -31,7 +31,7 @@ use crate::{
         routing::RecipientRow,
     },
     model::{
-        Lane,
+        Channel, Lane,
         message::{DeliveryMessage, Page, RouteMessage},
         notification::{NotificationRequest, Recipients},
         user::{EmailAddress, PhoneE164, Platform, Profile},
@@ -100,7 +100,15 @@ fn page_slots(lane: Lane) -> usize {
 
 /// A recipient as stored, as the planner sees it.
 pub(super) fn recipient(row: RecipientRow) -> Recipient {
+    let suppressed = [
+        (Channel::Email, row.email_suppressed),
+        (Channel::Sms, row.phone_suppressed),
+    ]
+    .into_iter()
+    .filter_map(|(channel, on)| on.then_some(channel))
+    .collect();
     Recipient {
+        suppressed,
         profile: Some(Profile {
             name: row.name,
             email: row.email.and_then(|e| EmailAddress::parse(e).ok()),

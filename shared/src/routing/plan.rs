@@ -4,7 +4,7 @@
 //!
 //! Order (docs/routing.md): the request's channel restriction and content
 //! pick the candidate channels; then per channel: tenant-required category,
-//! opt-outs, destinations, rendering, frequency cap (applied by the caller,
+//! opt-outs, destinations, the suppression list, rendering, frequency cap (applied by the caller,
 //! which needs the database), quiet hours, `send_at`, `expires_at`.
 
 use std::collections::{BTreeMap, HashSet};
@@ -18,6 +18,7 @@ use crate::model::{
     message::{Destination, EmailMessage, PushMessage, Rendered, SmsMessage},
     notification::{Content, NotificationRequest},
     preferences::Preferences,
+    suppression::ADDRESS_SUPPRESSED,
     template::{self, Markup, TemplateError, Vars},
     user::{Platform, Profile},
 };
@@ -31,6 +32,9 @@ pub struct Recipient {
     pub preferences: Preferences,
     /// Active devices: token and platform.
     pub devices: Vec<(String, Platform)>,
+    /// Channels whose address (email, phone) is on the tenant's
+    /// suppression list.
+    pub suppressed: Vec<Channel>,
 }
 
 impl Recipient {
@@ -41,6 +45,7 @@ impl Recipient {
             profile: None,
             preferences: Preferences::default(),
             devices: Vec::new(),
+            suppressed: Vec::new(),
         }
     }
 }
@@ -208,6 +213,20 @@ pub fn plan_recipient(req: &NotificationRequest, policy: &Policy, r: &Recipient)
             out.push(ended(channel, Initial::Suppressed, "no_destination".into()));
             continue;
         }
+        // Even a required category stops here: sending to a mailbox that
+        // bounced or a recipient who complained helps no one.
+        if r.suppressed.contains(&channel) {
+            out.extend(targets.into_iter().map(|destination| Planned {
+                user_id: r.user_id.clone(),
+                channel,
+                destination,
+                status: Initial::Suppressed,
+                reason: Some(ADDRESS_SUPPRESSED.into()),
+                rendered: None,
+                not_before: None,
+            }));
+            continue;
+        }
         let profile_vars = profile.template_vars(&r.user_id);
         let vars = Vars {
             data: &req.data,
@@ -315,6 +334,7 @@ mod tests {
                 ("tok-1".into(), Platform::Fcm),
                 ("tok-2".into(), Platform::Apns),
             ],
+            suppressed: Vec::new(),
         }
     }
 
@@ -386,6 +406,34 @@ mod tests {
         };
         let planned = plan_recipient(&request(json!({})), &policy, &r);
         assert!(planned.iter().all(|p| p.status == Initial::Pending));
+    }
+
+    #[test]
+    fn suppressed_addresses_hold_even_for_required_categories() {
+        let mut r = ada();
+        r.suppressed = vec![Channel::Email];
+        let policy = Policy {
+            required: HashSet::from(["marketing".to_owned()]),
+        };
+        let planned = plan_recipient(
+            &request(json!({"channels": ["email", "push"]})),
+            &policy,
+            &r,
+        );
+        assert_eq!(
+            statuses(&planned),
+            vec![
+                (Channel::Push, Initial::Pending, None),
+                (Channel::Push, Initial::Pending, None),
+                (
+                    Channel::Email,
+                    Initial::Suppressed,
+                    Some("address_suppressed")
+                ),
+            ]
+        );
+        assert_eq!(planned[2].destination.address, "ada@example.com");
+        assert!(planned[2].rendered.is_none());
     }
 
     #[test]

@@ -121,6 +121,46 @@ pub mod api {
     ];
 }
 
+/// Provider receipts and the suppression list, in ingest (`receipts`,
+/// `api::suppressions`).
+pub mod receipts {
+    use super::*;
+
+    pub const RECEIVED: Metric = counter(
+        "herald_receipts_total",
+        "provider receipts verified and accepted, by provider and outcome \
+         (applied: moved a delivery on; recorded: changed no status; duplicate: seen before)",
+    );
+    pub const REFUSED: Metric = counter(
+        "herald_receipts_refused_total",
+        "provider callbacks refused, by provider and reason (signature, malformed, unconfigured)",
+    );
+    pub const SUPPRESSIONS_ADDED: Metric = counter(
+        "herald_suppressions_added_total",
+        "addresses added to a suppression list, by channel and reason",
+    );
+
+    /// Every metric of the area.
+    pub const ALL: &[Metric] = &[RECEIVED, REFUSED, SUPPRESSIONS_ADDED];
+
+    /// The providers whose callbacks ingest takes.
+    pub const PROVIDERS: [&str; 2] = ["twilio", "sendgrid"];
+    /// Every `outcome` of `herald_receipts_total`.
+    pub const OUTCOMES: [&str; 3] = ["applied", "recorded", "duplicate"];
+    /// Every `reason` of `herald_receipts_refused_total`.
+    pub const REFUSALS: [&str; 3] = ["signature", "malformed", "unconfigured"];
+}
+
+/// Counts an address added to a suppression list.
+pub fn count_suppression_added(
+    channel: crate::model::Channel,
+    reason: crate::model::suppression::SuppressionReason,
+) {
+    metrics::counter!(receipts::SUPPRESSIONS_ADDED.name, "channel" => channel.as_str(),
+        "reason" => reason.as_str())
+    .increment(1);
+}
+
 /// Accepting notifications over HTTP and `herald.ingest` (`intake`).
 pub mod intake {
     use super::*;

@@ -10,6 +10,7 @@
 pub mod apns;
 pub mod email_api;
 pub mod fcm;
+pub mod sendgrid;
 pub mod smtp;
 pub mod twilio;
 

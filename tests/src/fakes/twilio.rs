@@ -1,8 +1,14 @@
 //! A fake Twilio Messages API: form posts to
 //! `/2010-04-01/Accounts/{AccountSid}/Messages.json` with HTTP basic auth,
-//! answered with a Twilio message resource or Twilio's error JSON.
+//! answered with a Twilio message resource or Twilio's error JSON. Like
+//! Twilio, it posts status callbacks to a message's `StatusCallback`,
+//! signed with its auth token (`X-Twilio-Signature`).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use axum::{
     Router,
@@ -19,6 +25,29 @@ struct State {
     auth_token: String,
     journal: Journal,
     script: Script,
+    /// Messages accepted: the sid answered and the form posted.
+    accepted: Mutex<Vec<Accepted>>,
+}
+
+/// A message the fake accepted (201).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub sid: String,
+    pub form: BTreeMap<String, String>,
+}
+
+/// Twilio's webhook signature: base64(HMAC-SHA1(auth token, the URL, then
+/// each POST parameter's name and value sorted by name)).
+pub fn twilio_signature(auth_token: &str, url: &str, params: &BTreeMap<String, String>) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).expect("any key");
+    mac.update(url.as_bytes());
+    // A BTreeMap iterates in key order: the sort Twilio's algorithm asks for.
+    for (k, v) in params {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// The fake Twilio.
@@ -36,6 +65,7 @@ impl TwilioFake {
             auth_token: uuid::Uuid::new_v4().simple().to_string(),
             journal: Journal::default(),
             script: Script::default(),
+            accepted: Mutex::default(),
         });
         let shared = state.clone();
         let router = Router::new().fallback(move |request: Request<Body>| {
@@ -83,6 +113,70 @@ impl TwilioFake {
     /// Every request received.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.journal.all()
+    }
+
+    /// Every message accepted, in order.
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// The form of a status callback about `message`: `status` (and an
+    /// `ErrorCode` when given), as Twilio posts it.
+    pub fn callback_form(
+        &self,
+        message: &Accepted,
+        status: &str,
+        error_code: Option<&str>,
+    ) -> BTreeMap<String, String> {
+        let mut form = BTreeMap::from([
+            ("AccountSid".to_owned(), self.state.account_sid.clone()),
+            ("ApiVersion".to_owned(), "2010-04-01".to_owned()),
+            (
+                "From".to_owned(),
+                message.form.get("From").cloned().unwrap_or_default(),
+            ),
+            ("MessageSid".to_owned(), message.sid.clone()),
+            ("MessageStatus".to_owned(), status.to_owned()),
+            ("SmsSid".to_owned(), message.sid.clone()),
+            ("SmsStatus".to_owned(), status.to_owned()),
+            (
+                "To".to_owned(),
+                message.form.get("To").cloned().unwrap_or_default(),
+            ),
+        ]);
+        if let Some(code) = error_code {
+            form.insert("ErrorCode".to_owned(), code.to_owned());
+        }
+        form
+    }
+
+    /// Posts a status callback `form` to the message's `StatusCallback`
+    /// signed with `signed_by` (the account's auth token, or a forger's).
+    /// `public` is the base of the callback URL as Twilio sees it, `actual`
+    /// where ingest really listens (a proxy between them in production).
+    pub async fn post_callback(
+        &self,
+        message: &Accepted,
+        form: &BTreeMap<String, String>,
+        signed_by: Option<&str>,
+        public: &str,
+        actual: &str,
+    ) -> reqwest::Response {
+        let url = message
+            .form
+            .get("StatusCallback")
+            .expect("the message asked for status callbacks");
+        let path = url
+            .strip_prefix(public)
+            .expect("a callback under the public URL");
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{path}", actual.trim_end_matches('/')))
+            .header("User-Agent", "TwilioProxy/1.1")
+            .form(form);
+        if let Some(token) = signed_by {
+            request = request.header("X-Twilio-Signature", twilio_signature(token, url, form));
+        }
+        request.send().await.expect("callback")
     }
 }
 
@@ -162,6 +256,10 @@ fn answer(state: &State, request: &Recorded) -> Scripted {
         return scripted;
     }
     let message_sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+    state.accepted.lock().unwrap().push(Accepted {
+        sid: message_sid.clone(),
+        form: form.clone(),
+    });
     let now = chrono::Utc::now().to_rfc2822();
     let uri = format!("/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json");
     let resource = json!({

@@ -145,6 +145,24 @@ async fn push_through_fcm_and_apns_and_unregistered_tokens_are_deactivated() {
         .unwrap();
     assert_eq!(failed["error_class"], "unregistered");
     assert_eq!(failed["attempts"], 1, "a permanent error is not retried");
+    // FCM's answer is kept as the delivery's receipt; the status stays
+    // `failed` (the answer came to the send itself, docs/receipts.md).
+    let receipt: (String, String, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT provider, event, tenant_id, status FROM receipts WHERE delivery_id = $1::uuid",
+    )
+    .bind(failed["id"].as_str().unwrap())
+    .fetch_one(&p.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        receipt,
+        (
+            "fcm".into(),
+            "unregistered".into(),
+            Some("acme".into()),
+            None
+        )
+    );
     assert_eq!(fcm.requests().len(), 2);
     let sent_fcm = fcm
         .requests()

@@ -29,6 +29,7 @@ pub const SHORT: Duration = Duration::from_millis(500);
 pub fn ctx(lane: Lane) -> SendContext {
     SendContext {
         delivery_id: Uuid::new_v4(),
+        created_at: chrono::Utc::now(),
         notification_id: Uuid::new_v4(),
         lane,
         expires_at: None,

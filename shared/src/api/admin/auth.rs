@@ -139,6 +139,18 @@ impl AdminAuth {
         self.verify("replay", token, selection)
     }
 
+    /// The token a one-action form (such as a remove button) carries, bound
+    /// to `purpose` and exactly the object `payload` names.
+    pub fn action_token(&self, purpose: &str, payload: &str) -> String {
+        self.sign(purpose, CONFIRMATION, payload)
+    }
+
+    /// Whether `token` was signed for `purpose` and `payload` and has not
+    /// expired.
+    pub fn action_token_valid(&self, purpose: &str, token: &str, payload: &str) -> bool {
+        self.verify(purpose, token, payload)
+    }
+
     fn session_valid(&self, headers: &HeaderMap) -> bool {
         headers
             .get_all(header::COOKIE)

@@ -66,6 +66,7 @@ button.quiet{background:transparent;border-color:#8ea2c8;color:#cfd8ec;padding:3
 pub enum Nav {
     Overview,
     DeadLetters,
+    Suppressions,
     None,
 }
 
@@ -90,6 +91,7 @@ pub fn page(title: &str, nav: Nav, signed_in: bool, body: Markup) -> Markup {
                     @if signed_in {
                         (link("/admin", "Overview", Nav::Overview))
                         (link("/admin/dead-letters", "Dead letters", Nav::DeadLetters))
+                        (link("/admin/suppressions", "Suppressions", Nav::Suppressions))
                         form method="post" action="/admin/logout" {
                             button.quiet type="submit" { "Log out" }
                         }

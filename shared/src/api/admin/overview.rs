@@ -1,5 +1,5 @@
 //! The overview page: deliveries per minute, queue depths and consumers,
-//! dead letters by class.
+//! dead letters by class, receipts and suppressions.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -15,7 +15,7 @@ use super::{
 use crate::{
     api::AppState,
     broker::QueueStats,
-    db::{activity, dead_letters},
+    db::{activity, dead_letters, receipts, suppressions},
 };
 
 /// Window of the overview's delivery chart.
@@ -27,8 +27,12 @@ const DEAD_WINDOW: Duration = Duration::from_secs(24 * 3600);
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Delivery statuses in the order the chart stacks them, with their colours.
-const STATUSES: [(&str, &str); 8] = [
+const STATUSES: [(&str, &str); 12] = [
+    ("delivered", "#2e7d32"),
     ("sent", "#43a047"),
+    ("bounced", "#c62828"),
+    ("complained", "#ad1457"),
+    ("undelivered", "#ef6c00"),
     ("failed", "#e53935"),
     ("dead", "#8e24aa"),
     ("expired", "#fb8c00"),
@@ -51,12 +55,39 @@ pub async fn overview(_: AdminPage, State(state): State<AppState>) -> Response {
         only_unreplayed: true,
         ..Default::default()
     };
-    let (queues, minutes, classes, unreplayed) = tokio::join!(
+    let (queues, minutes, classes, unreplayed, receipts, suppressed) = tokio::join!(
         tokio::time::timeout(BROKER_TIMEOUT, broker.queue_stats(&admin.schedule)),
         activity::deliveries_per_minute(&state.pool, CHART_WINDOW),
         activity::dead_letters_by_class(&state.pool, DEAD_WINDOW),
         dead_letters::count(&state.pool, &unreplayed),
+        receipts::counts(&state.pool, DEAD_WINDOW),
+        suppressions::count_by_reason(&state.pool, None),
     );
+    let receipts = match receipts {
+        Ok(rows) if rows.is_empty() => {
+            html! { p.muted { "No provider receipts in the last 24 hours." } }
+        }
+        Ok(rows) => table(
+            &["Provider", "Moved to", "#Receipts"],
+            &rows
+                .iter()
+                .map(|(p, s, n)| vec![html! { (p) }, html! { span.tag { (s) } }, html! { (n) }])
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => unavailable("receipt counts", e),
+    };
+    let suppressed = match suppressed {
+        Ok(rows) => {
+            let total: i64 = rows.iter().map(|(_, n)| n).sum();
+            html! {
+                p {
+                    a href="/admin/suppressions" { (total) " suppressed address(es)" }
+                    @for (reason, n) in &rows { " · " (reason) " " (n) }
+                }
+            }
+        }
+        Err(e) => unavailable("suppressions", e),
+    };
     let queues = match queues {
         Ok(Ok(q)) => queue_table(q, &format!("{}.retry.", broker.names().prefix())),
         Ok(Err(e)) => unavailable("broker", e),
@@ -103,6 +134,11 @@ pub async fn overview(_: AdminPage, State(state): State<AppState>) -> Response {
                 (classes)
                 (unreplayed)
             }
+        }
+        section id="receipts" {
+            h2 { "Provider receipts, last 24 hours" }
+            (receipts)
+            (suppressed)
         }
     };
     html::respond(

@@ -68,22 +68,40 @@ pub async fn expire_unclaimed(
     .map(|_| ())
 }
 
-/// Deactivates a device token the provider reported unregistered.
-pub async fn deactivate_device(
-    pool: &PgPool,
-    tenant: &str,
-    user: &str,
-    token: &str,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
+/// The push delivery whose provider reported its token unregistered.
+#[derive(Debug, Clone, Copy)]
+pub struct Unregistered<'a> {
+    /// `fcm` or `apns`.
+    pub provider: &'a str,
+    pub tenant: &'a str,
+    pub user: &'a str,
+    pub token: &'a str,
+    pub reason: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub delivery_id: Uuid,
+}
+
+/// Deactivates a device token the provider reported unregistered (FCM
+/// `UNREGISTERED`, APNs 410), and keeps that answer as the delivery's
+/// receipt (event `unregistered`), in one statement. The delivery itself is
+/// recorded `failed` by the worker: the answer came to the send itself,
+/// not after it (docs/receipts.md).
+pub async fn deactivate_device(pool: &PgPool, u: &Unregistered<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE devices SET active = false, deactivated_reason = $4, updated_at = now()
+        "WITH receipt AS (
+             INSERT INTO receipts (provider, event_id, event, tenant_id, delivery_created_at, delivery_id, reason)
+             VALUES ($5, $7::text || ':unregistered', 'unregistered', $1, $6, $7, $4)
+             ON CONFLICT DO NOTHING)
+         UPDATE devices SET active = false, deactivated_reason = $4, updated_at = now()
          WHERE tenant_id = $1 AND user_id = $2 AND token = $3",
     )
-    .bind(tenant)
-    .bind(user)
-    .bind(token)
-    .bind(reason)
+    .bind(u.tenant)
+    .bind(u.user)
+    .bind(u.token)
+    .bind(u.reason)
+    .bind(u.provider)
+    .bind(u.created_at)
+    .bind(u.delivery_id)
     .execute(pool)
     .await
     .map(|_| ())

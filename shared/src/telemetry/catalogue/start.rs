@@ -1,7 +1,7 @@
 //! What each process registers at zero when it starts: the catalogue's
 //! metrics over the label values it knows then.
 
-use super::{Metric, api, consumers, delivery, intake, replay, router as routing};
+use super::{Metric, api, consumers, delivery, intake, receipts, replay, router as routing};
 use crate::{
     broker::Names,
     model::{Channel, Lane},
@@ -44,7 +44,35 @@ fn yields() {
 /// Ingest at start. `routes` are the API's (route, method, status) triples
 /// as its OpenAPI document lists them, each counted at zero.
 pub fn ingest(names: &Names, routes: impl IntoIterator<Item = (String, String, u16)>) {
-    describe(&[api::ALL, intake::ALL, consumers::ALL, replay::ALL]);
+    describe(&[
+        api::ALL,
+        intake::ALL,
+        consumers::ALL,
+        replay::ALL,
+        receipts::ALL,
+    ]);
+    for provider in receipts::PROVIDERS {
+        for outcome in receipts::OUTCOMES {
+            receipts::RECEIVED.zero(&[
+                ("provider", provider.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ]);
+        }
+        for reason in receipts::REFUSALS {
+            receipts::REFUSED.zero(&[
+                ("provider", provider.to_owned()),
+                ("reason", reason.to_owned()),
+            ]);
+        }
+    }
+    for channel in [Channel::Email, Channel::Sms] {
+        for reason in crate::model::suppression::SuppressionReason::ALL {
+            receipts::SUPPRESSIONS_ADDED.zero(&[
+                ("channel", channel.as_str().to_owned()),
+                ("reason", reason.as_str().to_owned()),
+            ]);
+        }
+    }
     for (route, method, status) in routes {
         api::HTTP_REQUESTS.zero(&[
             ("route", route.clone()),

@@ -366,6 +366,7 @@ async fn provider_alone(channel: Channel, fakes: &Fakes, msgs: &[DeliveryMessage
             async move {
                 let ctx = SendContext {
                     delivery_id: m.delivery_id,
+                    created_at: m.created_at,
                     notification_id: m.notification_id,
                     lane: m.lane,
                     expires_at: None,

@@ -170,7 +170,9 @@ async fn the_client_satisfies_twilios_published_spec() {
         FROM,
         TIMEOUT,
     )
-    .expect("provider");
+    .expect("provider")
+    // The status callback URL is checked against the spec too (a `uri`).
+    .with_status_callbacks(Some("https://herald.example.com"));
 
     let sid = sent(
         twilio
