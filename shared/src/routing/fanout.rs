@@ -44,6 +44,8 @@ use crate::{
 /// queries, one publish batch) is amortised, small enough that a page's
 /// recipients and messages stay well under a megabyte or two in memory.
 pub const PAGE_SIZE: i64 = 1000;
+/// Deliveries a `normal` or `bulk` step publishes before it yields to `high`.
+const PUBLISH_CHUNK: usize = 250;
 /// Pages handed out per checkpoint.
 const PAGES_PER_CHECKPOINT: usize = 20;
 /// How long a tenant's policy is reused before it is read again.
@@ -493,16 +495,29 @@ impl Fanout {
             replay,
             &TraceContext::current(),
         );
-        if let Some(Err(e)) = self
-            .publisher(lane)
-            .publish_all(&msgs)
-            .await
-            .into_iter()
-            .find(Result::is_err)
-        {
-            return Err(RouteError::Transient(
-                anyhow::Error::new(e).context("publishing deliveries"),
-            ));
+        // `high` publishes at once; the other lanes in chunks, yielding to
+        // `high` work in flight before each, so a one-time code arriving
+        // mid-page waits for at most one chunk's publishes, not a page's.
+        let chunk = if lane == Lane::High {
+            msgs.len().max(1)
+        } else {
+            PUBLISH_CHUNK
+        };
+        for (i, part) in msgs.chunks(chunk).enumerate() {
+            if i > 0 {
+                self.yield_to_high(lane).await;
+            }
+            if let Some(Err(e)) = self
+                .publisher(lane)
+                .publish_all(part)
+                .await
+                .into_iter()
+                .find(Result::is_err)
+            {
+                return Err(RouteError::Transient(
+                    anyhow::Error::new(e).context("publishing deliveries"),
+                ));
+            }
         }
         count(&planned, lane, row);
         Ok(())
