@@ -11,6 +11,7 @@ pub mod ctl;
 pub mod db;
 pub mod delivery;
 pub mod dlq;
+pub mod events;
 pub mod intake;
 pub mod model;
 pub mod ops;

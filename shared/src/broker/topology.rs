@@ -85,6 +85,15 @@ impl Names {
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}ms", self.prefix, delay.as_millis())
     }
+    /// Topic exchange of delivery events (CloudEvents), keyed
+    /// `{tenant}.{channel}.{status}`; other services bind their own queues.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    /// Routing key of a delivery event.
+    pub fn event_key(tenant: &str, channel: &str, status: &str) -> String {
+        format!("{tenant}.{channel}.{status}")
+    }
     /// Fanout exchange every dead letter goes to.
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.prefix)
@@ -114,6 +123,7 @@ impl Names {
             self.deliveries_exchange(),
             self.retry_exchange(),
             self.dead_exchange(),
+            self.events_exchange(),
         ]
     }
 }
@@ -192,6 +202,8 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
     exchange(ch, &names.deliveries_exchange(), ExchangeKind::Direct).await?;
     exchange(ch, &names.retry_exchange(), ExchangeKind::Headers).await?;
     exchange(ch, &dead, ExchangeKind::Fanout).await?;
+    // No queue of Herald's own: the services that want events bind theirs.
+    exchange(ch, &names.events_exchange(), ExchangeKind::Topic).await?;
 
     // The dead-letter queue is the end of the line: its archiver stores even
     // bytes it cannot parse, so it needs no delivery limit or DLX of its own.

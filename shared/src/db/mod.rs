@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod events;
 pub mod idempotency;
 pub mod keys;
 pub mod notifications;

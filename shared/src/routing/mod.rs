@@ -2,8 +2,9 @@
 //!
 //! One consumer per priority lane, each on its own channel and prefetch, so a
 //! million-subscriber `bulk` topic never holds up a `high` one-time code; the
-//! deferred-delivery scheduler; the dead-letter archiver; and housekeeping
-//! (delivery partitions, cap ledger).
+//! deferred-delivery scheduler; the dead-letter archiver; the relay of
+//! delivery events (crate::events); and housekeeping (delivery partitions,
+//! cap ledger).
 
 pub mod batch;
 pub mod caps;
@@ -111,6 +112,18 @@ pub async fn run(
                     },
                 ));
             }
+            // A channel of its own: a batch of events never queues ahead of
+            // deliveries on the router's channel, and an error that closes
+            // the events' channel leaves routing alone.
+            tasks.spawn(crate::events::relay::run(
+                pool.clone(),
+                Publisher::new(broker.clone()),
+                cancel.clone(),
+            ));
+            tasks.spawn(crate::events::relay::watch_backlog(
+                pool.clone(),
+                cancel.clone(),
+            ));
             tasks.spawn(scheduler::run(
                 pool.clone(),
                 publisher.clone(),

@@ -6,6 +6,7 @@ mod bad_input;
 mod contract;
 mod delivery;
 mod erasure;
+mod events;
 mod faults_kit;
 mod ingest;
 mod operators;

@@ -1,7 +1,7 @@
 //! What each process registers at zero when it starts: the catalogue's
 //! metrics over the label values it knows then.
 
-use super::{Metric, api, consumers, delivery, intake, replay, router as routing};
+use super::{Metric, api, consumers, delivery, events, intake, replay, router as routing};
 use crate::{
     broker::Names,
     model::{Channel, Lane},
@@ -96,7 +96,10 @@ fn dead_letter_classes() -> Vec<(String, String)> {
 
 /// The router at start.
 pub fn router(names: &Names) {
-    describe(&[routing::ALL, consumers::ALL]);
+    describe(&[routing::ALL, events::ALL, consumers::ALL]);
+    for metric in events::ALL {
+        metric.zero(&[]);
+    }
     for channel in Channel::ALL {
         for lane in Lane::ALL {
             for status in routing::STATUSES {
