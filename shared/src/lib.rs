@@ -21,3 +21,4 @@ pub mod providers;
 pub mod routing;
 pub mod shutdown;
 pub mod telemetry;
+pub mod webhooks;
