@@ -39,6 +39,11 @@ pub struct IngestConfig {
     /// admin pages do not exist (404). Use a long random value.
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true, value_parser = secret)]
     pub admin_api_key: Option<SecretString>,
+    /// Networks (CIDR, comma-separated) webhook endpoints may resolve to
+    /// besides public addresses, e.g. `10.20.0.0/16` for an internal
+    /// receiver. Unset: public addresses only.
+    #[arg(long, env = "WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
+    pub webhook_allowed_networks: Vec<crate::webhooks::address::Network>,
 }
 
 /// Wraps the key at once; its length is checked by [`IngestConfig::check`],

@@ -13,6 +13,7 @@ pub mod problem;
 mod recipients;
 mod timeout;
 mod views;
+mod webhooks;
 
 use std::{
     sync::Arc,
@@ -65,6 +66,8 @@ pub struct AppState {
     pub client_ip_header: Option<HeaderName>,
     /// `API_REQUEST_TIMEOUT`.
     pub request_timeout: Duration,
+    /// Which addresses webhook endpoints may resolve to.
+    pub webhook_policy: Arc<crate::webhooks::address::Policy>,
 }
 
 async fn not_found() -> ApiError {
@@ -144,7 +147,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/topics/{topic}/subscribers/{user_id}",
             put(recipients::subscribe).delete(recipients::unsubscribe),
-        );
+        )
+        .route("/webhooks", get(webhooks::list_webhooks))
+        .route(
+            "/webhooks/{id}",
+            put(webhooks::put_webhook)
+                .get(webhooks::get_webhook)
+                .delete(webhooks::delete_webhook),
+        )
+        .route("/webhooks/{id}/rotate", post(webhooks::rotate_webhook));
     let mut app = Router::new().nest("/v1", v1);
     if state.admin.is_some() {
         app = app.merge(admin::routes());
@@ -206,6 +217,9 @@ pub async fn run(
             .map(|key| Arc::new(admin::Admin::new(key, common.retry_schedule.clone()))),
         client_ip_header: config.client_ip_header.clone(),
         request_timeout: config.api_request_timeout,
+        webhook_policy: Arc::new(crate::webhooks::address::Policy::new(
+            config.webhook_allowed_networks.clone(),
+        )),
     };
 
     let tasks = TaskTracker::new();

@@ -20,7 +20,7 @@ use utoipa::{
     },
 };
 
-use super::{notifications, problem::Problem, recipients};
+use super::{notifications, problem::Problem, recipients, webhooks};
 use crate::model::FieldError;
 
 /// The document's root.
@@ -47,6 +47,11 @@ use crate::model::FieldError;
         recipients::get_topic,
         recipients::subscribe,
         recipients::unsubscribe,
+        webhooks::put_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::delete_webhook,
+        webhooks::rotate_webhook,
         openapi_json,
     ),
     components(schemas(Problem, FieldError)),
@@ -55,6 +60,7 @@ use crate::model::FieldError;
     tags(
         (name = "notifications", description = "Send, batch send and status (scope `send`)"),
         (name = "recipients", description = "Users, devices, preferences and topics (scope `manage`)"),
+        (name = "webhooks", description = "Signed webhook endpoints for delivery events (scope `manage`)"),
         (name = "contract", description = "This document"),
     )
 )]
@@ -277,7 +283,8 @@ mod tests {
             .values()
             .map(|p| p.as_object().unwrap().len())
             .sum();
-        assert_eq!(operations, 14);
+        // 14 before webhooks, which add PUT, GET, DELETE, list and rotate.
+        assert_eq!(operations, 19);
         let send = &doc["paths"]["/v1/notifications"]["post"];
         for status in [
             "202", "400", "401", "403", "409", "413", "415", "422", "429", "503",

@@ -94,6 +94,14 @@ impl Names {
     pub fn event_key(tenant: &str, channel: &str, status: &str) -> String {
         format!("{tenant}.{channel}.{status}")
     }
+    /// Routing key of webhook messages on the deliveries exchange (and back
+    /// from the retry tiers).
+    pub const WEBHOOK_KEY: &'static str = "webhook";
+    /// Queue of webhook messages (one event for one endpoint), consumed by
+    /// the webhook sender.
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
     /// Fanout exchange every dead letter goes to.
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.prefix)
@@ -110,6 +118,7 @@ impl Names {
         for channel in DeliveryChannel::ALL {
             queues.extend(Lane::ALL.iter().map(|l| self.delivery_queue(channel, *l)));
         }
+        queues.push(self.webhook_queue());
         queues.extend(schedule.queue_delays().iter().map(|d| self.retry_queue(*d)));
         queues.dedup();
         queues
@@ -234,6 +243,17 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
             .await?;
         }
     }
+
+    // Webhooks: one message per event and endpoint, on the deliveries
+    // exchange so the retry tiers bring it back.
+    queue(ch, &names.webhook_queue(), quorum_args(&dead)).await?;
+    bind(
+        ch,
+        &names.webhook_queue(),
+        &names.deliveries_exchange(),
+        Names::WEBHOOK_KEY,
+    )
+    .await?;
 
     for delay in schedule.queue_delays() {
         let q = names.retry_queue(delay);

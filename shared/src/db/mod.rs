@@ -10,6 +10,7 @@ pub mod notifications;
 pub mod recipients;
 pub mod routing;
 pub mod tenants;
+pub mod webhooks;
 
 use std::time::Duration;
 

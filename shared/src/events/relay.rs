@@ -76,7 +76,7 @@ pub async fn pass(pool: &PgPool, publisher: &Publisher, limit: i64) -> anyhow::R
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         match DeliveryEvent::from_pending(row) {
-            Some(event) => events.push((row.seq, event.outgoing(names))),
+            Some(event) => events.push((row.seq, event)),
             None => {
                 // Only a delivery older than the retention (its partition
                 // dropped) is gone; nothing is left to say who it was for.
@@ -87,21 +87,35 @@ pub async fn pass(pool: &PgPool, publisher: &Publisher, limit: i64) -> anyhow::R
             }
         }
     }
-    let msgs: Vec<_> = events.iter().map(|(_, m)| m.clone()).collect();
+    // The events, then the webhook messages they make (one per matching
+    // endpoint); a row is done once its event and all its webhook messages
+    // are confirmed.
+    let refs: Vec<&DeliveryEvent> = events.iter().map(|(_, e)| e).collect();
+    let hooks = crate::webhooks::send::for_events(pool, names, &refs).await?;
+    let mut msgs: Vec<_> = events.iter().map(|(_, e)| e.outgoing(names)).collect();
+    msgs.extend(hooks.iter().map(|(_, m)| m.clone()));
     let results = publisher.publish_all(&msgs).await;
+    let confirmed = |r: &Result<(), PublishError>| {
+        // A topic exchange with no queue bound for the key: confirmed, and
+        // nobody wants it. That is not a failure to retry.
+        matches!(r, Ok(()) | Err(PublishError::Unroutable { .. }))
+    };
+    let mut done: Vec<bool> = results[..events.len()].iter().map(confirmed).collect();
+    let mut failure = results.iter().find(|r| !confirmed(r)).map(|r| match r {
+        Err(e) => e.to_string(),
+        Ok(()) => String::new(),
+    });
+    for ((event, _), result) in hooks.iter().zip(&results[events.len()..]) {
+        if !matches!(result, Ok(())) {
+            done[*event] = false;
+            failure.get_or_insert_with(|| "a webhook message was not confirmed".into());
+        }
+    }
     let mut published = 0u64;
-    let mut failure = None;
-    for ((seq, _), result) in events.iter().zip(results) {
-        match result {
-            // A topic exchange with no queue bound for the key: confirmed,
-            // and nobody wants it. That is not a failure to retry.
-            Ok(()) | Err(PublishError::Unroutable { .. }) => {
-                settled.push(*seq);
-                published += 1;
-            }
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
+    for ((seq, _), ok) in events.iter().zip(&done) {
+        if *ok {
+            settled.push(*seq);
+            published += 1;
         }
     }
     db::events::delete(&mut tx, &settled).await?;

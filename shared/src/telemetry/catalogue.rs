@@ -205,7 +205,8 @@ pub mod router {
     pub const STATUSES: [&str; 5] = ["pending", "suppressed", "deferred", "expired", "failed"];
 }
 
-/// Delivery events: the outbox and its relay (`events`), in the router.
+/// Delivery events: the outbox and its relay (`events`), and webhooks
+/// (`webhooks::send`), in the router.
 pub mod events {
     use super::*;
 
@@ -230,6 +231,15 @@ pub mod events {
         "age of the oldest delivery event waiting in the outbox (0 when empty)",
     );
 
+    pub const WEBHOOKS: Metric = counter(
+        "herald_webhooks_total",
+        "webhook attempts, by outcome (delivered, retry, dead)",
+    );
+    pub const WEBHOOKS_DISABLED: Metric = counter(
+        "herald_webhooks_disabled_total",
+        "webhook endpoints disabled after failing for WEBHOOK_DISABLE_AFTER",
+    );
+
     /// Every metric of the area.
     pub const ALL: &[Metric] = &[
         PUBLISHED,
@@ -237,7 +247,12 @@ pub mod events {
         SKIPPED,
         OUTBOX_ROWS,
         OUTBOX_OLDEST,
+        WEBHOOKS,
+        WEBHOOKS_DISABLED,
     ];
+
+    /// Every `outcome` of `herald_webhooks_total`.
+    pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
 }
 
 /// The channel workers (`delivery`).

@@ -10,4 +10,6 @@
 //! built yet (docs/events.md, "Webhooks").
 
 pub mod address;
+pub mod filter;
+pub mod send;
 pub mod signature;

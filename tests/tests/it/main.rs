@@ -15,3 +15,4 @@ mod reliability;
 mod routing;
 mod security;
 mod traces;
+mod webhooks;

@@ -97,9 +97,17 @@ fn dead_letter_classes() -> Vec<(String, String)> {
 /// The router at start.
 pub fn router(names: &Names) {
     describe(&[routing::ALL, events::ALL, consumers::ALL]);
-    for metric in events::ALL {
+    for metric in events::ALL
+        .iter()
+        .filter(|m| m.name != events::WEBHOOKS.name)
+    {
         metric.zero(&[]);
     }
+    zero_each(
+        &events::WEBHOOKS,
+        "outcome",
+        events::WEBHOOK_OUTCOMES.map(String::from),
+    );
     for channel in Channel::ALL {
         for lane in Lane::ALL {
             for status in routing::STATUSES {
@@ -125,6 +133,7 @@ pub fn router(names: &Names) {
     }
     let mut queues: Vec<String> = Lane::ALL.map(|lane| names.route_queue(lane)).into();
     queues.push(names.dead_queue());
+    queues.push(names.webhook_queue());
     zero_each(&consumers::RESTARTS, "queue", queues);
     outage_steps(&["route", "archive", "dead_letter"]);
 }
