@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-/// One endpoint as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One endpoint as stored. Its `Debug` leaves the secrets out.
+#[derive(Clone, sqlx::FromRow)]
 pub struct Webhook {
     pub tenant_id: String,
     pub id: String,
@@ -18,6 +18,18 @@ pub struct Webhook {
     pub disabled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("tenant_id", &self.tenant_id)
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
 }
 
 const COLUMNS: &str = "tenant_id, id, url, events, secret, previous_secret, previous_until,

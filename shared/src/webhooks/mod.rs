@@ -1,13 +1,13 @@
-//! Signed webhooks (PRODUCT.md, "Webhooks"): the parts that stand on their
-//! own, ready for the endpoint registry and the sender to build on.
+//! Signed webhooks (PRODUCT.md, "Webhooks"; docs/events.md says how they
+//! are built). The endpoints are registered through the API
+//! (`api/webhooks.rs`) and stored in `db::webhooks`.
 //!
 //! - [`signature`]: signing secrets and signatures per the Standard Webhooks
 //!   specification, checked against its published test vectors.
 //! - [`address`]: which addresses an endpoint may resolve to (never private,
 //!   loopback or link-local unless allow-listed).
-//!
-//! Registering endpoints (`/v1/webhooks`) and sending events to them are not
-//! built yet (docs/events.md, "Webhooks").
+//! - [`filter`]: which events an endpoint wants.
+//! - [`send`]: the fan-out of a batch of events to endpoints, and the sender.
 
 pub mod address;
 pub mod filter;

@@ -234,10 +234,28 @@ async fn send(sender: &Sender, incoming: Incoming) {
             return;
         }
     };
+    let attempts = header_i64(delivery.properties.headers().as_ref(), Headers::ATTEMPTS)
+        .unwrap_or(0) as u32
+        + 1;
     let hook = match db::webhooks::get(&sender.pool, &msg.tenant_id, &msg.webhook_id).await {
         Ok(Some(h)) if h.disabled_at.is_none() => h,
-        Ok(_) => {
-            // Deleted or disabled since: nothing to send to.
+        Ok(Some(_)) => {
+            // Disabled while this message waited for a retry: kept as a
+            // dead letter, to replay once the endpoint is enabled again.
+            give_up(
+                sender,
+                &delivery,
+                &settle,
+                &msg,
+                attempts - 1,
+                "endpoint_disabled",
+                "the endpoint was disabled after failing for WEBHOOK_DISABLE_AFTER".into(),
+            )
+            .await;
+            return;
+        }
+        Ok(None) => {
+            // Deleted since: nobody wants it any more.
             settle.ack(&delivery);
             return;
         }
@@ -247,9 +265,6 @@ async fn send(sender: &Sender, incoming: Incoming) {
             return;
         }
     };
-    let attempts = header_i64(delivery.properties.headers().as_ref(), Headers::ATTEMPTS)
-        .unwrap_or(0) as u32
-        + 1;
     let error = match post(sender, &msg, &hook).await {
         Attempt::Delivered => {
             metrics::counter!("herald_webhooks_total", "outcome" => "delivered").increment(1);
@@ -279,35 +294,64 @@ async fn send(sender: &Sender, incoming: Incoming) {
         Err(e) => tracing::warn!(error = %e, "could not record the endpoint's failure"),
     }
     let names = sender.publisher.broker().names();
-    let mut out = msg.outgoing(names);
-    let published = match sender.retry.after_failure(attempts, None) {
+    match sender.retry.after_failure(attempts, None) {
         Next::Retry { delay, .. } => {
             metrics::counter!("herald_webhooks_total", "outcome" => "retry").increment(1);
+            let mut out = msg.outgoing(names);
             out.exchange = names.retry_exchange();
             out.headers = out
                 .headers
                 .int(Headers::RETRY_DELAY_MS, delay.as_millis() as i64)
                 .int(Headers::ATTEMPTS, attempts as i64);
-            sender.publisher.publish(&out).await
+            match sender.publisher.publish(&out).await {
+                Ok(()) => settle.ack(&delivery),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not schedule the webhook's retry; the message waits");
+                    settle.requeue_after(&delivery, TRANSIENT_PAUSE).await;
+                }
+            }
         }
         Next::GiveUp => {
-            metrics::counter!("herald_webhooks_total", "outcome" => "dead").increment(1);
-            out.headers = out.headers.int(Headers::ATTEMPTS, attempts as i64);
-            out.message_id = format!("{}:dead", out.message_id);
-            let reason = DeadLetterReason {
-                source: "webhooks",
-                error_class: "exhausted",
+            give_up(
+                sender,
+                &delivery,
+                &settle,
+                &msg,
+                attempts,
+                "exhausted",
                 error,
-                tenant: Some(msg.tenant_id.clone()),
-            };
-            dlq::publish_outgoing(&sender.publisher, out, &delivery, &reason).await
+            )
+            .await
         }
+    }
+}
+
+/// Dead-letters the message (source `webhooks`), then acks it.
+async fn give_up(
+    sender: &Sender,
+    delivery: &lapin::message::Delivery,
+    settle: &crate::broker::acks::Settler,
+    msg: &WebhookMessage,
+    attempts: u32,
+    class: &'static str,
+    error: String,
+) {
+    metrics::counter!("herald_webhooks_total", "outcome" => "dead").increment(1);
+    let mut out = msg.outgoing(sender.publisher.broker().names());
+    out.headers = out.headers.int(Headers::ATTEMPTS, attempts as i64);
+    // Stable: a give-up finished twice is archived once.
+    out.message_id = format!("{}:dead", out.message_id);
+    let reason = DeadLetterReason {
+        source: "webhooks",
+        error_class: class,
+        error,
+        tenant: Some(msg.tenant_id.clone()),
     };
-    match published {
-        Ok(()) => settle.ack(&delivery),
+    match dlq::publish_outgoing(&sender.publisher, out, delivery, &reason).await {
+        Ok(()) => settle.ack(delivery),
         Err(e) => {
-            tracing::warn!(error = %e, "could not schedule the webhook's retry; the message waits");
-            settle.requeue_after(&delivery, TRANSIENT_PAUSE).await;
+            tracing::warn!(error = %e, "could not dead-letter the webhook message; it waits");
+            settle.requeue_after(delivery, TRANSIENT_PAUSE).await;
         }
     }
 }

@@ -341,12 +341,14 @@ async fn webhooks_signed_events_reach_matching_endpoints_and_both_secrets_sign_d
 
 #[tokio::test]
 async fn webhooks_a_failing_endpoint_is_retried_on_the_ladder_dead_lettered_and_disabled() {
-    let env = TestEnv::with_schedule("200ms,400ms").await;
+    // Attempts at about 0 s, 0.2 s and 1.5 s; disabled after failing for
+    // 1 s, so at the third attempt, which is also the last.
+    let env = TestEnv::with_schedule("200ms,1500ms").await;
     let ingest = env
         .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
         .await;
     let router = env
-        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_millis(300))
+        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_secs(1))
         .await;
     let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
     let client = Client::new(&ingest, &key);
@@ -382,11 +384,12 @@ async fn webhooks_a_failing_endpoint_is_retried_on_the_ladder_dead_lettered_and_
         "one event id throughout"
     );
     verify_all(&hits, &[&secret]);
-    let gaps: Vec<i64> = hits
-        .windows(2)
-        .map(|w| w[1].timestamp.parse::<i64>().unwrap() - w[0].timestamp.parse::<i64>().unwrap())
-        .collect();
-    assert!(gaps.iter().all(|g| *g >= 0), "{gaps:?}");
+    let last_gap =
+        hits[2].timestamp.parse::<i64>().unwrap() - hits[1].timestamp.parse::<i64>().unwrap();
+    assert!(
+        last_gap >= 1,
+        "the second retry waited its tier: {last_gap} s"
+    );
 
     let (_, hook) = client.json(Method::GET, "/v1/webhooks/flaky", None).await;
     assert_eq!(hook["status"], "disabled", "{hook}");
@@ -433,6 +436,48 @@ async fn webhooks_a_failing_endpoint_is_retried_on_the_ladder_dead_lettered_and_
     verify_all(&[replayed], &[&secret]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(failing.hits().len(), 4, "delivered once, not retried");
+    router.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_a_message_waiting_for_a_disabled_endpoint_is_kept_as_a_dead_letter() {
+    // Disabled at the second failure (0.2 s in, past 100 ms of failing);
+    // the retry waiting 1.5 s then finds the endpoint disabled.
+    let env = TestEnv::with_schedule("200ms,1500ms").await;
+    let ingest = env
+        .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let router = env
+        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_millis(100))
+        .await;
+    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
+    let client = Client::new(&ingest, &key);
+    let failing = Receiver::start(500).await;
+    register(&client, "down", &failing.url(), json!(["*"])).await;
+    let (status, _) = client
+        .json(
+            Method::POST,
+            "/v1/notifications",
+            Some(json!({"category": "social", "to": {"users": ["ghost"]},
+                        "content": {"push": {"title": "Hi", "body": "A message"}}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let dead: Option<(String, i32)> = env
+        .eventually(Duration::from_secs(20), || async {
+            sqlx::query_as(
+                "SELECT error_class, attempts FROM dead_letters WHERE source = 'webhooks'",
+            )
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+    assert_eq!(dead, Some(("endpoint_disabled".to_owned(), 2)));
+    assert_eq!(failing.hits().len(), 2, "no call once disabled");
+    let (_, hook) = client.json(Method::GET, "/v1/webhooks/down", None).await;
+    assert_eq!(hook["status"], "disabled");
     router.stop().await;
     ingest.stop().await;
 }
