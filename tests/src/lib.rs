@@ -258,6 +258,10 @@ impl TestEnv {
             common: self.common(),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             delivery_retention_days: 30,
+            // Test receivers listen on loopback.
+            webhook_allowed_networks: vec!["127.0.0.0/8".parse().expect("network")],
+            webhook_disable_after: Duration::from_secs(24 * 3600),
+            webhook_timeout: Duration::from_secs(5),
         };
         tweak(&mut config);
         Spawned::start(config.http_addr, |listener, cancel| {

@@ -54,6 +54,11 @@ pub struct IngestConfig {
     /// key as SendGrid shows it. Unset: no SendGrid receipts.
     #[arg(long, env = "SENDGRID_WEBHOOK_PUBLIC_KEY")]
     pub sendgrid_webhook_public_key: Option<String>,
+    /// Networks (CIDR, comma-separated) webhook endpoints may resolve to
+    /// besides public addresses, e.g. `10.20.0.0/16` for an internal
+    /// receiver. Unset: public addresses only.
+    #[arg(long, env = "WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
+    pub webhook_allowed_networks: Vec<crate::webhooks::address::Network>,
 }
 
 /// Wraps the key at once; its length is checked by [`IngestConfig::check`],

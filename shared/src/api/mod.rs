@@ -15,6 +15,7 @@ mod recipients;
 mod suppressions;
 mod timeout;
 mod views;
+mod webhooks;
 
 use std::{
     sync::Arc,
@@ -70,6 +71,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// What verifies provider receipts.
     pub receipts: Arc<ReceiptKeys>,
+    /// Which addresses webhook endpoints may resolve to.
+    pub webhook_policy: Arc<crate::webhooks::address::Policy>,
 }
 
 async fn not_found() -> ApiError {
@@ -163,7 +166,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/suppressions/{channel}/{address}",
             put(suppressions::put).delete(suppressions::delete),
-        );
+        )
+        .route("/webhooks", get(webhooks::list_webhooks))
+        .route(
+            "/webhooks/{id}",
+            put(webhooks::put_webhook)
+                .get(webhooks::get_webhook)
+                .delete(webhooks::delete_webhook),
+        )
+        .route("/webhooks/{id}/rotate", post(webhooks::rotate_webhook));
     let mut app = Router::new().nest("/v1", v1);
     if state.admin.is_some() {
         app = app.merge(admin::routes());
@@ -226,6 +237,9 @@ pub async fn run(
         client_ip_header: config.client_ip_header.clone(),
         request_timeout: config.api_request_timeout,
         receipts: Arc::new(config.receipt_keys()?),
+        webhook_policy: Arc::new(crate::webhooks::address::Policy::new(
+            config.webhook_allowed_networks.clone(),
+        )),
     };
 
     let tasks = TaskTracker::new();

@@ -20,7 +20,7 @@ use utoipa::{
     },
 };
 
-use super::{notifications, problem::Problem, recipients, suppressions};
+use super::{notifications, problem::Problem, recipients, suppressions, webhooks};
 use crate::model::FieldError;
 
 /// The document's root.
@@ -50,6 +50,11 @@ use crate::model::FieldError;
         suppressions::list,
         suppressions::put,
         suppressions::delete,
+        webhooks::put_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::delete_webhook,
+        webhooks::rotate_webhook,
         openapi_json,
     ),
     components(schemas(Problem, FieldError)),
@@ -59,6 +64,7 @@ use crate::model::FieldError;
         (name = "notifications", description = "Send, batch send and status (scope `send`)"),
         (name = "recipients", description = "Users, devices, preferences and topics (scope `manage`)"),
         (name = "suppressions", description = "Addresses not sent to: hard bounces, complaints, opt-outs at the carrier, and your own (scope `manage`)"),
+        (name = "webhooks", description = "Signed webhook endpoints for delivery events (scope `manage`)"),
         (name = "contract", description = "This document"),
     )
 )]
@@ -281,7 +287,8 @@ mod tests {
             .values()
             .map(|p| p.as_object().unwrap().len())
             .sum();
-        assert_eq!(operations, 17);
+        // 17 with suppressions; webhooks add PUT, GET, DELETE, list and rotate.
+        assert_eq!(operations, 22);
         let send = &doc["paths"]["/v1/notifications"]["post"];
         for status in [
             "202", "400", "401", "403", "409", "413", "415", "422", "429", "503",

@@ -43,6 +43,9 @@ pub struct Outgoing {
     pub headers: Headers,
     /// Stable id of the message (dead-letter dedupe and tracing).
     pub message_id: String,
+    /// Media type of the body: `application/json` unless a format of its
+    /// own says otherwise (CloudEvents in structured mode).
+    pub content_type: &'static str,
 }
 
 impl PublishError {
@@ -75,12 +78,13 @@ impl Outgoing {
             body,
             headers,
             message_id: uuid::Uuid::now_v7().to_string(),
+            content_type: "application/json",
         }
     }
 
     fn properties(&self) -> BasicProperties {
         BasicProperties::default()
-            .with_content_type("application/json".into())
+            .with_content_type(self.content_type.into())
             .with_delivery_mode(2)
             .with_message_id(self.message_id.as_str().into())
             .with_timestamp(chrono::Utc::now().timestamp() as u64)

@@ -85,6 +85,23 @@ impl Names {
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}ms", self.prefix, delay.as_millis())
     }
+    /// Topic exchange of delivery events (CloudEvents), keyed
+    /// `{tenant}.{channel}.{status}`; other services bind their own queues.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    /// Routing key of a delivery event.
+    pub fn event_key(tenant: &str, channel: &str, status: &str) -> String {
+        format!("{tenant}.{channel}.{status}")
+    }
+    /// Routing key of webhook messages on the deliveries exchange (and back
+    /// from the retry tiers).
+    pub const WEBHOOK_KEY: &'static str = "webhook";
+    /// Queue of webhook messages (one event for one endpoint), consumed by
+    /// the webhook sender.
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
     /// Fanout exchange every dead letter goes to.
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.prefix)
@@ -101,6 +118,7 @@ impl Names {
         for channel in DeliveryChannel::ALL {
             queues.extend(Lane::ALL.iter().map(|l| self.delivery_queue(channel, *l)));
         }
+        queues.push(self.webhook_queue());
         queues.extend(schedule.queue_delays().iter().map(|d| self.retry_queue(*d)));
         queues.dedup();
         queues
@@ -114,6 +132,7 @@ impl Names {
             self.deliveries_exchange(),
             self.retry_exchange(),
             self.dead_exchange(),
+            self.events_exchange(),
         ]
     }
 }
@@ -192,6 +211,8 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
     exchange(ch, &names.deliveries_exchange(), ExchangeKind::Direct).await?;
     exchange(ch, &names.retry_exchange(), ExchangeKind::Headers).await?;
     exchange(ch, &dead, ExchangeKind::Fanout).await?;
+    // No queue of Herald's own: the services that want events bind theirs.
+    exchange(ch, &names.events_exchange(), ExchangeKind::Topic).await?;
 
     // The dead-letter queue is the end of the line: its archiver stores even
     // bytes it cannot parse, so it needs no delivery limit or DLX of its own.
@@ -222,6 +243,17 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
             .await?;
         }
     }
+
+    // Webhooks: one message per event and endpoint, on the deliveries
+    // exchange so the retry tiers bring it back.
+    queue(ch, &names.webhook_queue(), quorum_args(&dead)).await?;
+    bind(
+        ch,
+        &names.webhook_queue(),
+        &names.deliveries_exchange(),
+        Names::WEBHOOK_KEY,
+    )
+    .await?;
 
     for delay in schedule.queue_delays() {
         let q = names.retry_queue(delay);

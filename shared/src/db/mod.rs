@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod events;
 pub mod idempotency;
 pub mod keys;
 pub mod notifications;
@@ -11,6 +12,7 @@ pub mod recipients;
 pub mod routing;
 pub mod suppressions;
 pub mod tenants;
+pub mod webhooks;
 
 use std::time::Duration;
 

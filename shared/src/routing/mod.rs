@@ -2,8 +2,9 @@
 //!
 //! One consumer per priority lane, each on its own channel and prefetch, so a
 //! million-subscriber `bulk` topic never holds up a `high` one-time code; the
-//! deferred-delivery scheduler; the dead-letter archiver; and housekeeping
-//! (delivery partitions, cap ledger).
+//! deferred-delivery scheduler; the dead-letter archiver; the relay of
+//! delivery events (crate::events); and housekeeping (delivery partitions,
+//! cap ledger).
 
 pub mod batch;
 pub mod caps;
@@ -54,6 +55,16 @@ pub struct RouterConfig {
     /// Days of delivery history kept; older daily partitions are dropped.
     #[arg(long, env = "DELIVERY_RETENTION_DAYS", default_value_t = 30)]
     pub delivery_retention_days: i32,
+    /// Networks (CIDR, comma-separated) webhook endpoints may resolve to
+    /// besides public addresses. Unset: public addresses only.
+    #[arg(long, env = "WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
+    pub webhook_allowed_networks: Vec<crate::webhooks::address::Network>,
+    /// How long an endpoint may keep failing before it is disabled.
+    #[arg(long, env = "WEBHOOK_DISABLE_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_disable_after: Duration,
+    /// Longest webhook call.
+    #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
 }
 
 /// Routing messages held at once per lane: what the lane's batches are made
@@ -91,6 +102,9 @@ pub async fn run(
         );
         let publisher = publisher.clone();
         let tasks = service.tasks.clone();
+        let webhook_networks = config.webhook_allowed_networks.clone();
+        let (webhook_disable_after, webhook_timeout) =
+            (config.webhook_disable_after, config.webhook_timeout);
         service.tasks.spawn(async move {
             ops::declare_topology(&broker, &schedule, &cancel).await;
             for lane in Lane::ALL {
@@ -111,6 +125,30 @@ pub async fn run(
                     },
                 ));
             }
+            // A channel of its own: a batch of events never queues ahead of
+            // deliveries on the router's channel, and an error that closes
+            // the events' channel leaves routing alone.
+            tasks.spawn(crate::events::relay::run(
+                pool.clone(),
+                Publisher::new(broker.clone()),
+                cancel.clone(),
+            ));
+            tasks.spawn(crate::events::relay::watch_backlog(
+                pool.clone(),
+                cancel.clone(),
+            ));
+            tasks.spawn(crate::webhooks::send::run(
+                crate::webhooks::send::Sender::new(
+                    pool.clone(),
+                    Publisher::new(broker.clone()),
+                    crate::webhooks::address::Policy::new(webhook_networks),
+                    crate::delivery::retry::RetryPolicy::new(schedule.clone()),
+                    webhook_disable_after,
+                    webhook_timeout,
+                ),
+                broker.clone(),
+                cancel.clone(),
+            ));
             tasks.spawn(scheduler::run(
                 pool.clone(),
                 publisher.clone(),

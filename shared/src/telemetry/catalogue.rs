@@ -245,6 +245,56 @@ pub mod router {
     pub const STATUSES: [&str; 5] = ["pending", "suppressed", "deferred", "expired", "failed"];
 }
 
+/// Delivery events: the outbox and its relay (`events`), and webhooks
+/// (`webhooks::send`), in the router.
+pub mod events {
+    use super::*;
+
+    pub const PUBLISHED: Metric = counter(
+        "herald_events_published_total",
+        "delivery events the broker confirmed on the events exchange (including those no queue was bound for)",
+    );
+    pub const PUBLISH_FAILURES: Metric = counter(
+        "herald_events_publish_failures_total",
+        "delivery events a relay pass could not publish; they stay in the outbox for the next pass",
+    );
+    pub const SKIPPED: Metric = counter(
+        "herald_events_skipped_total",
+        "outbox rows dropped unpublished because their delivery no longer exists (past retention)",
+    );
+    pub const OUTBOX_ROWS: Metric = gauge(
+        "herald_events_outbox_rows",
+        "delivery events waiting in the outbox to be published",
+    );
+    pub const OUTBOX_OLDEST: Metric = gauge(
+        "herald_events_outbox_oldest_seconds",
+        "age of the oldest delivery event waiting in the outbox (0 when empty)",
+    );
+
+    pub const WEBHOOKS: Metric = counter(
+        "herald_webhooks_total",
+        "webhook attempts, by outcome (delivered, retry, dead)",
+    );
+    pub const WEBHOOKS_DISABLED: Metric = counter(
+        "herald_webhooks_disabled_total",
+        "webhook endpoints disabled after failing for WEBHOOK_DISABLE_AFTER",
+    );
+
+    /// Every metric of the area.
+    pub const ALL: &[Metric] = &[
+        PUBLISHED,
+        PUBLISH_FAILURES,
+        SKIPPED,
+        OUTBOX_ROWS,
+        OUTBOX_OLDEST,
+        WEBHOOKS,
+        WEBHOOKS_DISABLED,
+    ];
+
+    /// Every `outcome` of `herald_webhooks_total`.
+    pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
+}
+
 /// The channel workers (`delivery`).
 pub mod delivery {
     use super::*;

@@ -20,14 +20,14 @@ use serde_json::{Value, json};
 /// Twilio signs. The tests call ingest on its real address.
 const PUBLIC: &str = "https://herald.example.com";
 
-struct Setup {
-    p: Pipeline,
-    twilio: TwilioFake,
+pub(crate) struct Setup {
+    pub(crate) p: Pipeline,
+    pub(crate) twilio: TwilioFake,
     sendgrid: SendGridFake,
     workers: Vec<Spawned>,
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     let env = TestEnv::new().await;
     let twilio = TwilioFake::start().await;
     let sendgrid = SendGridFake::start().await;
@@ -70,7 +70,7 @@ async fn setup() -> Setup {
 }
 
 impl Setup {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for w in self.workers {
             w.stop().await;
         }
@@ -78,7 +78,7 @@ impl Setup {
     }
 
     /// Sends to `users` on `channel` and waits until every delivery is settled.
-    async fn send(&self, users: &[&str], channel: &str) -> Value {
+    pub(crate) async fn send(&self, users: &[&str], channel: &str) -> Value {
         let id = self
             .p
             .send(json!({

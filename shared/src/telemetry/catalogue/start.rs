@@ -1,7 +1,9 @@
 //! What each process registers at zero when it starts: the catalogue's
 //! metrics over the label values it knows then.
 
-use super::{Metric, api, consumers, delivery, intake, receipts, replay, router as routing};
+use super::{
+    Metric, api, consumers, delivery, events, intake, receipts, replay, router as routing,
+};
 use crate::{
     broker::Names,
     model::{Channel, Lane},
@@ -133,7 +135,18 @@ fn dead_letter_classes() -> Vec<(String, String)> {
 
 /// The router at start.
 pub fn router(names: &Names) {
-    describe(&[routing::ALL, consumers::ALL]);
+    describe(&[routing::ALL, events::ALL, consumers::ALL]);
+    for metric in events::ALL
+        .iter()
+        .filter(|m| m.name != events::WEBHOOKS.name)
+    {
+        metric.zero(&[]);
+    }
+    zero_each(
+        &events::WEBHOOKS,
+        "outcome",
+        events::WEBHOOK_OUTCOMES.map(String::from),
+    );
     for channel in Channel::ALL {
         for lane in Lane::ALL {
             for status in routing::STATUSES {
@@ -159,6 +172,7 @@ pub fn router(names: &Names) {
     }
     let mut queues: Vec<String> = Lane::ALL.map(|lane| names.route_queue(lane)).into();
     queues.push(names.dead_queue());
+    queues.push(names.webhook_queue());
     zero_each(&consumers::RESTARTS, "queue", queues);
     outage_steps(&["route", "archive", "dead_letter"]);
     yields();

@@ -1,0 +1,174 @@
+//! Webhook endpoints of a tenant: written by the API, read and marked
+//! (failing, disabled) by the sender in the router.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// One endpoint as stored. Its `Debug` leaves the secrets out.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Webhook {
+    pub tenant_id: String,
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_until: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("tenant_id", &self.tenant_id)
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "tenant_id, id, url, events, secret, previous_secret, previous_until,
+                       failing_since, disabled_at, created_at, updated_at";
+
+/// Creates the endpoint with `secret`, or replaces its URL and filters
+/// (keeping its secret, and enabling it again if it was disabled). Answers
+/// the row and whether it was created.
+pub async fn put(
+    pool: &PgPool,
+    tenant: &str,
+    id: &str,
+    url: &str,
+    events: &[String],
+    secret: &str,
+) -> Result<(Webhook, bool), sqlx::Error> {
+    let (row, created): (Webhook, bool) = {
+        let sql = format!(
+            "INSERT INTO webhooks (tenant_id, id, url, events, secret) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, id) DO UPDATE
+               SET url = EXCLUDED.url, events = EXCLUDED.events, failing_since = NULL,
+                   disabled_at = NULL, updated_at = now()
+             RETURNING {COLUMNS}, (xmax = 0) AS created"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(id)
+            .bind(url)
+            .bind(events)
+            .bind(secret)
+            .fetch_one(pool)
+            .await?;
+        use sqlx::{FromRow, Row};
+        (Webhook::from_row(&row)?, row.try_get("created")?)
+    };
+    Ok((row, created))
+}
+
+/// One endpoint of the tenant.
+pub async fn get(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<Webhook>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM webhooks WHERE tenant_id = $1 AND id = $2"
+    )))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Every endpoint of the tenant, by id.
+pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<Webhook>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM webhooks WHERE tenant_id = $1 ORDER BY id"
+    )))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+}
+
+/// The enabled endpoints of these tenants (the relay filters them by event).
+pub async fn enabled_for(pool: &PgPool, tenants: &[&str]) -> Result<Vec<Webhook>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM webhooks
+         WHERE tenant_id = ANY($1) AND disabled_at IS NULL ORDER BY tenant_id, id"
+    )))
+    .bind(tenants)
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes an endpoint; whether it existed.
+pub async fn delete(pool: &PgPool, tenant: &str, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+/// Replaces the secret; the old one keeps signing until `overlap` from now.
+pub async fn rotate(
+    pool: &PgPool,
+    tenant: &str,
+    id: &str,
+    secret: &str,
+    overlap_secs: i64,
+) -> Result<Option<Webhook>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE webhooks SET previous_secret = secret, secret = $3,
+                previous_until = now() + make_interval(secs => $4), updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+    )))
+    .bind(tenant)
+    .bind(id)
+    .bind(secret)
+    .bind(overlap_secs as f64)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records a success: the endpoint is no longer failing.
+pub async fn succeeded(pool: &PgPool, tenant: &str, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhooks SET failing_since = NULL
+         WHERE tenant_id = $1 AND id = $2 AND failing_since IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a failure; disables the endpoint when it has been failing for
+/// longer than `disable_after_secs`. Answers whether this disabled it.
+pub async fn failed(
+    pool: &PgPool,
+    tenant: &str,
+    id: &str,
+    disable_after_secs: f64,
+) -> Result<bool, sqlx::Error> {
+    let disabled: Option<bool> = sqlx::query_scalar(
+        "UPDATE webhooks
+            SET failing_since = COALESCE(failing_since, now()),
+                disabled_at = CASE
+                    WHEN disabled_at IS NULL
+                     AND COALESCE(failing_since, now()) <= now() - make_interval(secs => $3)
+                    THEN now() ELSE disabled_at END
+          WHERE tenant_id = $1 AND id = $2
+         RETURNING disabled_at IS NOT NULL AND disabled_at = now()",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(disable_after_secs)
+    .fetch_optional(pool)
+    .await?;
+    Ok(disabled.unwrap_or(false))
+}

@@ -1,0 +1,147 @@
+//! The event relay: publishes the outbox's rows in order, in batches, with
+//! confirms, and deletes what the broker confirmed. Every router replica
+//! runs one; `FOR UPDATE SKIP LOCKED` hands each replica its own rows, so
+//! replicas share a backlog instead of publishing the same events twice.
+//!
+//! At-least-once: a row is deleted only after its confirm, in the same
+//! transaction that locked it. A crash (or a lost commit) between the
+//! confirm and the delete publishes that batch again, with the same event
+//! ids, which is what consumers de-duplicate on.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::DeliveryEvent;
+use crate::{
+    broker::{PublishError, Publisher},
+    db,
+};
+
+/// Rows per pass: hundreds, so a burst drains in a few round trips, and
+/// bounded, so one pass never holds many row locks for long.
+pub const BATCH: i64 = 500;
+/// How often an idle relay looks for new rows: the added latency of an
+/// event, against one index probe per replica per interval.
+const IDLE: Duration = Duration::from_millis(200);
+/// Longest pause between passes while the broker or database fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the backlog gauges are refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs passes until cancelled: at once again after a full batch, after
+/// [`IDLE`] when the outbox was drained, with a growing pause while
+/// publishing fails (the rows stay in the outbox meanwhile).
+pub async fn run(pool: PgPool, publisher: Publisher, cancel: CancellationToken) {
+    let mut failing = Duration::ZERO;
+    loop {
+        let pause = match pass(&pool, &publisher, BATCH).await {
+            Ok(n) => {
+                if !failing.is_zero() {
+                    tracing::info!("event relay publishes again");
+                }
+                failing = Duration::ZERO;
+                if n as i64 >= BATCH {
+                    Duration::ZERO
+                } else {
+                    IDLE
+                }
+            }
+            Err(e) => {
+                failing = (failing * 2).clamp(Duration::from_millis(500), MAX_BACKOFF);
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?failing,
+                    "event relay could not publish; the events stay in the outbox");
+                failing
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One pass over at most `limit` rows; answers how many rows it settled
+/// (published, or dropped because their delivery is gone). Fails when any
+/// row could not be published: those stay for a later pass.
+pub async fn pass(pool: &PgPool, publisher: &Publisher, limit: i64) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows = db::events::lock_batch(&mut tx, limit).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let names = publisher.broker().names();
+    let mut settled = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match DeliveryEvent::from_pending(row) {
+            Some(event) => events.push((row.seq, event)),
+            None => {
+                // Only a delivery older than the retention (its partition
+                // dropped) is gone; nothing is left to say who it was for.
+                tracing::warn!(delivery_id = %row.delivery_id, status = %row.status,
+                    "delivery event dropped: the delivery no longer exists");
+                metrics::counter!("herald_events_skipped_total").increment(1);
+                settled.push(row.seq);
+            }
+        }
+    }
+    // The events, then the webhook messages they make (one per matching
+    // endpoint); a row is done once its event and all its webhook messages
+    // are confirmed.
+    let refs: Vec<&DeliveryEvent> = events.iter().map(|(_, e)| e).collect();
+    let hooks = crate::webhooks::send::for_events(pool, names, &refs).await?;
+    let mut msgs: Vec<_> = events.iter().map(|(_, e)| e.outgoing(names)).collect();
+    msgs.extend(hooks.iter().map(|(_, m)| m.clone()));
+    let results = publisher.publish_all(&msgs).await;
+    let confirmed = |r: &Result<(), PublishError>| {
+        // A topic exchange with no queue bound for the key: confirmed, and
+        // nobody wants it. That is not a failure to retry.
+        matches!(r, Ok(()) | Err(PublishError::Unroutable { .. }))
+    };
+    let mut done: Vec<bool> = results[..events.len()].iter().map(confirmed).collect();
+    let mut failure = results.iter().find(|r| !confirmed(r)).map(|r| match r {
+        Err(e) => e.to_string(),
+        Ok(()) => String::new(),
+    });
+    for ((event, _), result) in hooks.iter().zip(&results[events.len()..]) {
+        if !matches!(result, Ok(())) {
+            done[*event] = false;
+            failure.get_or_insert_with(|| "a webhook message was not confirmed".into());
+        }
+    }
+    let mut published = 0u64;
+    for ((seq, _), ok) in events.iter().zip(&done) {
+        if *ok {
+            settled.push(*seq);
+            published += 1;
+        }
+    }
+    db::events::delete(&mut tx, &settled).await?;
+    tx.commit().await?;
+    metrics::counter!("herald_events_published_total").increment(published);
+    if let Some(e) = failure {
+        let unpublished = events.len() as u64 - published;
+        metrics::counter!("herald_events_publish_failures_total").increment(unpublished);
+        anyhow::bail!("{unpublished} events not published: {e}");
+    }
+    Ok(settled.len())
+}
+
+/// Refreshes the backlog gauges until cancelled.
+pub async fn watch_backlog(pool: PgPool, cancel: CancellationToken) {
+    loop {
+        match db::events::backlog(&pool).await {
+            Ok((rows, oldest)) => {
+                metrics::gauge!("herald_events_outbox_rows").set(rows as f64);
+                metrics::gauge!("herald_events_outbox_oldest_seconds").set(oldest);
+            }
+            Err(e) => tracing::debug!(error = %e, "could not measure the event outbox"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BACKLOG_EVERY) => {}
+        }
+    }
+}

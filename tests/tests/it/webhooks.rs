@@ -1,0 +1,483 @@
+//! Signed webhooks: the endpoint API, and delivery events POSTed to a
+//! receiver that checks every signature with the Standard Webhooks
+//! algorithm (itself checked against the specification's test vectors in
+//! `herald::webhooks::signature`).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::post,
+};
+use herald::{db::keys::Scope, model::Channel, webhooks::signature};
+use herald_tests::{Client, Spawned, TestEnv};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Hit {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Bytes,
+}
+
+/// What the receiver's handler shares: the requests, the status to answer.
+type Shared = (Arc<Mutex<Vec<Hit>>>, Arc<AtomicU16>);
+
+/// A webhook receiver on loopback answering `status` to every POST.
+struct Receiver {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    status: Arc<AtomicU16>,
+}
+
+impl Receiver {
+    async fn start(status: u16) -> Self {
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(status));
+        let app = Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State((hits, status)): State<Shared>,
+                     headers: HeaderMap,
+                     body: Bytes| async move {
+                        let h = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        hits.lock().unwrap().push(Hit {
+                            id: h("webhook-id"),
+                            timestamp: h("webhook-timestamp"),
+                            signature: h("webhook-signature"),
+                            body,
+                        });
+                        StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap()
+                    },
+                ),
+            )
+            .with_state((hits.clone(), status.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, hits, status }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+/// Ingest allowing loopback endpoints, the router, and a manage key.
+async fn start(env: &TestEnv) -> (Spawned, Spawned, Client) {
+    let ingest = env
+        .spawn_ingest_with(|c| {
+            c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
+        })
+        .await;
+    let router = env.spawn_router().await;
+    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
+    let client = Client::new(&ingest, &key);
+    (ingest, router, client)
+}
+
+#[tokio::test]
+async fn webhooks_api_registers_shows_the_secret_once_rotates_and_deletes() {
+    let env = TestEnv::new().await;
+    let (ingest, router, client) = start(&env).await;
+    let receiver = Receiver::start(204).await;
+    let (status, created) = client
+        .json(
+            Method::PUT,
+            "/v1/webhooks/billing",
+            Some(json!({"url": receiver.url(), "events": ["email.bounced", "push.*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"]
+        .as_str()
+        .expect("secret shown at creation");
+    assert!(signature::Secret::parse(secret).is_ok(), "{secret}");
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["events"], json!(["email.bounced", "push.*"]));
+
+    let (status, again) = client
+        .json(
+            Method::PUT,
+            "/v1/webhooks/billing",
+            Some(json!({"url": receiver.url(), "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert!(again.get("secret").is_none(), "never shown again: {again}");
+    let (status, one) = client.json(Method::GET, "/v1/webhooks/billing", None).await;
+    assert_eq!(status, 200);
+    assert!(one.get("secret").is_none());
+    assert_eq!(one["events"], json!(["*"]));
+    let (_, list) = client.json(Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 1);
+
+    let (status, rotated) = client
+        .json(
+            Method::POST,
+            "/v1/webhooks/billing/rotate",
+            Some(json!({"overlap_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+    assert!(rotated["previous_secret_until"].is_string());
+
+    let (status, _) = client
+        .json(Method::DELETE, "/v1/webhooks/billing", None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = client.json(Method::GET, "/v1/webhooks/billing", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["status"], 404);
+    ingest.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_private_addresses_are_refused_unless_allow_listed() {
+    let env = TestEnv::new().await;
+    // Ingest as deployed by default: public addresses only.
+    let ingest = env.spawn_ingest().await;
+    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
+    let client = Client::new(&ingest, &key);
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[fe80::1]/hook",
+        "ftp://hooks.example.com/",
+    ] {
+        let (status, body) = client
+            .json(
+                Method::PUT,
+                "/v1/webhooks/w1",
+                Some(json!({"url": url, "events": ["*"]})),
+            )
+            .await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert_eq!(body["errors"][0]["field"], "url", "{body}");
+    }
+    let (status, body) = client
+        .json(
+            Method::PUT,
+            "/v1/webhooks/w1",
+            Some(json!({"url": "http://127.0.0.1:9/hook", "events": ["fax.sent", "email"]})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["events[0]", "events[1]"], "{body}");
+    // A send-only key may not manage webhooks.
+    let send_only = Client::new(&ingest, &env.key("acme", &[Scope::Send]).await);
+    let (status, _) = send_only.json(Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(status, 403);
+    ingest.stop().await;
+
+    // Allow-listed, loopback is accepted.
+    let ingest = env
+        .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let client = Client::new(&ingest, &key);
+    let (status, body) = client
+        .json(
+            Method::PUT,
+            "/v1/webhooks/w1",
+            Some(json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    ingest.stop().await;
+}
+
+/// Every hit verifies with each of `secrets` and carries a CloudEvent.
+fn verify_all(hits: &[Hit], secrets: &[&str]) {
+    let now = chrono::Utc::now().timestamp();
+    for hit in hits {
+        for secret in secrets {
+            let secret = signature::Secret::parse(secret).unwrap();
+            signature::verify(
+                &secret,
+                &hit.id,
+                &hit.timestamp,
+                &hit.body,
+                &hit.signature,
+                now,
+            )
+            .unwrap_or_else(|e| panic!("{hit:?}: {e}"));
+        }
+        let event: Value = serde_json::from_slice(&hit.body).unwrap();
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["id"], hit.id.as_str(), "webhook-id is the event id");
+    }
+}
+
+async fn register(client: &Client, id: &str, url: &str, events: Value) -> String {
+    let (status, body) = client
+        .json(
+            Method::PUT,
+            &format!("/v1/webhooks/{id}"),
+            Some(json!({"url": url, "events": events})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["secret"].as_str().unwrap().to_owned()
+}
+
+async fn send_push(client: &Client) -> String {
+    let (status, body) = client
+        .json(
+            Method::PUT,
+            "/v1/users/u-1",
+            Some(json!({"name": "Ada", "email": "ada@example.com"})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, _) = client
+        .json(
+            Method::PUT,
+            "/v1/users/u-1/devices/fcm-token-0001-abcdefghijkl",
+            Some(json!({"platform": "fcm"})),
+        )
+        .await;
+    assert!(status == 200 || status == 201);
+    let (status, body) = client
+        .json(
+            Method::POST,
+            "/v1/notifications",
+            Some(
+                json!({"category": "social", "to": {"users": ["u-1", "ghost"]},
+                        "content": {"push": {"title": "Hi", "body": "A message"}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn webhooks_signed_events_reach_matching_endpoints_and_both_secrets_sign_during_a_rotation() {
+    let env = TestEnv::new().await;
+    let (ingest, router, client) = start(&env).await;
+    let push = env.spawn_worker(Channel::Push, |_| {}).await;
+    let sent_only = Receiver::start(200).await;
+    let everything = Receiver::start(204).await;
+    let email_only = Receiver::start(200).await;
+    let s1 = register(&client, "sent", &sent_only.url(), json!(["push.sent"])).await;
+    let s2 = register(&client, "all", &everything.url(), json!(["*"])).await;
+    register(&client, "mail", &email_only.url(), json!(["email.*"])).await;
+
+    send_push(&client).await;
+    let hits = env
+        .eventually(Duration::from_secs(15), || async {
+            (everything.hits().len() >= 2 && !sent_only.hits().is_empty())
+                .then(|| (sent_only.hits(), everything.hits()))
+        })
+        .await
+        .expect("the endpoints were called");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (sent_hits, all_hits) = (sent_only.hits(), everything.hits());
+    assert_eq!(sent_hits.len(), 1, "push.sent only: {sent_hits:?}");
+    assert_eq!(all_hits.len(), 2, "sent and suppressed: {all_hits:?}");
+    assert!(email_only.hits().is_empty(), "no email event");
+    verify_all(&hits.0, &[&s1]);
+    verify_all(&all_hits, &[&s2]);
+    let event: Value = serde_json::from_slice(&sent_hits[0].body).unwrap();
+    assert_eq!(event["type"], "herald.delivery.sent");
+    assert_eq!(event["data"]["channel"], "push");
+
+    // Rotation: both the old and the new secret sign while they overlap.
+    let (status, rotated) = client
+        .json(Method::POST, "/v1/webhooks/sent/rotate", Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let s1_new = rotated["secret"].as_str().unwrap().to_owned();
+    send_push(&client).await;
+    let hit = env
+        .eventually(Duration::from_secs(15), || async {
+            sent_only.hits().get(1).cloned()
+        })
+        .await
+        .expect("the second event");
+    assert_eq!(hit.signature.split(' ').count(), 2, "{}", hit.signature);
+    verify_all(&[hit], &[&s1, &s1_new]);
+
+    push.stop().await;
+    router.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_a_failing_endpoint_is_retried_on_the_ladder_dead_lettered_and_disabled() {
+    // Attempts at about 0 s, 0.2 s and 1.5 s; disabled after failing for
+    // 1 s, so at the third attempt, which is also the last.
+    let env = TestEnv::with_schedule("200ms,1500ms").await;
+    let ingest = env
+        .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let router = env
+        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_secs(1))
+        .await;
+    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
+    let client = Client::new(&ingest, &key);
+    let failing = Receiver::start(503).await;
+    let secret = register(&client, "flaky", &failing.url(), json!(["*.suppressed"])).await;
+    let (status, _) = client
+        .json(
+            Method::POST,
+            "/v1/notifications",
+            Some(json!({"category": "social", "to": {"users": ["ghost"]},
+                        "content": {"push": {"title": "Hi", "body": "A message"}}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // Three attempts: the first and one per retry tier, then a dead letter.
+    let dead: Option<(String, i32)> = env
+        .eventually(Duration::from_secs(20), || async {
+            sqlx::query_as(
+                "SELECT error_class, attempts FROM dead_letters WHERE source = 'webhooks'",
+            )
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+    let (class, attempts) = dead.expect("dead-lettered after the last attempt");
+    assert_eq!(class, "exhausted");
+    assert_eq!(attempts, 3);
+    let hits = failing.hits();
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    assert!(
+        hits.iter().all(|h| h.id == hits[0].id),
+        "one event id throughout"
+    );
+    verify_all(&hits, &[&secret]);
+    let last_gap =
+        hits[2].timestamp.parse::<i64>().unwrap() - hits[1].timestamp.parse::<i64>().unwrap();
+    assert!(
+        last_gap >= 1,
+        "the second retry waited its tier: {last_gap} s"
+    );
+
+    let (_, hook) = client.json(Method::GET, "/v1/webhooks/flaky", None).await;
+    assert_eq!(hook["status"], "disabled", "{hook}");
+    assert!(hook["disabled_at"].is_string());
+    // A PUT enables it again.
+    failing.status.store(200, Ordering::SeqCst);
+    let (status, hook) = client
+        .json(
+            Method::PUT,
+            "/v1/webhooks/flaky",
+            Some(json!({"url": failing.url(), "events": ["*.suppressed"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(hook["status"], "active");
+
+    // The operator replays the dead letter: the endpoint gets the same event.
+    let id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM dead_letters WHERE source = 'webhooks'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let out = tokio::process::Command::new(herald_tests::binary("heraldctl"))
+        .env("DATABASE_URL", &env.database_url)
+        .env("AMQP_URL", herald_tests::amqp_url())
+        .env("BROKER_PREFIX", &env.prefix)
+        .env("RETRY_SCHEDULE", env.schedule.to_string())
+        .args(["dlq", "replay", "--id", &id.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed = env
+        .eventually(Duration::from_secs(10), || async {
+            failing.hits().get(3).cloned()
+        })
+        .await
+        .expect("the replayed webhook");
+    assert_eq!(replayed.id, hits[0].id);
+    verify_all(&[replayed], &[&secret]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(failing.hits().len(), 4, "delivered once, not retried");
+    router.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_a_message_waiting_for_a_disabled_endpoint_is_kept_as_a_dead_letter() {
+    // Disabled at the second failure (0.2 s in, past 100 ms of failing);
+    // the retry waiting 1.5 s then finds the endpoint disabled.
+    let env = TestEnv::with_schedule("200ms,1500ms").await;
+    let ingest = env
+        .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let router = env
+        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_millis(100))
+        .await;
+    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
+    let client = Client::new(&ingest, &key);
+    let failing = Receiver::start(500).await;
+    register(&client, "down", &failing.url(), json!(["*"])).await;
+    let (status, _) = client
+        .json(
+            Method::POST,
+            "/v1/notifications",
+            Some(json!({"category": "social", "to": {"users": ["ghost"]},
+                        "content": {"push": {"title": "Hi", "body": "A message"}}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let dead: Option<(String, i32)> = env
+        .eventually(Duration::from_secs(20), || async {
+            sqlx::query_as(
+                "SELECT error_class, attempts FROM dead_letters WHERE source = 'webhooks'",
+            )
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+    assert_eq!(dead, Some(("endpoint_disabled".to_owned(), 2)));
+    assert_eq!(failing.hits().len(), 2, "no call once disabled");
+    let (_, hook) = client.json(Method::GET, "/v1/webhooks/down", None).await;
+    assert_eq!(hook["status"], "disabled");
+    router.stop().await;
+    ingest.stop().await;
+}
