@@ -147,15 +147,23 @@ pub async fn succeeded(pool: &PgPool, tenant: &str, id: &str) -> Result<(), sqlx
     Ok(())
 }
 
+/// When an endpoint was disabled, and since when it had been failing.
+#[derive(Debug, Clone, Copy)]
+pub struct Disabled {
+    pub failing_since: DateTime<Utc>,
+    pub disabled_at: DateTime<Utc>,
+}
+
 /// Records a failure; disables the endpoint when it has been failing for
-/// longer than `disable_after_secs`. Answers whether this disabled it.
+/// longer than `disable_after_secs`. Answers when, if this call disabled it.
 pub async fn failed(
     pool: &PgPool,
     tenant: &str,
     id: &str,
     disable_after_secs: f64,
-) -> Result<bool, sqlx::Error> {
-    let disabled: Option<bool> = sqlx::query_scalar(
+) -> Result<Option<Disabled>, sqlx::Error> {
+    type Stamp = Option<DateTime<Utc>>;
+    let row: Option<(bool, Stamp, Stamp)> = sqlx::query_as(
         "UPDATE webhooks
             SET failing_since = COALESCE(failing_since, now()),
                 disabled_at = CASE
@@ -163,12 +171,68 @@ pub async fn failed(
                      AND COALESCE(failing_since, now()) <= now() - make_interval(secs => $3)
                     THEN now() ELSE disabled_at END
           WHERE tenant_id = $1 AND id = $2
-         RETURNING disabled_at IS NOT NULL AND disabled_at = now()",
+         RETURNING disabled_at IS NOT NULL AND disabled_at = now(), failing_since, disabled_at",
     )
     .bind(tenant)
     .bind(id)
     .bind(disable_after_secs)
     .fetch_optional(pool)
     .await?;
-    Ok(disabled.unwrap_or(false))
+    Ok(match row {
+        Some((true, Some(failing_since), Some(disabled_at))) => Some(Disabled {
+            failing_since,
+            disabled_at,
+        }),
+        _ => None,
+    })
+}
+
+/// What the admin page lists: every tenant's endpoints, optionally one
+/// tenant's or only active or disabled ones, in (tenant, id) order after
+/// `after`.
+#[derive(Debug, Default)]
+pub struct Filter<'a> {
+    pub tenant: Option<&'a str>,
+    /// `Some(true)`: only disabled endpoints; `Some(false)`: only active ones.
+    pub disabled: Option<bool>,
+    /// Continue after this (tenant, id).
+    pub after: Option<(&'a str, &'a str)>,
+}
+
+/// Up to `limit` endpoints of any tenant matching `filter` (admin page).
+pub async fn list_all(
+    pool: &PgPool,
+    filter: &Filter<'_>,
+    limit: i64,
+) -> Result<Vec<Webhook>, sqlx::Error> {
+    let (after_tenant, after_id) = filter.after.unzip();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM webhooks
+         WHERE ($1::text IS NULL OR tenant_id = $1)
+           AND ($2::bool IS NULL OR (disabled_at IS NOT NULL) = $2)
+           AND ($3::text IS NULL OR (tenant_id, id) > ($3, $4::text))
+         ORDER BY tenant_id, id LIMIT $5"
+    )))
+    .bind(filter.tenant)
+    .bind(filter.disabled)
+    .bind(after_tenant)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Enables a disabled endpoint again (as the API's PUT does): it is no
+/// longer disabled nor failing. Answers whether it was disabled.
+pub async fn enable(pool: &PgPool, tenant: &str, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE webhooks SET disabled_at = NULL, failing_since = NULL, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND disabled_at IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
 }

@@ -279,6 +279,10 @@ pub mod events {
         "herald_webhooks_disabled_total",
         "webhook endpoints disabled after failing for WEBHOOK_DISABLE_AFTER",
     );
+    pub const WEBHOOKS_DISABLED_EVENT_FAILURES: Metric = counter(
+        "herald_webhooks_disabled_event_failures_total",
+        "herald.webhook.disabled events not published (broker unavailable through every attempt); the endpoint is disabled all the same",
+    );
 
     /// Every metric of the area.
     pub const ALL: &[Metric] = &[
@@ -289,6 +293,7 @@ pub mod events {
         OUTBOX_OLDEST,
         WEBHOOKS,
         WEBHOOKS_DISABLED,
+        WEBHOOKS_DISABLED_EVENT_FAILURES,
     ];
 
     /// Every `outcome` of `herald_webhooks_total`.

@@ -8,8 +8,11 @@
 //!   loopback or link-local unless allow-listed).
 //! - [`filter`]: which events an endpoint wants.
 //! - [`send`]: the fan-out of a batch of events to endpoints, and the sender.
+//! - [`disabled`]: the `herald.webhook.disabled` event the sender publishes
+//!   when it disables an endpoint.
 
 pub mod address;
+pub mod disabled;
 pub mod filter;
 pub mod send;
 pub mod signature;

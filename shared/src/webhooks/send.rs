@@ -13,7 +13,9 @@
 //!    exchange routing on the tier delay, back under the key `webhook`), and
 //!    after the last attempt to the dead-letter exchange (source
 //!    `webhooks`), where the archiver stores it like any dead letter. An
-//!    endpoint that keeps failing for `WEBHOOK_DISABLE_AFTER` is disabled.
+//!    endpoint that keeps failing for `WEBHOOK_DISABLE_AFTER` is disabled,
+//!    and a `herald.webhook.disabled` event says so on the events exchange
+//!    ([`super::disabled`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::{address::Policy, filter::any_matches, signature};
+use super::{address::Policy, disabled::WebhookDisabledEvent, filter::any_matches, signature};
 use crate::{
     broker::{
         Broker, Headers, Names, Outgoing, Publisher,
@@ -285,12 +287,14 @@ async fn send(sender: &Sender, incoming: Incoming) {
     )
     .await
     {
-        Ok(true) => {
+        Ok(Some(disabled)) => {
             metrics::counter!("herald_webhooks_disabled_total").increment(1);
             tracing::warn!(webhook = %hook.id, tenant = %msg.tenant_id,
                 "webhook endpoint disabled: it kept failing for WEBHOOK_DISABLE_AFTER");
+            let event = WebhookDisabledEvent::new(&msg.tenant_id, &hook.id, &hook.url, disabled);
+            super::disabled::publish(&sender.publisher, &event).await;
         }
-        Ok(false) => {}
+        Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "could not record the endpoint's failure"),
     }
     let names = sender.publisher.broker().names();

@@ -22,15 +22,15 @@ use serde_json::{Value, json};
 
 /// One event as a consumer receives it.
 #[derive(Debug, Clone)]
-struct Received {
-    routing_key: String,
-    content_type: String,
-    message_id: String,
-    event: Value,
+pub(crate) struct Received {
+    pub(crate) routing_key: String,
+    pub(crate) content_type: String,
+    pub(crate) message_id: String,
+    pub(crate) event: Value,
 }
 
 /// A consumer's own queue bound to the events exchange.
-struct Tap {
+pub(crate) struct Tap {
     broker: Arc<Broker>,
     channel: lapin::Channel,
     queue: String,
@@ -38,7 +38,7 @@ struct Tap {
 
 impl Tap {
     /// An exclusive queue bound with `key` (`#` for every event).
-    async fn bind(env: &TestEnv, key: &str) -> Self {
+    pub(crate) async fn bind(env: &TestEnv, key: &str) -> Self {
         let broker = env.broker().await;
         let channel = broker.channel().await.expect("channel");
         let queue = channel
@@ -73,7 +73,7 @@ impl Tap {
     }
 
     /// Everything waiting in the queue now.
-    async fn take(&self) -> Vec<Received> {
+    pub(crate) async fn take(&self) -> Vec<Received> {
         let mut out = Vec::new();
         while let Some(msg) = self
             .channel
@@ -101,7 +101,7 @@ impl Tap {
     }
 
     /// Waits for `n` events, then a while longer to catch any extra one.
-    async fn collect(&self, n: usize, timeout: Duration) -> Vec<Received> {
+    pub(crate) async fn collect(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut got = Vec::new();
         while got.len() < n && tokio::time::Instant::now() < deadline {
@@ -113,7 +113,7 @@ impl Tap {
         got
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.channel.close(200, "done".into()).await;
         self.broker.close().await;
     }

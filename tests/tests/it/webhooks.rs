@@ -1,7 +1,8 @@
 //! Signed webhooks: the endpoint API, and delivery events POSTed to a
 //! receiver that checks every signature with the Standard Webhooks
 //! algorithm (itself checked against the specification's test vectors in
-//! `herald::webhooks::signature`).
+//! `herald::webhooks::signature`); the admin page's list and Enable button,
+//! and the `herald.webhook.disabled` event on the events exchange.
 
 use std::{
     net::SocketAddr,
@@ -478,6 +479,239 @@ async fn webhooks_a_message_waiting_for_a_disabled_endpoint_is_kept_as_a_dead_le
     assert_eq!(failing.hits().len(), 2, "no call once disabled");
     let (_, hook) = client.json(Method::GET, "/v1/webhooks/down", None).await;
     assert_eq!(hook["status"], "disabled");
+    router.stop().await;
+    ingest.stop().await;
+}
+
+const ADMIN_KEY: &str = "admin-key-for-tests-0123456789";
+
+/// Ingest (admin page on, loopback endpoints allowed) and a router that
+/// disables an endpoint at its second failure: the first attempt at 0 s,
+/// the retry 0.2 s later, past 100 ms of failing.
+async fn start_disabling(env: &TestEnv) -> (Spawned, Spawned, Client) {
+    let ingest = env
+        .spawn_ingest_with(|c| {
+            c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
+            c.admin_api_key = Some(ADMIN_KEY.to_owned().into());
+        })
+        .await;
+    let router = env
+        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_millis(100))
+        .await;
+    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
+    let client = Client::new(&ingest, &key);
+    (ingest, router, client)
+}
+
+/// Sends a notification to an unknown user: one `push.suppressed` event.
+async fn send_suppressed(client: &Client) {
+    let (status, _) = client
+        .json(
+            Method::POST,
+            "/v1/notifications",
+            Some(json!({"category": "social", "to": {"users": ["ghost"]},
+                        "content": {"push": {"title": "Hi", "body": "A message"}}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+}
+
+/// Waits until the API shows endpoint `id` disabled; answers it.
+async fn until_disabled(env: &TestEnv, client: &Client, id: &str) -> Value {
+    env.eventually(Duration::from_secs(15), || async {
+        let (_, hook) = client
+            .json(Method::GET, &format!("/v1/webhooks/{id}"), None)
+            .await;
+        (hook["status"] == "disabled").then_some(hook)
+    })
+    .await
+    .expect("the failing endpoint is disabled")
+}
+
+/// The value of the hidden field `name` of the first form on `page` that
+/// has one.
+fn hidden(page: &str, name: &str) -> String {
+    let at = page
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no {name} field in {page}"));
+    let rest = &page[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn webhooks_admin_page_lists_endpoints_without_secrets_and_enables_a_disabled_one() {
+    let env = TestEnv::with_schedule("200ms,1500ms").await;
+    let (ingest, router, client) = start_disabling(&env).await;
+    let fine = Receiver::start(204).await;
+    let failing = Receiver::start(500).await;
+    let fine_secret = register(&client, "fine", &fine.url(), json!(["push.sent"])).await;
+    let down_secret = register(&client, "down", &failing.url(), json!(["*"])).await;
+    let (status, rotated) = client
+        .json(
+            Method::POST,
+            "/v1/webhooks/fine/rotate",
+            Some(json!({"overlap_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let rotated_secret = rotated["secret"].as_str().unwrap().to_owned();
+    send_suppressed(&client).await;
+    let hook = until_disabled(&env, &client, "down").await;
+    assert!(hook["failing_since"].is_string(), "{hook}");
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = http
+        .get(ingest.url("/admin/webhooks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "signed out: to the login form");
+    let get = |path: &str| {
+        let req = http.get(ingest.url(path)).bearer_auth(ADMIN_KEY);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap()
+        }
+    };
+    let page = get("/admin/webhooks").await;
+    for expected in [
+        "fine",
+        "down",
+        &fine.url(),
+        &failing.url(),
+        "push.sent",
+        "tag active\">active<",
+        "tag disabled\">disabled<",
+        "yes, until ",
+        "href=\"/admin/webhooks\"",
+    ] {
+        assert!(page.contains(expected), "{expected} missing: {page}");
+    }
+    for secret in [&fine_secret, &down_secret, &rotated_secret] {
+        assert!(!page.contains(secret.as_str()), "a secret shown: {page}");
+    }
+    assert!(!page.contains("whsec_"), "{page}");
+    assert_eq!(
+        page.matches("action=\"/admin/webhooks/enable\"").count(),
+        1,
+        "an Enable button for the disabled endpoint only: {page}"
+    );
+    assert_eq!(hidden(&page, "id"), "down");
+    let token = hidden(&page, "token");
+
+    let disabled = get("/admin/webhooks?status=disabled&tenant=acme").await;
+    assert!(disabled.contains(&failing.url()) && !disabled.contains(&fine.url()));
+    let active = get("/admin/webhooks?status=active").await;
+    assert!(active.contains(&fine.url()) && !active.contains(&failing.url()));
+    assert!(
+        get("/admin/webhooks?tenant=other")
+            .await
+            .contains("Nothing here.")
+    );
+
+    // A token for another endpoint (or none, or a forged one) enables nothing.
+    for (id, token) in [("down", ""), ("down", "123.abc"), ("fine", token.as_str())] {
+        let resp = http
+            .post(ingest.url("/admin/webhooks/enable"))
+            .bearer_auth(ADMIN_KEY)
+            .form(&[("tenant", "acme"), ("id", id), ("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+    }
+    let (_, hook) = client.json(Method::GET, "/v1/webhooks/down", None).await;
+    assert_eq!(hook["status"], "disabled");
+
+    let resp = http
+        .post(ingest.url("/admin/webhooks/enable"))
+        .bearer_auth(ADMIN_KEY)
+        .form(&[
+            ("tenant", "acme"),
+            ("id", "down"),
+            ("token", token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let back = resp.headers()["location"].to_str().unwrap().to_owned();
+    let page = get(&back).await;
+    assert!(page.contains("id=\"enabled\""), "{page}");
+    assert!(!page.contains("tag disabled"), "{page}");
+    let (_, hook) = client.json(Method::GET, "/v1/webhooks/down", None).await;
+    assert_eq!(hook["status"], "active", "{hook}");
+    assert!(hook["disabled_at"].is_null() && hook["failing_since"].is_null());
+
+    // Enabled, it gets events again.
+    failing.status.store(200, Ordering::SeqCst);
+    let before = failing.hits().len();
+    send_suppressed(&client).await;
+    let got = env
+        .eventually(Duration::from_secs(10), || async {
+            (failing.hits().len() > before).then_some(())
+        })
+        .await;
+    assert!(got.is_some(), "the enabled endpoint receives events");
+    router.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_a_disabled_endpoint_is_announced_on_the_events_exchange() {
+    let env = TestEnv::with_schedule("200ms,1500ms").await;
+    let tap = crate::events::Tap::bind(&env, "*.webhook.disabled").await;
+    let (ingest, router, client) = start_disabling(&env).await;
+    let failing = Receiver::start(500).await;
+    let secret = register(&client, "down", &failing.url(), json!(["*"])).await;
+    send_suppressed(&client).await;
+    let hook = until_disabled(&env, &client, "down").await;
+
+    let events = tap.collect(1, Duration::from_secs(10)).await;
+    assert_eq!(events.len(), 1, "one event: {events:#?}");
+    let r = &events[0];
+    assert_eq!(r.routing_key, "acme.webhook.disabled");
+    assert_eq!(r.content_type, "application/cloudevents+json");
+    let e = &r.event;
+    assert_eq!(e["specversion"], "1.0");
+    assert_eq!(e["type"], "herald.webhook.disabled");
+    assert_eq!(e["id"], r.message_id.as_str());
+    assert_eq!(e["source"], "/tenants/acme/webhooks/down");
+    assert_eq!(e["subject"], "down");
+    let data = &e["data"];
+    assert_eq!(data["tenant_id"], "acme");
+    assert_eq!(data["webhook_id"], "down");
+    assert_eq!(data["url"], failing.url().as_str());
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
+            .unwrap()
+            .timestamp_micros()
+    };
+    assert_eq!(
+        at(&data["disabled_at"]),
+        at(&hook["disabled_at"]),
+        "{data} {hook}"
+    );
+    assert_eq!(at(&data["failing_since"]), at(&hook["failing_since"]));
+    assert!(at(&data["failing_since"]) < at(&data["disabled_at"]));
+    assert!(!e.to_string().contains(&secret), "no secret in the event");
+    // Not sent to the endpoints themselves: they only ever get delivery events.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for hit in failing.hits() {
+        let event: Value = serde_json::from_slice(&hit.body).unwrap();
+        assert!(
+            event["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("herald.delivery."),
+            "{event}"
+        );
+    }
+    tap.close().await;
     router.stop().await;
     ingest.stop().await;
 }

@@ -67,6 +67,7 @@ pub enum Nav {
     Overview,
     DeadLetters,
     Suppressions,
+    Webhooks,
     None,
 }
 
@@ -92,6 +93,7 @@ pub fn page(title: &str, nav: Nav, signed_in: bool, body: Markup) -> Markup {
                         (link("/admin", "Overview", Nav::Overview))
                         (link("/admin/dead-letters", "Dead letters", Nav::DeadLetters))
                         (link("/admin/suppressions", "Suppressions", Nav::Suppressions))
+                        (link("/admin/webhooks", "Webhooks", Nav::Webhooks))
                         form method="post" action="/admin/logout" {
                             button.quiet type="submit" { "Log out" }
                         }

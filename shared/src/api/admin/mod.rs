@@ -1,7 +1,8 @@
 //! The admin web page under `/admin`, served by ingest when `ADMIN_API_KEY`
 //! is set (otherwise every `/admin` path answers 404): the pipeline at a
 //! glance, the dead-letter store with filters and details, replay with a
-//! confirmation step, and the tenants' suppression lists. Plus a JSON API under `/admin/api` for scripts.
+//! confirmation step, the tenants' suppression lists and their webhook
+//! endpoints (enabling a disabled one again). Plus a JSON API under `/admin/api` for scripts.
 //!
 //! Server-rendered HTML with no script at all: operators need it when things
 //! are on fire, so it has no build step and nothing to load but the page.
@@ -14,6 +15,7 @@ mod overview;
 mod replay;
 mod selection;
 mod suppressions;
+mod webhooks;
 
 use axum::{
     Form, Router,
@@ -62,6 +64,8 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/replay", get(replay::confirm).post(replay::run))
         .route("/admin/suppressions", get(suppressions::list))
         .route("/admin/suppressions/remove", post(suppressions::remove))
+        .route("/admin/webhooks", get(webhooks::list))
+        .route("/admin/webhooks/enable", post(webhooks::enable))
         .route("/admin/api/dead-letters", get(json::list))
         .route("/admin/api/dead-letters/replay", post(json::replay))
         .route("/admin/api/dead-letters/{id}", get(json::show))

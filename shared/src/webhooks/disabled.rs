@@ -1,0 +1,151 @@
+//! The `herald.webhook.disabled` event: published on the events exchange
+//! when the sender disables an endpoint that kept failing, so a tenant's
+//! own services (or an operator's alerting) learn of it without polling the
+//! API. It goes to the events exchange only, never to webhook endpoints:
+//! the endpoint it is about is the one that cannot receive it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    broker::{Headers, Names, Outgoing, PublishError, Publisher},
+    db::webhooks::Disabled,
+    events::CONTENT_TYPE,
+};
+
+/// The event's `type`.
+pub const TYPE: &str = "herald.webhook.disabled";
+
+/// Attempts to publish the event, and the pause between them: enough to
+/// ride out a broker connection being re-established, short enough not to
+/// hold the sender's message for long.
+const ATTEMPTS: u32 = 3;
+const PAUSE: Duration = Duration::from_millis(500);
+
+/// The CloudEvents envelope around [`WebhookDisabledData`].
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookDisabledEvent {
+    pub specversion: &'static str,
+    /// Stable across the publish attempts: consumers de-duplicate on it.
+    pub id: Uuid,
+    /// `/tenants/{tenant}/webhooks/{webhook_id}`.
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The webhook id.
+    pub subject: String,
+    /// When the endpoint was disabled.
+    pub time: DateTime<Utc>,
+    pub datacontenttype: &'static str,
+    pub data: WebhookDisabledData,
+}
+
+/// What the event says of the endpoint (never its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookDisabledData {
+    pub tenant_id: String,
+    pub webhook_id: String,
+    pub url: String,
+    pub failing_since: DateTime<Utc>,
+    pub disabled_at: DateTime<Utc>,
+}
+
+impl WebhookDisabledEvent {
+    /// The event of endpoint `webhook_id` of `tenant` at `url` just disabled.
+    pub fn new(tenant: &str, webhook_id: &str, url: &str, disabled: Disabled) -> Self {
+        Self {
+            specversion: "1.0",
+            id: Uuid::now_v7(),
+            source: format!("/tenants/{tenant}/webhooks/{webhook_id}"),
+            kind: TYPE,
+            subject: webhook_id.to_owned(),
+            time: disabled.disabled_at,
+            datacontenttype: "application/json",
+            data: WebhookDisabledData {
+                tenant_id: tenant.to_owned(),
+                webhook_id: webhook_id.to_owned(),
+                url: url.to_owned(),
+                failing_since: disabled.failing_since,
+                disabled_at: disabled.disabled_at,
+            },
+        }
+    }
+
+    /// Routing key: `{tenant}.webhook.disabled`.
+    pub fn routing_key(&self) -> String {
+        Names::event_key(&self.data.tenant_id, "webhook", "disabled")
+    }
+
+    /// The message: on the events exchange, persistent, message id = event
+    /// id, CloudEvents structured mode.
+    pub fn outgoing(&self, names: &Names) -> Outgoing {
+        let headers = Headers::default().str(Headers::TENANT, &self.data.tenant_id);
+        let mut msg = Outgoing::json(
+            names.events_exchange(),
+            self.routing_key(),
+            serde_json::to_vec(self).expect("serialisable"),
+            headers,
+        );
+        msg.message_id = self.id.to_string();
+        msg.content_type = CONTENT_TYPE;
+        msg
+    }
+}
+
+/// Publishes the event with confirms, a few times while the broker fails;
+/// a queue-less key (nobody bound) is not a failure. When every attempt
+/// fails the endpoint stays disabled all the same: the failure is logged
+/// and counted (`herald_webhooks_disabled_event_failures_total`).
+pub async fn publish(publisher: &Publisher, event: &WebhookDisabledEvent) {
+    let msg = event.outgoing(publisher.broker().names());
+    let mut last = None;
+    for attempt in 1..=ATTEMPTS {
+        match publisher.publish(&msg).await {
+            Ok(()) | Err(PublishError::Unroutable { .. }) => return,
+            Err(e) => last = Some(e),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(PAUSE).await;
+        }
+    }
+    metrics::counter!("herald_webhooks_disabled_event_failures_total").increment(1);
+    tracing::warn!(
+        webhook = %event.data.webhook_id, tenant = %event.data.tenant_id,
+        error = %last.map(|e| e.to_string()).unwrap_or_default(),
+        "could not publish herald.webhook.disabled; the endpoint is disabled all the same"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_is_a_cloud_event_keyed_by_tenant() {
+        let at = Utc::now();
+        let event = WebhookDisabledEvent::new(
+            "acme",
+            "hook-1",
+            "https://example.com/h",
+            Disabled {
+                failing_since: at - chrono::Duration::hours(1),
+                disabled_at: at,
+            },
+        );
+        let names = Names::new("p");
+        let msg = event.outgoing(&names);
+        assert_eq!(msg.exchange, "p.events");
+        assert_eq!(msg.routing_key, "acme.webhook.disabled");
+        assert_eq!(msg.content_type, CONTENT_TYPE);
+        let json: serde_json::Value = serde_json::from_slice(&msg.body).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], TYPE);
+        assert_eq!(json["source"], "/tenants/acme/webhooks/hook-1");
+        assert_eq!(json["data"]["url"], "https://example.com/h");
+        assert_eq!(json["id"], msg.message_id.as_str());
+        assert!(json["data"].get("secret").is_none());
+    }
+}
