@@ -262,6 +262,7 @@ impl TestEnv {
             webhook_allowed_networks: vec!["127.0.0.0/8".parse().expect("network")],
             webhook_disable_after: Duration::from_secs(24 * 3600),
             webhook_timeout: Duration::from_secs(5),
+            webhook_rate_per_sec: 50,
         };
         tweak(&mut config);
         Spawned::start(config.http_addr, |listener, cancel| {

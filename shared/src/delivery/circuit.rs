@@ -43,6 +43,9 @@ enum Permit {
 pub struct Circuit {
     name: &'static str,
     state: Mutex<State>,
+    /// Whether `herald_circuit_state{provider=name}` shows this circuit
+    /// (not for the many circuits of one name, e.g. one per webhook endpoint).
+    gauge: bool,
 }
 
 impl Circuit {
@@ -51,6 +54,16 @@ impl Circuit {
         Self {
             name,
             state: Mutex::new(State::Closed { failures: 0 }),
+            gauge: true,
+        }
+    }
+
+    /// A closed circuit, one of many named `name`: it counts its openings in
+    /// `herald_circuit_opened_total{provider=name}` but sets no state gauge.
+    pub fn one_of_many(name: &'static str) -> Self {
+        Self {
+            gauge: false,
+            ..Self::new(name)
         }
     }
 
@@ -177,6 +190,9 @@ impl Circuit {
     }
 
     fn gauge(&self, value: f64) {
+        if !self.gauge {
+            return;
+        }
         // 0 closed, 1 half-open, 2 open.
         metrics::gauge!("herald_circuit_state", "provider" => self.name).set(value);
     }

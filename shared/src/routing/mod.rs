@@ -65,6 +65,10 @@ pub struct RouterConfig {
     /// Longest webhook call.
     #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
+    /// Most POSTs per second to one webhook endpoint, per router replica
+    /// (0 = unlimited).
+    #[arg(long, env = "WEBHOOK_RATE_PER_SEC", default_value_t = 50)]
+    pub webhook_rate_per_sec: u32,
 }
 
 /// Routing messages held at once per lane: what the lane's batches are made
@@ -103,8 +107,11 @@ pub async fn run(
         let publisher = publisher.clone();
         let tasks = service.tasks.clone();
         let webhook_networks = config.webhook_allowed_networks.clone();
-        let (webhook_disable_after, webhook_timeout) =
-            (config.webhook_disable_after, config.webhook_timeout);
+        let (webhook_disable_after, webhook_timeout, webhook_rate) = (
+            config.webhook_disable_after,
+            config.webhook_timeout,
+            config.webhook_rate_per_sec,
+        );
         service.tasks.spawn(async move {
             ops::declare_topology(&broker, &schedule, &cancel).await;
             for lane in Lane::ALL {
@@ -145,7 +152,8 @@ pub async fn run(
                     crate::delivery::retry::RetryPolicy::new(schedule.clone()),
                     webhook_disable_after,
                     webhook_timeout,
-                ),
+                )
+                .with_rate_per_endpoint(webhook_rate),
                 broker.clone(),
                 cancel.clone(),
             ));

@@ -297,7 +297,8 @@ pub mod events {
     ];
 
     /// Every `outcome` of `herald_webhooks_total`.
-    pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
+    pub const WEBHOOK_OUTCOMES: [&str; 5] =
+        ["delivered", "retry", "dead", "circuit_open", "rate_limited"];
 }
 
 /// The channel workers (`delivery`).

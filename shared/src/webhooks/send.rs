@@ -17,7 +17,17 @@
 //!    and a `herald.webhook.disabled` event says so on the events exchange
 //!    ([`super::disabled`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+};
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -31,7 +41,10 @@ use crate::{
         header_i64,
     },
     db,
-    delivery::retry::{Next, RetryPolicy},
+    delivery::{
+        circuit::Circuit,
+        retry::{Next, RetryPolicy},
+    },
     dlq::{self, DeadLetterReason},
     events::DeliveryEvent,
 };
@@ -39,6 +52,9 @@ use crate::{
 /// Pause before an event or message that failed on a dependency (database,
 /// broker) goes back to its queue.
 const TRANSIENT_PAUSE: Duration = Duration::from_secs(1);
+/// Longest wait for an endpoint's rate budget taken while holding the
+/// message; a longer one parks it in a retry tier.
+const MAX_RATE_WAIT: Duration = Duration::from_millis(500);
 
 /// One event for one endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +90,41 @@ pub struct Sender {
     pub retry: RetryPolicy,
     pub disable_after: Duration,
     pub timeout: Duration,
+    /// Each endpoint's circuit and rate budget, in this replica.
+    guards: Arc<Guards>,
+}
+
+/// An endpoint: (tenant, webhook id).
+type Endpoint = (String, String);
+
+/// Per endpoint, what the workers have per provider: a circuit breaker (a
+/// run of failures opens it, and messages for the endpoint wait in a retry
+/// tier without spending an attempt) and a rate budget.
+#[derive(Default)]
+struct Guards {
+    circuits: Mutex<HashMap<Endpoint, Arc<Circuit>>>,
+    rate: Option<DefaultKeyedRateLimiter<Endpoint>>,
+}
+
+impl Guards {
+    fn circuit(&self, endpoint: &Endpoint) -> Arc<Circuit> {
+        self.circuits
+            .lock()
+            .expect("not poisoned")
+            .entry(endpoint.clone())
+            .or_insert_with(|| Arc::new(Circuit::one_of_many("webhook")))
+            .clone()
+    }
+
+    /// How long `endpoint` must wait for its next POST, if at all.
+    fn rate(&self, endpoint: &Endpoint) -> Result<(), Duration> {
+        let Some(limiter) = &self.rate else {
+            return Ok(());
+        };
+        limiter
+            .check_key(endpoint)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
 }
 
 impl Sender {
@@ -93,7 +144,17 @@ impl Sender {
             retry,
             disable_after,
             timeout,
+            guards: Arc::default(),
         }
+    }
+
+    /// At most `per_sec` POSTs a second to each endpoint (0: unlimited).
+    pub fn with_rate_per_endpoint(mut self, per_sec: u32) -> Self {
+        self.guards = Arc::new(Guards {
+            circuits: Mutex::default(),
+            rate: NonZeroU32::new(per_sec).map(|n| RateLimiter::keyed(Quota::per_second(n))),
+        });
+        self
     }
 }
 
@@ -267,7 +328,35 @@ async fn send(sender: &Sender, incoming: Incoming) {
             return;
         }
     };
-    let error = match post(sender, &msg, &hook).await {
+    let endpoint = (msg.tenant_id.clone(), hook.id.clone());
+    // A short wait for the endpoint's budget is taken here; a longer one,
+    // or an open circuit, parks the message in a retry tier.
+    let pass = match sender.guards.rate(&endpoint) {
+        Err(wait) if wait > MAX_RATE_WAIT => Err((wait, "rate_limited")),
+        limited => {
+            if let Err(wait) = limited {
+                tokio::time::sleep(wait).await;
+            }
+            sender
+                .guards
+                .circuit(&endpoint)
+                .pass()
+                .map_err(|wait| (wait, "circuit_open"))
+        }
+    };
+    let pass = match pass {
+        Ok(pass) => pass,
+        Err((wait, why)) => {
+            park(sender, &delivery, &settle, &msg, attempts - 1, wait, why).await;
+            return;
+        }
+    };
+    let attempt = post(sender, &msg, &hook).await;
+    match &attempt {
+        Attempt::Delivered => pass.success(),
+        Attempt::Failed(_) => pass.failure(),
+    }
+    let error = match attempt {
         Attempt::Delivered => {
             metrics::counter!("herald_webhooks_total", "outcome" => "delivered").increment(1);
             if let Err(e) = db::webhooks::succeeded(&sender.pool, &msg.tenant_id, &hook.id).await {
@@ -326,6 +415,37 @@ async fn send(sender: &Sender, incoming: Incoming) {
                 error,
             )
             .await
+        }
+    }
+}
+
+/// Parks the message in the retry tier at or above `wait` without
+/// spending an attempt (`attempts` is what it had spent), then acks it.
+async fn park(
+    sender: &Sender,
+    delivery: &lapin::message::Delivery,
+    settle: &crate::broker::acks::Settler,
+    msg: &WebhookMessage,
+    attempts: u32,
+    wait: Duration,
+    why: &'static str,
+) {
+    metrics::counter!("herald_webhooks_total", "outcome" => why).increment(1);
+    let names = sender.publisher.broker().names();
+    let mut out = msg.outgoing(names);
+    out.exchange = names.retry_exchange();
+    out.headers = out
+        .headers
+        .int(
+            Headers::RETRY_DELAY_MS,
+            sender.retry.round_up(wait).as_millis() as i64,
+        )
+        .int(Headers::ATTEMPTS, attempts as i64);
+    match sender.publisher.publish(&out).await {
+        Ok(()) => settle.ack(delivery),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not park the webhook message; it waits");
+            settle.requeue_after(delivery, TRANSIENT_PAUSE).await;
         }
     }
 }

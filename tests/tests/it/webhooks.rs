@@ -715,3 +715,102 @@ async fn webhooks_a_disabled_endpoint_is_announced_on_the_events_exchange() {
     router.stop().await;
     ingest.stop().await;
 }
+
+/// Five failures in a row open an endpoint's circuit: the endpoint's next
+/// messages are not POSTed while it is open but wait in a retry tier
+/// without spending an attempt.
+#[tokio::test]
+async fn webhooks_a_failing_endpoints_circuit_opens_and_holds_its_messages() {
+    let env = TestEnv::with_schedule("1s,2s").await;
+    let (ingest, router, client) = start(&env).await;
+    let failing = Receiver::start(503).await;
+    register(&client, "down", &failing.url(), json!(["*.suppressed"])).await;
+    for _ in 0..5 {
+        send_suppressed(&client).await;
+    }
+    env.eventually(Duration::from_secs(15), || async {
+        (failing.hits().len() >= 5).then_some(())
+    })
+    .await
+    .expect("five failed POSTs");
+    for _ in 0..3 {
+        send_suppressed(&client).await;
+    }
+    let circuit_open = || async {
+        let text = reqwest::get(router.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(r#"herald_webhooks_total{outcome="circuit_open"}"#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    env.eventually(Duration::from_secs(4), || async {
+        (circuit_open().await >= 3.0).then_some(())
+    })
+    .await
+    .expect("the three new messages parked while the circuit is open");
+    assert_eq!(
+        failing.hits().len(),
+        5,
+        "nothing POSTed while the circuit is open"
+    );
+    // Parked messages spent no attempt: none is dead yet.
+    let dead: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE source = 'webhooks'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(dead, 0);
+    ingest.stop().await;
+    router.stop().await;
+}
+
+/// An endpoint's rate budget (`WEBHOOK_RATE_PER_SEC`): past it, messages
+/// wait (in place briefly, else in a retry tier) and are all delivered.
+#[tokio::test]
+async fn webhooks_an_endpoints_rate_budget_spaces_its_posts_and_delivers_all() {
+    let env = TestEnv::with_schedule("1s,2s").await;
+    let ingest = env
+        .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    let router = env.spawn_router_with(|c| c.webhook_rate_per_sec = 1).await;
+    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
+    let client = Client::new(&ingest, &key);
+    let receiver = Receiver::start(200).await;
+    register(&client, "slow", &receiver.url(), json!(["*.suppressed"])).await;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        send_suppressed(&client).await;
+    }
+    env.eventually(Duration::from_secs(20), || async {
+        (receiver.hits().len() >= 3).then_some(())
+    })
+    .await
+    .expect("all three delivered");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "three POSTs at one a second took {:?}",
+        started.elapsed()
+    );
+    let text = reqwest::get(router.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with(r#"herald_webhooks_total{outcome="rate_limited"}"#)
+                && !l.ends_with(" 0")
+        ),
+        "a message waited in a tier for the budget"
+    );
+    assert_eq!(receiver.hits().len(), 3, "each delivered once");
+    ingest.stop().await;
+    router.stop().await;
+}

@@ -135,7 +135,14 @@ fn dead_letter_classes() -> Vec<(String, String)> {
 
 /// The router at start.
 pub fn router(names: &Names) {
-    describe(&[routing::ALL, events::ALL, consumers::ALL]);
+    describe(&[
+        routing::ALL,
+        events::ALL,
+        consumers::ALL,
+        &[delivery::CIRCUIT_OPENED],
+    ]);
+    // The webhook endpoints' circuits, all together.
+    delivery::CIRCUIT_OPENED.zero(&[("provider", "webhook".to_owned())]);
     for metric in events::ALL
         .iter()
         .filter(|m| m.name != events::WEBHOOKS.name)
