@@ -22,6 +22,32 @@ pub fn url_encode(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
 }
 
+/// A query string of `pairs`, each value URL-encoded; absent ones left out.
+pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    pairs
+        .iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={}", url_encode(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A filter's value from the query string: trimmed, `None` when empty.
+pub fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A filter form's `select` of `name`: "any" (empty), then `options`.
+pub fn choice(label: &str, name: &str, options: &[&str], chosen: Option<&str>) -> Markup {
+    html! {
+        label { (label) select name=(name) {
+            option value="" selected[chosen.is_none()] { "any" }
+            @for o in options {
+                option value=(o) selected[Some(*o) == chosen] { (o) }
+            }
+        } }
+    }
+}
+
 /// Small and inline: the pages need no stylesheet request, and the content
 /// security policy allows no other source.
 const CSS: &str = "

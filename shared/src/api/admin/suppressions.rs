@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{
     auth::AdminPage,
     dead_letters::page_error,
-    html::{self, Nav, table, url_encode},
+    html::{self, Nav, nonempty, table, url_encode},
 };
 use crate::{
     api::AppState,
@@ -38,10 +38,6 @@ pub struct ListQuery {
     after_address: Option<String>,
     /// What the last removal did, to say so at the top.
     removed: Option<String>,
-}
-
-fn nonempty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// What a remove button's token is bound to.
@@ -117,19 +113,13 @@ pub async fn list(
         .then(|| rows.last())
         .flatten()
         .map(|last| {
-            let mut query = format!(
-                "after_tenant={}&after_channel={}&after_address={}",
-                url_encode(&last.tenant_id),
-                url_encode(&last.channel),
-                url_encode(&last.address)
-            );
-            if let Some(t) = tenant {
-                query.push_str(&format!("&tenant={}", url_encode(t)));
-            }
-            if let Some(c) = channel {
-                query.push_str(&format!("&channel={c}"));
-            }
-            query
+            html::query(&[
+                ("after_tenant", Some(&last.tenant_id)),
+                ("after_channel", Some(&last.channel)),
+                ("after_address", Some(&last.address)),
+                ("tenant", tenant),
+                ("channel", channel),
+            ])
         });
     let body = html! {
         h1 { "Suppressions" }
@@ -139,13 +129,7 @@ pub async fn list(
         section {
             form.filters method="get" action="/admin/suppressions" id="filters" {
                 label { "Tenant" input name="tenant" value=(tenant.unwrap_or("")); }
-                label { "Channel" select name="channel" {
-                    @for c in ["", "email", "sms"] {
-                        option value=(c) selected[Some(c) == channel || (c.is_empty() && channel.is_none())] {
-                            (if c.is_empty() { "any" } else { c })
-                        }
-                    }
-                } }
+                (html::choice("Channel", "channel", &["email", "sms"], channel))
                 button type="submit" id="apply" { "Filter" }
                 " "
                 a href="/admin/suppressions" { "Clear" }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{
     auth::AdminPage,
     dead_letters::page_error,
-    html::{self, Nav, table, url_encode},
+    html::{self, Nav, nonempty, table, url_encode},
 };
 use crate::{
     api::AppState,
@@ -37,10 +37,6 @@ pub struct ListQuery {
     after_id: Option<String>,
     /// What the last enabling did, to say so at the top.
     enabled: Option<String>,
-}
-
-fn nonempty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// What an Enable button's token is bound to.
@@ -134,18 +130,12 @@ pub async fn list(
         .then(|| rows.last())
         .flatten()
         .map(|last| {
-            let mut query = format!(
-                "after_tenant={}&after_id={}",
-                url_encode(&last.tenant_id),
-                url_encode(&last.id)
-            );
-            if let Some(t) = tenant {
-                query.push_str(&format!("&tenant={}", url_encode(t)));
-            }
-            if let Some(s) = status {
-                query.push_str(&format!("&status={s}"));
-            }
-            query
+            html::query(&[
+                ("after_tenant", Some(&last.tenant_id)),
+                ("after_id", Some(&last.id)),
+                ("tenant", tenant),
+                ("status", status),
+            ])
         });
     let body = html! {
         h1 { "Webhooks" }
@@ -155,13 +145,7 @@ pub async fn list(
         section {
             form.filters method="get" action="/admin/webhooks" id="filters" {
                 label { "Tenant" input name="tenant" value=(tenant.unwrap_or("")); }
-                label { "Status" select name="status" {
-                    @for s in ["", "active", "disabled"] {
-                        option value=(s) selected[Some(s) == status || (s.is_empty() && status.is_none())] {
-                            (if s.is_empty() { "any" } else { s })
-                        }
-                    }
-                } }
+                (html::choice("Status", "status", &["active", "disabled"], status))
                 button type="submit" id="apply" { "Filter" }
                 " "
                 a href="/admin/webhooks" { "Clear" }
