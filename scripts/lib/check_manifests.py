@@ -22,9 +22,11 @@ Exit status 1 with one line per problem when anything fails.
 
 import json
 import os
+import re
 import sys
 
 import jsonschema
+import referencing
 import yaml
 from kubernetes_validate import utils as kv
 
@@ -61,6 +63,31 @@ def crd_validator(path):
     return _crd_validators[path]
 
 
+_k8s_validators = {}
+
+
+def k8s_validator(obj, version):
+    """The strict validator of kubernetes-validate's schema for this kind,
+    built as its validate() does, so that every error is reported, not
+    only the first."""
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", obj["apiVersion"])
+    key = (obj["kind"].lower(), api, version)
+    if key not in _k8s_validators:
+        full = [v for v in kv.all_versions() if kv.major_minor(v) == version][-1]
+        folder = f"kubernetes-json-schema/v{full}-local-strict"
+        try:
+            schema = kv.schema_contents(f"{folder}/{key[0]}-{api}.json", version)
+        except FileNotFoundError:
+            _k8s_validators[key] = None
+            return None
+        defs = kv.schema_contents(f"{folder}/_definitions.json", version)
+        registry = referencing.Registry()
+        registry = referencing.Resource.from_contents(schema) @ registry
+        registry = referencing.Resource.from_contents(defs) @ registry
+        _k8s_validators[key] = jsonschema.Draft202012Validator(schema, registry=registry)
+    return _k8s_validators[key]
+
+
 def where(err):
     return "/".join(str(p) for p in err.absolute_path) or "(top)"
 
@@ -76,12 +103,13 @@ def schema_problems(schema_dir, obj):
         return [f"{name}: {where(e)}: {e.message}" for e in errors[:5]]
     problems = []
     for version in KUBERNETES_VERSIONS:
-        try:
-            kv.validate(obj, version, strict=True)
-        except kv.SchemaNotFoundError as e:
-            problems.append(f"{name}: {e.message}")
-        except kv.ValidationError as e:
-            problems.append(f"{name}: {where(e)}: {e.message} (Kubernetes {version})")
+        validator = k8s_validator(obj, version)
+        if validator is None:
+            problems.append(f"{name}: no schema for {obj.get('apiVersion')} {obj.get('kind')} "
+                            f"in Kubernetes {version}")
+            continue
+        errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+        problems += [f"{name}: {where(e)}: {e.message} (Kubernetes {version})" for e in errors[:5]]
     return problems
 
 
