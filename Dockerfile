@@ -33,14 +33,14 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=planner /src/recipe.json recipe.json
-# Dependencies only; cached until Cargo.toml or Cargo.lock change. The test
-# crate (benchmarks, fakes) is left out of the image.
-RUN cargo chef cook --release --recipe-path recipe.json \
-      -p ingest -p router -p worker-push -p worker-email -p worker-sms -p heraldctl
+# Dependencies only; cached until Cargo.toml or Cargo.lock change. The
+# whole workspace, like the build below, so that cargo unifies the same
+# features both times and the final step reuses every dependency.
+RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 # `sqlx::migrate!` embeds migrations/ into every binary at compile time.
-RUN cargo build --release --locked \
-      -p ingest -p router -p worker-push -p worker-email -p worker-sms -p heraldctl \
+# (The test crate's `bench` binary is built too, and left out of the image.)
+RUN cargo build --release --locked --bins \
  && mkdir /out \
  && cp target/release/ingest target/release/router target/release/worker-push \
        target/release/worker-email target/release/worker-sms target/release/heraldctl /out/
