@@ -34,8 +34,12 @@ pub fn init(common: &CommonConfig, service: &str) {
         });
     // The filter is the log's own: trace context must travel whatever
     // `RUST_LOG` silences, so the span layer filters for itself.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,h2=warn,hyper=warn"));
+    // lapin logs a message the broker returned as unroutable with its whole
+    // body (addresses, content): the publisher reports it as
+    // `PublishError::Unroutable` instead, without the body.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,lapin=warn,lapin::returned_messages=off,h2=warn,hyper=warn")
+    });
     let logs = match format {
         LogFormat::Json => fmt::layer()
             .json()

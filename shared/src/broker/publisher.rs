@@ -1,6 +1,8 @@
-//! Publishing with confirms. Every message is `mandatory` and persistent; a
-//! message is published only when the broker confirmed it *and* did not
-//! return it as unroutable (a returned message is still acked by the broker).
+//! Publishing with confirms. Every message is persistent, and `mandatory`
+//! unless it is a fire-and-forget broadcast (delivery events: a topic
+//! exchange nobody has bound drops them, as it should); a mandatory message
+//! is published only when the broker confirmed it *and* did not return it as
+//! unroutable (a returned message is still acked by the broker).
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,6 +48,12 @@ pub struct Outgoing {
     /// Media type of the body: `application/json` unless a format of its
     /// own says otherwise (CloudEvents in structured mode).
     pub content_type: &'static str,
+    /// Whether the broker must return the message when no queue is bound
+    /// for it (then it is [`PublishError::Unroutable`]). True for every
+    /// message Herald itself consumes; false for events, which services may
+    /// or may not bind (a returned message costs the broker a
+    /// `basic.return` and the publisher a warning carrying the whole body).
+    pub mandatory: bool,
 }
 
 impl PublishError {
@@ -79,6 +87,7 @@ impl Outgoing {
             headers,
             message_id: uuid::Uuid::now_v7().to_string(),
             content_type: "application/json",
+            mandatory: true,
         }
     }
 
@@ -185,7 +194,7 @@ async fn publish_on(ch: &Channel, msg: &Outgoing) -> Result<(), PublishError> {
             msg.exchange.as_str().into(),
             msg.routing_key.as_str().into(),
             BasicPublishOptions {
-                mandatory: true,
+                mandatory: msg.mandatory,
                 ..Default::default()
             },
             &msg.body,

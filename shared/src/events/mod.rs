@@ -113,7 +113,8 @@ impl DeliveryEvent {
     }
 
     /// The message to publish: persistent, message id = event id, the ids in
-    /// headers like every other Herald message.
+    /// headers like every other Herald message; not mandatory, so an event
+    /// no service has bound a queue for is dropped, not returned.
     pub fn outgoing(&self, names: &Names) -> Outgoing {
         let headers = Headers::default()
             .str(Headers::TENANT, &self.data.tenant_id)
@@ -128,6 +129,7 @@ impl DeliveryEvent {
         );
         msg.message_id = self.id.to_string();
         msg.content_type = CONTENT_TYPE;
+        msg.mandatory = false;
         msg
     }
 }
@@ -170,6 +172,10 @@ mod tests {
         assert_eq!(msg.exchange, "herald.events");
         assert_eq!(msg.message_id, Uuid::nil().to_string());
         assert_eq!(msg.content_type, CONTENT_TYPE);
+        assert!(
+            !msg.mandatory,
+            "an event nobody binds is dropped, not returned"
+        );
     }
 
     #[test]

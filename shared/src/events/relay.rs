@@ -95,11 +95,9 @@ pub async fn pass(pool: &PgPool, publisher: &Publisher, limit: i64) -> anyhow::R
     let mut msgs: Vec<_> = events.iter().map(|(_, e)| e.outgoing(names)).collect();
     msgs.extend(hooks.iter().map(|(_, m)| m.clone()));
     let results = publisher.publish_all(&msgs).await;
-    let confirmed = |r: &Result<(), PublishError>| {
-        // A topic exchange with no queue bound for the key: confirmed, and
-        // nobody wants it. That is not a failure to retry.
-        matches!(r, Ok(()) | Err(PublishError::Unroutable { .. }))
-    };
+    // Events are not mandatory: one no service has bound a queue for is
+    // dropped by the topic exchange and confirmed all the same.
+    let confirmed = |r: &Result<(), PublishError>| r.is_ok();
     let mut done: Vec<bool> = results[..events.len()].iter().map(confirmed).collect();
     let mut failure = results.iter().find(|r| !confirmed(r)).map(|r| match r {
         Err(e) => e.to_string(),

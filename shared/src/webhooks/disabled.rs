@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    broker::{Headers, Names, Outgoing, PublishError, Publisher},
+    broker::{Headers, Names, Outgoing, Publisher},
     db::webhooks::Disabled,
     events::CONTENT_TYPE,
 };
@@ -80,7 +80,7 @@ impl WebhookDisabledEvent {
     }
 
     /// The message: on the events exchange, persistent, message id = event
-    /// id, CloudEvents structured mode.
+    /// id, CloudEvents structured mode; not mandatory (nobody may bind it).
     pub fn outgoing(&self, names: &Names) -> Outgoing {
         let headers = Headers::default().str(Headers::TENANT, &self.data.tenant_id);
         let mut msg = Outgoing::json(
@@ -91,6 +91,7 @@ impl WebhookDisabledEvent {
         );
         msg.message_id = self.id.to_string();
         msg.content_type = CONTENT_TYPE;
+        msg.mandatory = false;
         msg
     }
 }
@@ -104,7 +105,7 @@ pub async fn publish(publisher: &Publisher, event: &WebhookDisabledEvent) {
     let mut last = None;
     for attempt in 1..=ATTEMPTS {
         match publisher.publish(&msg).await {
-            Ok(()) | Err(PublishError::Unroutable { .. }) => return,
+            Ok(()) => return,
             Err(e) => last = Some(e),
         }
         if attempt < ATTEMPTS {

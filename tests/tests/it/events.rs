@@ -362,6 +362,39 @@ async fn events_two_relays_publish_each_event_once() {
     p.stop().await;
 }
 
+/// An event no service has bound a queue for is dropped by the broker, as a
+/// topic exchange does, not returned: a returned message costs the broker a
+/// `basic.return` and the router a warning with the whole event in its log,
+/// for every status change of every delivery.
+#[tokio::test]
+async fn events_nobody_binds_are_dropped_by_the_broker_not_returned() {
+    let env = TestEnv::new().await;
+    let row = herald::db::events::PendingEvent {
+        seq: 1,
+        event_id: uuid::Uuid::now_v7(),
+        delivery_id: uuid::Uuid::now_v7(),
+        status: "sent".into(),
+        reason: None,
+        error_class: None,
+        error: None,
+        attempts: 1,
+        at: chrono::Utc::now(),
+        tenant_id: Some("nobody-listens".into()),
+        notification_id: Some(uuid::Uuid::now_v7()),
+        user_id: Some("u-1".into()),
+        channel: Some("push".into()),
+        destination: Some("fcm-token-0001".into()),
+        category: Some("social".into()),
+    };
+    let event = herald::events::DeliveryEvent::from_pending(&row).expect("an event");
+    let publisher = Publisher::new(env.broker().await);
+    let results = publisher.publish_all(&[event.outgoing(&env.names())]).await;
+    assert!(
+        matches!(results.as_slice(), [Ok(())]),
+        "confirmed and not returned: {results:?}"
+    );
+}
+
 #[tokio::test]
 async fn events_exchange_is_declared_with_the_topology_under_the_prefix() {
     let env = TestEnv::new().await;
