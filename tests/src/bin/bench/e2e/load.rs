@@ -76,7 +76,8 @@ fn notification(user: &str, priority: &str) -> Value {
 }
 
 /// Accept times of a phase's notifications.
-type Accepted = Arc<Mutex<HashMap<Uuid, Instant>>>;
+/// Accepted notifications: when their request was sent, and when its answer came.
+type Accepted = Arc<Mutex<HashMap<Uuid, (Instant, Instant)>>>;
 
 /// Where and as whom to send.
 #[derive(Clone)]
@@ -116,10 +117,13 @@ async fn send(
     if mode == Mode::Keyed {
         req = req.header("Idempotency-Key", Uuid::new_v4().to_string());
     }
+    // Latency counts from the request, not from its answer: whatever
+    // ingest does before the 202 (direct routing, say) is part of it.
+    let sent = Instant::now();
     let resp = req.send().await?;
     let status = resp.status().as_u16();
     let answer: Value = resp.json().await?;
-    let now = Instant::now();
+    let answered = Instant::now();
     let ids: Vec<Uuid> = match mode {
         Mode::Batch(_) => answer["results"]
             .as_array()
@@ -139,7 +143,7 @@ async fn send(
     );
     let mut map = accepted.lock().expect("accepted");
     for id in ids {
-        map.insert(id, now);
+        map.insert(id, (sent, answered));
     }
     Ok(())
 }
@@ -234,7 +238,11 @@ async fn watch(
     accepted: Accepted,
 ) -> anyhow::Result<Phase> {
     let accepted = std::mem::take(&mut *accepted.lock().expect("accepted"));
-    let last_accept = accepted.values().max().copied().unwrap_or(started);
+    let last_accept = accepted
+        .values()
+        .map(|(_, answered)| *answered)
+        .max()
+        .unwrap_or(started);
     let mut seen: HashMap<Uuid, Instant> = HashMap::new();
     let mut read = journal;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -260,7 +268,7 @@ async fn watch(
     let last_call = seen.values().max().copied().unwrap_or(started);
     let latency = accepted
         .iter()
-        .map(|(id, at)| seen[id].saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        .map(|(id, (sent, _))| seen[id].saturating_duration_since(*sent).as_secs_f64() * 1000.0)
         .collect();
     Ok(Phase {
         notifications: accepted.len(),

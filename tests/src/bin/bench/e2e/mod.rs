@@ -7,7 +7,7 @@
 //!
 //! Phases: the ceiling and closed-loop single sends (`--rounds` times), then
 //! batch sends, single sends with an `Idempotency-Key` each, an open loop at
-//! fixed fractions of the measured rate (latency from accept to provider
+//! fixed fractions of the measured rate (latency from request to provider
 //! call), `high` sends while a `bulk` topic drains, and CPU seconds and peak
 //! RSS per process. Output: a Markdown table on stdout, JSON and an SVG plot
 //! of latency against offered rate under `target/bench/`.
@@ -89,6 +89,13 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        // Ingest's direct routing as the caller sets it (0 measures every
+        // notification through the router).
+        .chain(
+            std::env::var("DIRECT_ROUTING_MAX_USERS")
+                .ok()
+                .map(|v| ("DIRECT_ROUTING_MAX_USERS".to_owned(), v)),
+        )
         .collect();
         let with = |extra: Env| {
             let mut env = base.clone();

@@ -310,7 +310,7 @@ impl Summary {
         let _ = writeln!(out, "| delivered / ceiling | {} |", self.delivered_ratio);
         let _ = writeln!(
             out,
-            "\n| phase | accepted/s | delivered/s | delivered / ceiling | accept to provider p50 / p95 / p99 ms |\n|---|---|---|---|---|"
+            "\n| phase | accepted/s | delivered/s | delivered / ceiling | request to provider p50 / p95 / p99 ms |\n|---|---|---|---|---|"
         );
         let ceiling = self.ceiling.median;
         for (i, r) in self.rounds.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! A small SVG line chart: accept-to-provider latency (p50, p95, p99)
+//! A small SVG line chart: request-to-provider latency (p50, p95, p99)
 //! against the offered rate of the open loop. Written by hand because it is
 //! one chart of a few points; a plotting crate would bring fonts and a
 //! rasteriser for nothing.
@@ -31,7 +31,7 @@ pub fn latency(points: &[(f64, Percentiles)]) -> String {
     let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Accept to provider call, by offered rate</text>"#,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Request to provider call, by offered rate</text>"#,
         W / 2.0
     );
     // Axes, with five ticks each.
