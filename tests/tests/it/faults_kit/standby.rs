@@ -52,14 +52,21 @@ async fn primary_killed_and_standby_promoted_loses_nothing() {
     p.stack.postgres.kill9().await;
     p.stack.fail_over().await;
     let promoted = killed.elapsed();
-    // What an operator (or the operator's Service) does: point the
-    // binaries at the new primary and roll them.
+    // What an operator does without a Service that follows the primary:
+    // point every Deployment at the new primary, and they all roll at once
+    // (each binary stopped with SIGTERM, then started again).
     let url = p.stack.database_url();
-    for proc in p.all() {
+    let stops = futures::future::join_all(p.all().into_iter().map(|proc| {
         proc.set_env("DATABASE_URL", &url);
         proc.set_env("DATABASE_READ_URL", &url);
-        proc.restart().await;
-    }
+        async move {
+            let started = Instant::now();
+            proc.restart().await;
+            (proc.name().to_owned(), started.elapsed())
+        }
+    }))
+    .await;
+    eprintln!("stop and start of each binary: {stops:?}");
     for proc in p.all() {
         proc.wait_ready(Duration::from_secs(60)).await;
     }
