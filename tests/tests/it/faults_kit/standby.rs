@@ -1,5 +1,6 @@
 //! PostgreSQL failing over: the primary killed under load, its synchronous
-//! standby promoted, the binaries restarted on the promoted node.
+//! standby promoted, and the binaries either restarted on the promoted node
+//! or reaching it through an address that moves to it (a Service).
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use herald_tests::{
     faults::{
         ledger::Ledger,
         procs::Env,
+        proxy::TcpProxy,
         stack::{Stack, Topology},
     },
 };
@@ -94,6 +96,77 @@ async fn primary_killed_and_standby_promoted_loses_nothing() {
             &[
                 ("standby_promoted_after_kill", promoted),
                 ("binaries_restarted_and_ready_after_kill", restarted),
+                ("deliveries_flowing_again_after_kill", again),
+                ("new_work_delivered_after_kill", flowing),
+            ],
+        )
+        .await;
+    assert_nothing_lost(&report);
+    p.assert_all_running();
+}
+
+/// The same failover with the binaries configured once, on an address that
+/// follows the primary (what CloudNativePG's `herald-db-rw` Service does; a
+/// proxy here): no restart, the pools reconnect to the promoted node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: starts a private PostgreSQL primary and standby; run with --run-ignored"]
+async fn primary_killed_and_standby_promoted_behind_a_moving_address_loses_nothing() {
+    let stack = Stack::start_with(Topology {
+        standby: true,
+        ..Topology::default()
+    })
+    .await;
+    let at = |port: u16| format!("127.0.0.1:{port}").parse().expect("address");
+    let service = TcpProxy::start(at(stack.postgres.port())).await;
+    let url = stack.database_url().replace(
+        &format!(":{}/", stack.postgres.port()),
+        &format!(":{}/", service.addr().port()),
+    );
+    let through = Env::from([("DATABASE_URL".to_owned(), url)]);
+    let mut ingest = through.clone();
+    ingest.insert(
+        "DATABASE_READ_URL".to_owned(),
+        stack.standby_url().expect("a standby"),
+    );
+    let setup = Setup {
+        ingest,
+        router: through.clone(),
+        worker: through,
+        ..Setup::default()
+    };
+    let mut p = Pipeline::on(stack, FcmFake::start().await, setup).await;
+    let ledger = Ledger::new();
+    let load = p.load().rate(25.0).count(500).spawn(&ledger);
+    wait_accepted(&ledger, 100).await;
+
+    ledger.fault_started("postgres-primary-kill9+promote-behind-service");
+    let killed = Instant::now();
+    p.stack.postgres.kill9().await;
+    p.stack.fail_over().await;
+    service.retarget(at(p.stack.postgres.port()));
+    let promoted = killed.elapsed();
+    let again = accepting_again_after(&p, &ledger).await;
+    let flowing = wait_new_work_delivered(&p, &ledger, killed).await;
+    ledger.fault_ended("postgres-primary-kill9+promote-behind-service");
+    eprintln!(
+        "primary killed: standby promoted and the address moved after {promoted:?}, \
+         ingest accepting {again:?} later, new work delivered {flowing:?} after the kill"
+    );
+
+    let stats = load.await.expect("load task");
+    eprintln!("load: {stats:?}");
+    assert!(
+        stats.gave_up == 0 && stats.accepted == stats.sends,
+        "every send accepted in the end: {stats:?}"
+    );
+    let again = flowing_again_after(&p.fcm, killed).expect("deliveries after the kill");
+    eprintln!("deliveries flowing again {again:?} after the kill (end of the longest silence)");
+    let report = p
+        .report_with(
+            "postgres-failover-behind-service",
+            &ledger,
+            &[
+                ("standby_promoted_after_kill", promoted),
                 ("deliveries_flowing_again_after_kill", again),
                 ("new_work_delivered_after_kill", flowing),
             ],
