@@ -15,8 +15,8 @@ use herald_tests::{
 };
 
 use super::pipeline::{
-    Pipeline, Setup, assert_nothing_lost, flowing_again_after, wait_accepted,
-    wait_new_work_delivered,
+    Pipeline, Setup, accepting_again_after, assert_nothing_lost, flowing_again_after,
+    wait_accepted, wait_new_work_delivered,
 };
 
 /// The routing lanes and the push channel's lanes: the queues every
@@ -93,9 +93,14 @@ async fn broker_node_leading_the_queues_killed_loses_nothing() {
     ledger.fault_started("rabbitmq-leader-node-kill9");
     let killed = Instant::now();
     p.stack.rabbit_node_mut(&victim).kill9().await;
+    // Probes every 50 ms: the load's clients wait out the `Retry-After: 5`
+    // of the 503s they got meanwhile, so their silence would measure that.
+    let accepting = killed.elapsed() + accepting_again_after(&p, &ledger).await;
     let flowing = wait_new_work_delivered(&p, &ledger, killed).await;
     ledger.fault_ended("rabbitmq-leader-node-kill9");
-    eprintln!("deliveries of new work flowing again {flowing:?} after {victim} was killed");
+    eprintln!(
+        "ingest accepting again {accepting:?} and new work delivered {flowing:?} after {victim} was killed"
+    );
 
     let after = cluster::leaders(p.stack.live_rabbit(), &p.stack.prefix).await;
     let still_led: Vec<_> = after
@@ -122,8 +127,9 @@ async fn broker_node_leading_the_queues_killed_loses_nothing() {
             "rabbitmq-cluster-leader-kill9",
             &ledger,
             &[
-                ("deliveries_flowing_again_after_kill", again),
+                ("ingest_accepting_again_after_kill", accepting),
                 ("new_work_delivered_after_kill", flowing),
+                ("deliveries_flowing_again_after_kill", again),
             ],
         )
         .await;

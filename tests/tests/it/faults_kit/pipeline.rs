@@ -314,7 +314,11 @@ pub async fn wait_new_work_delivered(p: &Pipeline, ledger: &Ledger, since: Insta
 /// How long after `since` deliveries flowed again: the end of the longest
 /// silence between two provider requests that ends after `since`, within
 /// the minute after it. What was in flight may still reach the provider
-/// right after a fault; this is when the pipeline as a whole was back.
+/// right after a fault; this is when the load as a whole flowed again. It
+/// includes the load's clients waiting out the `Retry-After` of a 503 they
+/// got during the fault (5 s), so it bounds the pipeline's recovery from
+/// above; [`wait_new_work_delivered`] and [`accepting_again_after`]
+/// measure the pipeline's own.
 pub fn flowing_again_after(fcm: &FcmFake, since: Instant) -> Option<Duration> {
     let mut times: Vec<Instant> = ledger::fcm_sightings(&fcm.requests())
         .iter()
