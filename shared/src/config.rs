@@ -19,16 +19,26 @@ pub struct CommonConfig {
     )]
     pub database_url: String,
 
-    /// Most PostgreSQL connections this process opens.
+    /// PostgreSQL for reads that tolerate bounded staleness (a streaming
+    /// replica): the status API, the admin overview, `heraldctl stats`.
+    /// Default: `DATABASE_URL`.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
+    /// Most PostgreSQL connections this process opens (per pool: a
+    /// separate `DATABASE_READ_URL` gets a pool of its own).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
-    /// RabbitMQ connection URL.
+    /// RabbitMQ connection URL, or the URLs of a cluster's nodes separated
+    /// by commas (`amqp://u:p@mq-0:5672/%2f,amqp://u:p@mq-1:5672/%2f`): a
+    /// connect tries them in turn, starting after the one that failed last.
     #[arg(
         long,
         env = "AMQP_URL",
         hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = parse_amqp_urls
     )]
     pub amqp_url: String,
 
@@ -60,10 +70,53 @@ impl fmt::Debug for CommonConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommonConfig")
             .field("database_url", &redact_url(&self.database_url))
-            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field(
+                "database_read_url",
+                &self.database_read_url.as_deref().map(redact_url),
+            )
+            .field("amqp_url", &redact_urls(&self.amqp_url))
             .field("broker_prefix", &self.broker_prefix)
             .field("retry_schedule", &self.retry_schedule)
             .finish_non_exhaustive()
+    }
+}
+
+impl CommonConfig {
+    /// Where reads that tolerate bounded staleness go: `DATABASE_READ_URL`,
+    /// or `DATABASE_URL` when it is unset.
+    pub fn read_database_url(&self) -> &str {
+        self.database_read_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or(&self.database_url)
+    }
+
+    /// The pool for reads that tolerate bounded staleness: `primary` itself
+    /// when `DATABASE_READ_URL` is unset or the same, so a deployment
+    /// without a replica opens no second pool.
+    pub fn read_pool(&self, primary: &sqlx::PgPool) -> Result<sqlx::PgPool, sqlx::Error> {
+        if self.read_database_url() == self.database_url {
+            return Ok(primary.clone());
+        }
+        crate::db::connect_lazy(self.read_database_url(), self.database_max_connections)
+    }
+}
+
+/// Checks `AMQP_URL`: one `amqp://` or `amqps://` URL, or several separated
+/// by commas.
+fn parse_amqp_urls(value: &str) -> Result<String, String> {
+    crate::broker::addresses::parse(value).map(|_| value.to_owned())
+}
+
+/// [`redact_url`] for each URL of a comma-separated list (`AMQP_URL`).
+pub fn redact_urls(list: &str) -> String {
+    match crate::broker::addresses::parse(list) {
+        Ok(urls) => urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(_) => redact_url(list),
     }
 }
 
@@ -194,8 +247,9 @@ mod tests {
     fn debug_hides_the_urls_passwords() {
         let config = CommonConfig {
             database_url: "postgres://herald:pg-s3cret@db:5432/herald".into(),
+            database_read_url: Some("postgres://herald:ro-s3cret@db-ro:5432/herald".into()),
             database_max_connections: 4,
-            amqp_url: "amqps://herald:mq-s3cret@mq/%2f".into(),
+            amqp_url: "amqps://herald:mq-s3cret@mq-0/%2f,amqps://herald:mq-s3cret@mq-1/%2f".into(),
             broker_prefix: "herald".into(),
             retry_schedule: RetrySchedule::default(),
             log_format: None,
@@ -204,13 +258,47 @@ mod tests {
         };
         let debug = format!("{config:?}");
         assert!(
-            !debug.contains("pg-s3cret") && !debug.contains("mq-s3cret"),
+            !debug.contains("pg-s3cret")
+                && !debug.contains("mq-s3cret")
+                && !debug.contains("ro-s3cret"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("amqps://herald:***@mq-0/%2f,amqps://herald:***@mq-1/%2f"),
             "{debug}"
         );
         assert!(
             debug.contains("postgres://herald:***@db:5432/herald"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn reads_go_to_database_read_url_or_else_to_database_url() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonConfig,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("bin").chain(args.iter().copied()))
+                .map(|c| c.common)
+        };
+        let c = parse(&["--database-url", "postgres://db/h"]).unwrap();
+        assert_eq!(c.read_database_url(), "postgres://db/h");
+        let c = parse(&[
+            "--database-url",
+            "postgres://db/h",
+            "--database-read-url",
+            "postgres://replica/h",
+        ])
+        .unwrap();
+        assert_eq!(c.read_database_url(), "postgres://replica/h");
+        // A single URL and a list of a cluster's nodes; anything else is
+        // refused at start.
+        assert!(parse(&["--amqp-url", "amqp://mq-0/%2f,amqp://mq-1/%2f"]).is_ok());
+        assert!(parse(&["--amqp-url", "mq-0:5672"]).is_err());
     }
 
     #[test]

@@ -161,6 +161,7 @@ impl TestEnv {
     pub fn common(&self) -> CommonConfig {
         CommonConfig {
             database_url: self.database_url.clone(),
+            database_read_url: None,
             database_max_connections: 8,
             amqp_url: amqp_url(),
             broker_prefix: self.prefix.clone(),

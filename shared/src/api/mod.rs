@@ -59,6 +59,9 @@ pub const MAX_BATCH_BODY: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Reads that tolerate bounded staleness (the status API, the admin
+    /// overview): `DATABASE_READ_URL`, else the same pool as `pool`.
+    pub read_pool: PgPool,
     pub intake: Intake,
     pub keys: Arc<KeyVerifier>,
     /// Replay from the admin pages publishes through it.
@@ -226,8 +229,10 @@ pub async fn run(
         config.api_key_rate_per_sec,
         KeyVerifier::lookup_slots(common.database_max_connections),
     );
+    let read_pool = common.read_pool(&pool)?;
     let state = AppState {
         pool: pool.clone(),
+        read_pool: read_pool.clone(),
         intake: intake.clone(),
         keys: keys.clone(),
         publisher: publisher.clone(),
@@ -278,6 +283,7 @@ pub async fn run(
     tasks.wait().await;
     broker.close().await;
     pool.close().await;
+    read_pool.close().await;
     tracing::info!("ingest stopped");
     Ok(())
 }

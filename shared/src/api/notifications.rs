@@ -218,9 +218,18 @@ pub async fn status(
     auth.require(Scope::Send)?;
     // Another tenant's notification and a malformed id look the same: 404.
     let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("notification"))?;
-    let n = db::notifications::get(&state.pool, &auth.tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound("notification"))?;
+    // The read pool (a replica with `DATABASE_READ_URL`) may lag behind
+    // the 202 a client just got: what it does not have yet is asked of the
+    // primary, so a status read right after a send never answers 404. The
+    // counts and deliveries may then lag a little; they only ever move on.
+    let (n, pool) = match db::notifications::get(&state.read_pool, &auth.tenant, id).await? {
+        Some(n) => (Some(n), &state.read_pool),
+        None => (
+            db::notifications::get(&state.pool, &auth.tenant, id).await?,
+            &state.pool,
+        ),
+    };
+    let n = n.ok_or(ApiError::NotFound("notification"))?;
     let cursor = match page.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
@@ -231,9 +240,9 @@ pub async fn status(
         })?),
     };
     let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let counts = db::notifications::delivery_counts(&state.pool, id, n.created_at).await?;
+    let counts = db::notifications::delivery_counts(pool, id, n.created_at).await?;
     let deliveries =
-        db::notifications::deliveries_page(&state.pool, id, n.created_at, cursor, limit).await?;
+        db::notifications::deliveries_page(pool, id, n.created_at, cursor, limit).await?;
     let open = counts
         .iter()
         .any(|(s, c)| *c > 0 && OPEN_STATUSES.contains(&s.as_str()));

@@ -1,7 +1,8 @@
-//! RabbitMQ: one connection per process, the topology, a confirming
-//! publisher and a supervised consumer loop.
+//! RabbitMQ: one connection per process (to one of the cluster's addresses),
+//! the topology, a confirming publisher and a supervised consumer loop.
 
 pub mod acks;
+pub mod addresses;
 pub mod consumer;
 mod headers;
 mod messages;
@@ -18,6 +19,8 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
+use self::addresses::Rotation;
+use crate::config::redact_url;
 pub use headers::{Headers, header_i64, header_str};
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::Names;
@@ -58,17 +61,26 @@ pub struct QueueStats {
 /// A lazily (re)connected handle on the broker. Cheap to share; every
 /// publisher and consumer of a process goes through the same connection.
 pub struct Broker {
-    url: String,
+    /// The cluster's addresses (one for a single node), see [`addresses`].
+    urls: Vec<String>,
+    /// Shared with [`Broker::own_connection`]'s handles: a node one
+    /// connection found dead is not the first another one tries.
+    rotation: Arc<Rotation>,
     names: Names,
-    conn: Mutex<Option<Arc<Connection>>>,
+    /// The live connection and the index of the address it went to.
+    conn: Mutex<Option<(usize, Arc<Connection>)>>,
     declared: AtomicBool,
 }
 
 impl Broker {
-    /// A handle that connects on first use.
+    /// A handle that connects on first use. `url` is `AMQP_URL`: one URL or
+    /// a comma-separated list of a cluster's nodes (an unparsable value is
+    /// kept as one address, for the connect to report).
     pub fn new(url: impl Into<String>, names: Names) -> Arc<Self> {
+        let url = url.into();
         Arc::new(Self {
-            url: url.into(),
+            urls: addresses::parse(&url).unwrap_or_else(|_| vec![url]),
+            rotation: Arc::default(),
             names,
             conn: Mutex::new(None),
             declared: AtomicBool::new(false),
@@ -80,7 +92,8 @@ impl Broker {
     /// bulk page's thousand publishes on a shared socket.
     pub fn own_connection(&self) -> Arc<Self> {
         Arc::new(Self {
-            url: self.url.clone(),
+            urls: self.urls.clone(),
+            rotation: self.rotation.clone(),
             names: self.names.clone(),
             conn: Mutex::new(None),
             declared: AtomicBool::new(self.topology_declared()),
@@ -92,19 +105,44 @@ impl Broker {
         &self.names
     }
 
-    /// The live connection, reconnecting if the last one was lost.
+    /// The live connection, reconnecting if the last one was lost: the
+    /// addresses are tried in turn, starting after the last one that failed
+    /// (the lost connection's counts as failed), each at most once per call.
     pub async fn connection(&self) -> lapin::Result<Arc<Connection>> {
         let mut guard = self.conn.lock().await;
-        if let Some(conn) = guard.as_ref()
-            && conn.status().connected()
-        {
-            return Ok(conn.clone());
+        let n = self.urls.len();
+        if let Some((index, conn)) = guard.take() {
+            if conn.status().connected() {
+                *guard = Some((index, conn.clone()));
+                return Ok(conn);
+            }
+            self.rotation.failed(index, n);
         }
         let props = ConnectionProperties::default()
             .with_connection_name(format!("herald-{}", std::process::id()).into());
-        let conn = Arc::new(Connection::connect(&with_defaults(&self.url), props).await?);
-        *guard = Some(conn.clone());
-        Ok(conn)
+        let mut last_error = None;
+        for index in self.rotation.order(n) {
+            let url = &self.urls[index];
+            match Connection::connect(&with_defaults(url), props.clone()).await {
+                Ok(conn) => {
+                    self.rotation.connected(index);
+                    if n > 1 {
+                        tracing::info!(address = %redact_url(url), "connected to the broker");
+                    }
+                    let conn = Arc::new(conn);
+                    *guard = Some((index, conn.clone()));
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    self.rotation.failed(index, n);
+                    if n > 1 {
+                        tracing::warn!(address = %redact_url(url), error = %e, "broker address failed, trying the next");
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("at least one broker address"))
     }
 
     /// A new channel on the live connection.
@@ -180,7 +218,7 @@ impl Broker {
 
     /// Closes the connection, if any (on shutdown).
     pub async fn close(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
+        if let Some((_, conn)) = self.conn.lock().await.take() {
             let _ = conn.close(200, "shutdown".into()).await;
         }
     }

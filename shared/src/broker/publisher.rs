@@ -70,6 +70,17 @@ impl PublishError {
             PublishError::Unavailable(_) | PublishError::Unconfirmed(_)
         )
     }
+
+    /// Whether the channel must not be used again. Besides a broker out of
+    /// reach, a nack: a RabbitMQ 3.10 channel remembers a quorum queue as
+    /// "rejecting publishes" when its first publish there found no leader
+    /// (the node that led it was just lost), and nacks every later publish
+    /// to that queue until the queue itself says otherwise, which a queue
+    /// that is not full never does. A fresh channel asks the queue's
+    /// current leader again.
+    fn spoils_channel(&self) -> bool {
+        self.is_unavailable() || matches!(self, PublishError::Nacked)
+    }
 }
 
 impl Outgoing {
@@ -144,8 +155,23 @@ impl Publisher {
         Ok(ch)
     }
 
-    async fn forget(&self) {
-        *self.channel.lock().await = None;
+    /// Stops using `used` (if it is still the current channel): the next
+    /// publish opens a fresh one. A channel still open is closed once the
+    /// confirms in flight on it had their time, so channels do not pile up
+    /// on the connection.
+    async fn forget(&self, used: &Channel) {
+        let mut guard = self.channel.lock().await;
+        if guard.as_ref().is_some_and(|ch| ch.id() == used.id()) {
+            *guard = None;
+        }
+        drop(guard);
+        if used.status().connected() {
+            let ch = used.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(CONFIRM_TIMEOUT).await;
+                let _ = ch.close(200, "reopened".into()).await;
+            });
+        }
     }
 
     /// Publishes one message and waits for its confirm.
@@ -154,8 +180,8 @@ impl Publisher {
         let result = tokio::time::timeout(CONFIRM_TIMEOUT, publish_on(&ch, msg))
             .await
             .unwrap_or_else(|_| Err(PublishError::Unconfirmed("confirm timed out".into())));
-        if result.as_ref().is_err_and(PublishError::is_unavailable) {
-            self.forget().await;
+        if result.as_ref().is_err_and(PublishError::spoils_channel) {
+            self.forget(&ch).await;
         }
         result
     }
@@ -180,9 +206,9 @@ impl Publisher {
         .await;
         if results
             .iter()
-            .any(|r| r.as_ref().is_err_and(PublishError::is_unavailable))
+            .any(|r| r.as_ref().is_err_and(PublishError::spoils_channel))
         {
-            self.forget().await;
+            self.forget(&ch).await;
         }
         results
     }

@@ -137,11 +137,21 @@ pub async fn main() -> ExitCode {
 }
 
 async fn pool(common: &CommonConfig) -> anyhow::Result<sqlx::PgPool> {
-    let pool = db::connect_lazy(&common.database_url, 4)?;
+    pool_at(&common.database_url).await
+}
+
+/// A pool for reads that tolerate bounded staleness (`heraldctl stats`):
+/// `DATABASE_READ_URL`, else `DATABASE_URL`.
+async fn read_pool(common: &CommonConfig) -> anyhow::Result<sqlx::PgPool> {
+    pool_at(common.read_database_url()).await
+}
+
+async fn pool_at(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    let pool = db::connect_lazy(url, 4)?;
     db::ping(&pool).await.with_context(|| {
         format!(
             "cannot reach the database at {}",
-            crate::config::redact_url(&common.database_url)
+            crate::config::redact_url(url)
         )
     })?;
     Ok(pool)
@@ -314,7 +324,7 @@ struct Stats {
 }
 
 async fn stats(common: &CommonConfig, json: bool) -> anyhow::Result<()> {
-    let pool = pool(common).await?;
+    let pool = read_pool(common).await?;
     let broker = broker(common);
     let queues = broker.queue_stats(&common.retry_schedule).await;
     broker.close().await;

@@ -14,8 +14,10 @@
 //! The pieces, one concept per module:
 //! - [`rabbit::PrivateRabbit`]: a RabbitMQ node (`stop`, `kill9`, `restart`,
 //!   memory alarm, queue depths);
+//! - [`cluster`]: three such nodes joined into one RabbitMQ cluster (queue
+//!   leaders, running members);
 //! - [`postgres::PrivatePostgres`]: a PostgreSQL cluster (`stop`, `kill9`,
-//!   `restart`);
+//!   `restart`), or a streaming standby of one (`promote`);
 //! - [`proxy::TcpProxy`]: a loopback TCP proxy that cuts, delays or
 //!   blackholes a link;
 //! - [`procs::Proc`]: a real Herald binary as a child process;
@@ -30,6 +32,7 @@
 //! Every wait in the kit is bounded in time and in count and panics with a
 //! message naming what it waited for.
 
+pub mod cluster;
 pub mod ledger;
 pub mod load;
 pub mod orphans;

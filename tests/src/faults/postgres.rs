@@ -38,8 +38,9 @@ pub struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    /// Creates the cluster with `initdb` and starts it.
-    pub async fn start() -> Self {
+    /// A scratch directory handed to the `postgres` OS user and a port,
+    /// nothing started yet.
+    fn prepare() -> Self {
         super::orphans::reap();
         let dir = scratch_dir("postgres");
         let postgres = nix::unistd::User::from_name("postgres")
@@ -52,11 +53,127 @@ impl PrivatePostgres {
             Some(postgres.gid.as_raw()),
         )
         .expect("hand the scratch directory to the postgres user");
-        let pg = Self {
+        Self {
             port: free_port(),
             dir,
             last_start: Duration::ZERO,
-        };
+        }
+    }
+
+    /// Listens on this cluster's port and socket directory, set in
+    /// postgresql.conf rather than on pg_ctl's command line, so every
+    /// restart listens on the same ones (appended: the last setting wins,
+    /// also over the primary's in a standby's copied file).
+    fn write_listen_config(&self) {
+        let data = self.data_dir();
+        let conf = format!(
+            "\n# herald fault kit\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut text = fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
+        text.push_str(&conf);
+        fs::write(data.join("postgresql.conf"), text).expect("write postgresql.conf");
+    }
+
+    /// A streaming replica of `primary`: `pg_basebackup -R` (which writes
+    /// `primary_conninfo` and `standby.signal`) into a data directory of its
+    /// own, started on a port of its own with the machine's PostgreSQL
+    /// binaries. It replays what the primary streams and answers reads; see
+    /// [`PrivatePostgres::require_synchronous_standby`] on the primary and
+    /// [`PrivatePostgres::promote`].
+    pub async fn start_standby(primary: &PrivatePostgres) -> Self {
+        let mut standby = Self::prepare();
+        run_ok(
+            "pg_basebackup",
+            standby
+                .as_postgres("pg_basebackup")
+                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+                .args(["-U", "postgres", "-D"])
+                .arg(standby.data_dir())
+                .args(["-R", "-X", "stream", "-c", "fast"]),
+            Duration::from_secs(120),
+        )
+        .await;
+        standby.write_listen_config();
+        standby.boot().await;
+        standby
+    }
+
+    /// Makes every commit on this primary wait until a standby has flushed
+    /// it (`synchronous_standby_names = '*'`, `synchronous_commit = on`):
+    /// a commit, and so a 202, then survives the primary's loss. Set after
+    /// the standby's base backup, so the standby does not inherit it (once
+    /// promoted, alone, it would wait for ever); returns once a standby
+    /// streams synchronously.
+    pub async fn require_synchronous_standby(&self) {
+        let mut admin = PgConnection::connect(&self.database_url("postgres"))
+            .await
+            .expect("connect to the primary");
+        admin
+            .execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            .await
+            .expect("set synchronous_standby_names");
+        admin
+            .execute("SELECT pg_reload_conf()")
+            .await
+            .expect("reload");
+        let _ = admin.close().await;
+        let url = self.database_url("postgres");
+        super::wait_for(
+            "a synchronous standby streaming from the primary",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || async {
+                let mut conn = PgConnection::connect(&url).await.ok()?;
+                let sync: Option<String> = sqlx::query_scalar(
+                    "SELECT sync_state FROM pg_stat_replication
+                     WHERE state = 'streaming' AND sync_state = 'sync' LIMIT 1",
+                )
+                .fetch_optional(&mut conn)
+                .await
+                .ok()?;
+                let _ = conn.close().await;
+                sync.map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Whether this cluster is a standby (in recovery) now.
+    pub async fn in_recovery(&self) -> Option<bool> {
+        let mut conn = PgConnection::connect(&self.database_url("postgres"))
+            .await
+            .ok()?;
+        let r = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
+            .await
+            .ok();
+        let _ = conn.close().await;
+        r
+    }
+
+    /// `pg_ctl promote`: a standby becomes a primary (takes writes) and
+    /// stops following its old primary. Returns once it is out of recovery.
+    pub async fn promote(&mut self) {
+        run_ok(
+            "pg_ctl promote",
+            self.pg_ctl().arg("promote"),
+            PG_CTL_TIMEOUT + Duration::from_secs(5),
+        )
+        .await;
+        super::wait_for(
+            "the promoted standby to leave recovery",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || async { (self.in_recovery().await == Some(false)).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Creates the cluster with `initdb` and starts it.
+    pub async fn start() -> Self {
+        let pg = Self::prepare();
         let data = pg.data_dir();
         run_ok(
             "initdb",
@@ -68,16 +185,7 @@ impl PrivatePostgres {
             Duration::from_secs(120),
         )
         .await;
-        // In postgresql.conf rather than on pg_ctl's command line, so every
-        // restart listens on the same port and socket directory.
-        let conf = format!(
-            "\n# herald fault kit\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n",
-            pg.port,
-            pg.dir.path().display()
-        );
-        let mut text = fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
-        text.push_str(&conf);
-        fs::write(data.join("postgresql.conf"), text).expect("write postgresql.conf");
+        pg.write_listen_config();
         let mut pg = pg;
         pg.boot().await;
         pg

@@ -95,6 +95,12 @@ impl Proc {
         &self.env
     }
 
+    /// Sets `key` for the next start ([`Proc::restart`]), as an operator
+    /// changes a Deployment's environment and rolls it.
+    pub fn set_env(&mut self, key: &str, value: impl Into<String>) {
+        self.env.insert(key.to_owned(), value.into());
+    }
+
     /// The OS pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)

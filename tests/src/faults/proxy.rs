@@ -68,7 +68,8 @@ struct Stats {
 }
 
 struct Shared {
-    upstream: SocketAddr,
+    /// Where new connections go; [`TcpProxy::retarget`] moves it.
+    upstream: Mutex<SocketAddr>,
     mode: watch::Sender<Mode>,
     delay: Mutex<Duration>,
     /// Cancelled by a cut: every connection task of the current generation
@@ -90,7 +91,7 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: Mutex::new(upstream),
             mode: watch::Sender::new(Mode::Pass),
             delay: Mutex::new(Duration::ZERO),
             generation: Mutex::new(CancellationToken::new()),
@@ -108,7 +109,17 @@ impl TcpProxy {
 
     /// The proxied address.
     pub fn upstream(&self) -> SocketAddr {
-        self.shared.upstream
+        *self.shared.upstream.lock().expect("upstream")
+    }
+
+    /// Sends new connections to `upstream` and resets the open ones, as a
+    /// Service address moving to another pod (CloudNativePG's `-rw`
+    /// Service after a failover): clients reconnect to the new target
+    /// without a change of their own configuration.
+    pub fn retarget(&self, upstream: SocketAddr) {
+        *self.shared.upstream.lock().expect("upstream") = upstream;
+        let old = std::mem::take(&mut *self.shared.generation.lock().expect("generation"));
+        old.cancel();
     }
 
     /// Resets every open connection and every new one until
@@ -200,7 +211,8 @@ async fn connection(client: TcpStream, shared: Arc<Shared>, cut: CancellationTok
         passing = async { mode.wait_for(|m| *m == Mode::Pass).await.is_ok() } => passing,
     };
     let dialled = if passing {
-        tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(shared.upstream))
+        let target = *shared.upstream.lock().expect("upstream");
+        tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target))
             .await
             .ok()
             .and_then(Result::ok)

@@ -50,6 +50,9 @@ pub struct PrivateRabbit {
     node: String,
     amqp_port: u16,
     dist_port: u16,
+    /// The Erlang cookie the nodes of one private cluster share; `None`: a
+    /// cookie of the node's own.
+    cookie: Option<String>,
     dir: tempfile::TempDir,
     /// The `rabbitmq-server` script, leader of its own process group; the
     /// Erlang VM is its child.
@@ -61,12 +64,25 @@ impl PrivateRabbit {
     /// Creates the node's directories and starts it; returns once
     /// `rabbitmqctl await_startup` succeeds and the AMQP port accepts.
     pub async fn start() -> Self {
+        Self::start_with_cookie(None).await
+    }
+
+    /// A node meant to join a private cluster ([`super::cluster`]): it
+    /// carries `cookie` (the nodes of a cluster must share one, and it is
+    /// never the shared node's) and pauses when it finds itself in a
+    /// minority, as production's nodes do (docs/deploy.md).
+    pub async fn start_member(cookie: &str) -> Self {
+        Self::start_with_cookie(Some(cookie.to_owned())).await
+    }
+
+    async fn start_with_cookie(cookie: Option<String>) -> Self {
         super::orphans::reap();
         let dir = scratch_dir("rabbit");
         let mut rabbit = Self {
             node: format!("herald-fault-{}@localhost", suffix()),
             amqp_port: free_port(),
             dist_port: free_port(),
+            cookie,
             dir,
             server: None,
             last_start: Duration::ZERO,
@@ -247,14 +263,20 @@ impl PrivateRabbit {
         // tick, also every 5 s. Every 500 ms keeps "what the broker holds
         // now" fresh enough for a scenario's final check. The tick has no
         // rabbitmq.conf key, hence advanced.config.
-        fs::write(
-            self.path("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.1 = 127.0.0.1:{}\ncollect_statistics_interval = 500\n",
-                self.amqp_port
-            ),
-        )
-        .expect("write rabbitmq.conf");
+        let mut conf = format!(
+            "listeners.tcp.1 = 127.0.0.1:{}\ncollect_statistics_interval = 500\n",
+            self.amqp_port
+        );
+        if let Some(cookie) = &self.cookie {
+            // Read by the node and by `rabbitmqctl` (both run with this
+            // `HOME`); Erlang refuses a cookie file others can read.
+            let file = self.path("home").join(".erlang.cookie");
+            fs::write(&file, cookie).expect("write .erlang.cookie");
+            fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o400))
+                .expect("chmod .erlang.cookie");
+            conf.push_str("cluster_partition_handling = pause_minority\n");
+        }
+        fs::write(self.path("rabbitmq.conf"), conf).expect("write rabbitmq.conf");
         fs::write(
             self.path("advanced.config"),
             "[{rabbit, [{quorum_tick_interval, 500}]}].\n",

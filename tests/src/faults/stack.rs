@@ -25,10 +25,28 @@ pub const TENANT: &str = "fault";
 /// Quick retry tiers, so a scenario's retries happen within its run.
 pub const RETRY_SCHEDULE: &str = "500ms,1s,2s";
 
+/// What a stack is made of beyond one broker node and one database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Topology {
+    /// RabbitMQ nodes joined into one cluster; 0 or 1: a single node.
+    pub rabbit_nodes: usize,
+    /// A streaming replica of the database, synchronous: a commit waits
+    /// until the standby has flushed it.
+    pub standby: bool,
+}
+
 /// Private dependencies plus what the binaries share.
 pub struct Stack {
+    /// The broker node; of a cluster, the first (the one the others
+    /// joined).
     pub rabbit: PrivateRabbit,
+    /// The cluster's other nodes (none for a single node).
+    pub peers: Vec<PrivateRabbit>,
+    /// The primary.
     pub postgres: PrivatePostgres,
+    /// The primary's synchronous standby, with [`Topology::standby`]; after
+    /// [`Stack::fail_over`], the old primary.
+    pub standby: Option<PrivatePostgres>,
     /// A small pool on the stack's database, for seeding and the final
     /// check; it reconnects by itself after a database restart.
     pub pool: PgPool,
@@ -47,7 +65,23 @@ impl Stack {
     /// Starts RabbitMQ and PostgreSQL side by side, creates and migrates
     /// the database, and creates the tenant and its key.
     pub async fn start() -> Self {
-        let (rabbit, postgres) = tokio::join!(PrivateRabbit::start(), PrivatePostgres::start());
+        Self::start_with(Topology::default()).await
+    }
+
+    /// [`Stack::start`] with a RabbitMQ cluster and/or a standby database.
+    /// The standby is made from the migrated primary, so it starts with the
+    /// schema, tenant and key.
+    pub async fn start_with(topology: Topology) -> Self {
+        let brokers = async {
+            if topology.rabbit_nodes > 1 {
+                let mut nodes = super::cluster::start(topology.rabbit_nodes).await;
+                let first = nodes.remove(0);
+                (first, nodes)
+            } else {
+                (PrivateRabbit::start().await, Vec::new())
+            }
+        };
+        let ((rabbit, peers), postgres) = tokio::join!(brokers, PrivatePostgres::start());
         postgres.create_database(DB).await;
         let pool = PgPoolOptions::new()
             .max_connections(4)
@@ -63,9 +97,23 @@ impl Stack {
         let key = db::keys::create(&pool, &tenant, &[Scope::Send, Scope::Manage])
             .await
             .expect("api key");
+        let standby = if topology.standby {
+            let standby = PrivatePostgres::start_standby(&postgres).await;
+            postgres.require_synchronous_standby().await;
+            eprintln!(
+                "standby :{} streaming synchronously from :{}",
+                standby.port(),
+                postgres.port()
+            );
+            Some(standby)
+        } else {
+            None
+        };
         Self {
             rabbit,
+            peers,
             postgres,
+            standby,
             pool,
             prefix: format!("f{}", suffix()),
             key,
@@ -73,9 +121,54 @@ impl Stack {
         }
     }
 
-    /// The database URL the binaries use.
+    /// The database URL the binaries use (the primary's).
     pub fn database_url(&self) -> String {
         self.postgres.database_url(DB)
+    }
+
+    /// The standby's URL of the stack's database, with
+    /// [`Topology::standby`].
+    pub fn standby_url(&self) -> Option<String> {
+        self.standby.as_ref().map(|s| s.database_url(DB))
+    }
+
+    /// Every broker node, the first one first.
+    pub fn rabbit_nodes(&self) -> impl Iterator<Item = &PrivateRabbit> {
+        std::iter::once(&self.rabbit).chain(&self.peers)
+    }
+
+    /// The broker node named `node`.
+    pub fn rabbit_node_mut(&mut self, node: &str) -> &mut PrivateRabbit {
+        std::iter::once(&mut self.rabbit)
+            .chain(&mut self.peers)
+            .find(|r| r.node() == node)
+            .unwrap_or_else(|| panic!("no broker node {node}"))
+    }
+
+    /// A broker node that runs (the first one that does), to ask about
+    /// queues after a node was killed.
+    pub fn live_rabbit(&self) -> &PrivateRabbit {
+        self.rabbit_nodes()
+            .find(|r| r.pid().is_some())
+            .expect("a broker node runs")
+    }
+
+    /// Promotes the standby ([`PrivatePostgres::promote`]) and makes it the
+    /// stack's database: [`Stack::postgres`], [`Stack::database_url`] and
+    /// [`Stack::pool`] are the promoted node's from here on, and
+    /// [`Stack::standby`] holds the old primary (for its cleanup). The
+    /// processes keep their environment: restart them with the new URL.
+    pub async fn fail_over(&mut self) {
+        let mut standby = self.standby.take().expect("a stack with a standby");
+        standby.promote().await;
+        let old = std::mem::replace(&mut self.postgres, standby);
+        self.standby = Some(old);
+        self.pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&self.database_url())
+            .await
+            .expect("connect to the promoted database");
     }
 
     /// Where the processes' output goes.
@@ -91,7 +184,7 @@ impl Stack {
         [
             ("DATABASE_URL", self.database_url()),
             ("DATABASE_MAX_CONNECTIONS", "8".into()),
-            ("AMQP_URL", self.rabbit.amqp_url()),
+            ("AMQP_URL", super::cluster::amqp_url(self.rabbit_nodes())),
             ("BROKER_PREFIX", self.prefix.clone()),
             ("RETRY_SCHEDULE", RETRY_SCHEDULE.into()),
             ("LOG_FORMAT", "json".into()),
@@ -119,7 +212,7 @@ impl Stack {
     /// Queue depths of this stack's queues on its node, as the node's
     /// statistics have them now (refreshed every 500 ms on the node).
     pub async fn queues(&self) -> Vec<(String, u64, u64)> {
-        self.rabbit.queue_messages(&self.prefix).await
+        self.live_rabbit().queue_messages(&self.prefix).await
     }
 
     /// Queue depths once they stopped moving: two readings 1.5 s apart

@@ -852,3 +852,48 @@ async fn health_ready_metrics() {
     assert!(metrics.contains("route=\"/v1/topics/{topic}\""));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn status_reads_go_to_database_read_url_and_fall_back_to_the_primary() {
+    let env = TestEnv::new().await;
+    // A "replica" that has none of this environment's rows: another
+    // migrated database, its connections named so they can be found.
+    let replica = TestEnv::new().await;
+    let name = format!("herald-read-{}", env.prefix);
+    let read_url = format!("{}?application_name={name}", replica.database_url);
+    let app = env
+        .spawn_ingest_with(|c| c.common.database_read_url = Some(read_url))
+        .await;
+    let key = env.key("acme", &[Scope::Send]).await;
+    let client = Client::new(&app, &key);
+    let resp = client
+        .req(Method::POST, "/v1/notifications")
+        .json(&email_notification(&["u-1"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Not on the replica (yet): answered from the primary, never a 404.
+    let resp = client
+        .req(Method::GET, &format!("/v1/notifications/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["id"], id.as_str());
+    // The read went to the replica first.
+    let on_replica: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = $2",
+    )
+    .bind(&name)
+    .bind(replica.database_url.rsplit('/').next().unwrap())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(on_replica >= 1, "no connection of the read pool");
+}

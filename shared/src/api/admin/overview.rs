@@ -57,11 +57,11 @@ pub async fn overview(_: AdminPage, State(state): State<AppState>) -> Response {
     };
     let (queues, minutes, classes, unreplayed, receipts, suppressed) = tokio::join!(
         tokio::time::timeout(BROKER_TIMEOUT, broker.queue_stats(&admin.schedule)),
-        activity::deliveries_per_minute(&state.pool, CHART_WINDOW),
-        activity::dead_letters_by_class(&state.pool, DEAD_WINDOW),
-        dead_letters::count(&state.pool, &unreplayed),
-        receipts::counts(&state.pool, DEAD_WINDOW),
-        suppressions::count_by_reason(&state.pool, None),
+        activity::deliveries_per_minute(&state.read_pool, CHART_WINDOW),
+        activity::dead_letters_by_class(&state.read_pool, DEAD_WINDOW),
+        dead_letters::count(&state.read_pool, &unreplayed),
+        receipts::counts(&state.read_pool, DEAD_WINDOW),
+        suppressions::count_by_reason(&state.read_pool, None),
     );
     let receipts = match receipts {
         Ok(rows) if rows.is_empty() => {

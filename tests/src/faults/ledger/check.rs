@@ -129,6 +129,7 @@ pub async fn check(
         lost_sample,
         queues: Vec::new(),
         broker_held: 0,
+        timings_ms: Default::default(),
     })
 }
 

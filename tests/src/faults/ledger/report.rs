@@ -57,6 +57,11 @@ pub struct Report {
     pub queues: Vec<(String, u64, u64)>,
     /// Messages in those queues, ready plus unacked.
     pub broker_held: u64,
+    /// Times a scenario measured itself (e.g. from a node's kill until
+    /// deliveries flow again), in ms, when added with
+    /// [`Report::with_timings`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub timings_ms: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -104,6 +109,15 @@ impl Report {
     /// The whole report as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("report serialises")
+    }
+
+    /// Adds times the scenario measured.
+    pub fn with_timings(mut self, timings: &[(&str, std::time::Duration)]) -> Self {
+        for (name, d) in timings {
+            self.timings_ms
+                .insert((*name).to_owned(), d.as_millis() as u64);
+        }
+        self
     }
 
     /// Adds the broker's queue depths at the end of the scenario.

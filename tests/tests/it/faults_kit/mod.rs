@@ -10,10 +10,12 @@
 //! The binaries must be built first (`cargo build --bins`).
 
 mod broker;
+mod cluster;
 mod database;
 mod pipeline;
 mod processes;
 mod providers;
+mod standby;
 
 use std::time::{Duration, Instant};
 

@@ -163,6 +163,16 @@ impl Pipeline {
     /// The ledger's verdict once nothing is under way (push deliveries, as
     /// the FCM fake saw them), with the queues the broker still holds.
     pub async fn report(&self, scenario: &str, ledger: &Ledger) -> Report {
+        self.report_with(scenario, ledger, &[]).await
+    }
+
+    /// [`Pipeline::report`] with times the scenario measured itself.
+    pub async fn report_with(
+        &self,
+        scenario: &str,
+        ledger: &Ledger,
+        timings: &[(&str, Duration)],
+    ) -> Report {
         let report = ledger::settle(
             scenario,
             ledger,
@@ -171,7 +181,8 @@ impl Pipeline {
             Duration::from_secs(120),
         )
         .await
-        .with_queues(self.stack.settled_queues().await);
+        .with_queues(self.stack.settled_queues().await)
+        .with_timings(timings);
         eprintln!("{report}");
         eprintln!("{}", report.to_json());
         // Kept for docs/reliability.md: target/faults/<scenario>.json.
@@ -273,4 +284,51 @@ pub async fn accepting_again_after(p: &Pipeline, ledger: &Ledger) -> Duration {
     )
     .await;
     started.elapsed()
+}
+
+/// Waits until a notification accepted after `since` reached the FCM fake:
+/// new work goes through the whole pipeline again (ingest, router, worker),
+/// not only what was in flight before. Returns the time from `since`.
+pub async fn wait_new_work_delivered(p: &Pipeline, ledger: &Ledger, since: Instant) -> Duration {
+    herald_tests::faults::wait_for(
+        "a notification accepted after the fault to be delivered",
+        Duration::from_secs(180),
+        Duration::from_millis(50),
+        || async {
+            let fresh: std::collections::HashSet<uuid::Uuid> = ledger
+                .accepted()
+                .into_iter()
+                .filter(|a| a.at > since)
+                .map(|a| a.id)
+                .collect();
+            ledger::fcm_sightings(&p.fcm.requests())
+                .iter()
+                .filter(|s| s.at > since)
+                .any(|s| s.notification_id.is_some_and(|id| fresh.contains(&id)))
+                .then(|| since.elapsed())
+        },
+    )
+    .await
+}
+
+/// How long after `since` deliveries flowed again: the end of the longest
+/// silence between two provider requests that ends after `since`, within
+/// the minute after it. What was in flight may still reach the provider
+/// right after a fault; this is when the load as a whole flowed again. It
+/// includes the load's clients waiting out the `Retry-After` of a 503 they
+/// got during the fault (5 s), so it bounds the pipeline's recovery from
+/// above; [`wait_new_work_delivered`] and [`accepting_again_after`]
+/// measure the pipeline's own.
+pub fn flowing_again_after(fcm: &FcmFake, since: Instant) -> Option<Duration> {
+    let mut times: Vec<Instant> = ledger::fcm_sightings(&fcm.requests())
+        .iter()
+        .map(|s| s.at)
+        .collect();
+    times.sort();
+    let horizon = since + Duration::from_secs(60);
+    times
+        .windows(2)
+        .filter(|w| w[1] > since && w[0] < horizon)
+        .max_by_key(|w| w[1] - w[0])
+        .map(|w| w[1] - since)
 }
