@@ -20,13 +20,6 @@ pub struct IngestConfig {
     /// Listen address of the API (and /healthz, /readyz, /metrics).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
-    /// Notifications naming at most this many users are routed by ingest
-    /// itself before it answers (deliveries recorded and published, one
-    /// broker hop and the router's work saved); the router routes the rest
-    /// (topics, longer lists) and anything direct routing could not finish.
-    /// 0: every notification goes through the router.
-    #[arg(long, env = "DIRECT_ROUTING_MAX_USERS", default_value_t = 10)]
-    pub direct_routing_max_users: usize,
     /// Requests per second one API key may make (0 = unlimited).
     #[arg(long, env = "API_KEY_RATE_PER_SEC", default_value_t = 1000)]
     pub api_key_rate_per_sec: u32,

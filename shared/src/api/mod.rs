@@ -223,8 +223,7 @@ pub async fn run(
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
     let broker = Broker::new(&common.amqp_url, Names::new(&common.broker_prefix));
     let publisher = Publisher::new(broker.clone());
-    let intake = Intake::new(pool.clone(), publisher.clone())
-        .with_direct_routing(config.direct_routing_max_users);
+    let intake = Intake::new(pool.clone(), publisher.clone());
     let keys = KeyVerifier::new(
         config.api_key_rate_per_sec,
         KeyVerifier::lookup_slots(common.database_max_connections),

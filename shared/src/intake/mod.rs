@@ -9,15 +9,6 @@
 //! the messages, the rows are withdrawn and the caller gets 503; if it may
 //! hold them (a confirm timed out), the request is accepted and the messages
 //! published again until confirmed. See docs/ingest.md for the trade-off.
-//!
-//! Direct routing: a notification naming a few users (the common case, one
-//! user) is routed by ingest itself once committed, with the router's own
-//! code ([`Batcher`]): deliveries recorded, their messages published with
-//! confirms, the notification marked routed, all before the 202. That saves
-//! the routing message's broker hop and the router's work. Anything else
-//! (a topic, a longer list), and any direct routing that did not finish,
-//! takes the routing message to the router as before; the fan-out key makes
-//! a second routing of the same notification create nothing twice.
 
 pub mod amqp;
 mod commitment;
@@ -25,7 +16,6 @@ mod group;
 pub mod relay;
 
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -39,15 +29,7 @@ use crate::{
         idempotency::{self, KeyClaim},
         notifications::NewNotification,
     },
-    model::{
-        FieldError, IdempotencyKey, Lane,
-        message::RouteMessage,
-        notification::{NotificationRequest, Recipients},
-    },
-    routing::{
-        batch::{Batcher, Routed},
-        fanout::Fanout,
-    },
+    model::{FieldError, IdempotencyKey, message::RouteMessage, notification::NotificationRequest},
     telemetry::traces::TraceContext,
 };
 pub use commitment::Commitment;
@@ -124,51 +106,11 @@ pub struct Intake {
     publisher: Publisher,
     marks: tokio::sync::mpsc::UnboundedSender<Mark>,
     inserts: tokio::sync::mpsc::Sender<(Share, InsertReply)>,
-    direct: Option<Direct>,
-}
-
-/// Routing short user lists in ingest (see the module's documentation).
-#[derive(Clone)]
-struct Direct {
-    /// One batcher per lane, in [`Lane::ALL`]'s order: a lane's batch never
-    /// waits behind another lane's.
-    lanes: std::sync::Arc<[Batcher; 3]>,
-    /// Longest user list routed here.
-    max_users: usize,
-}
-
-impl Direct {
-    /// Routes one committed notification; `true` when it is routed (its
-    /// deliveries recorded and their messages confirmed).
-    async fn route(&self, tenant: &str, p: &Prepared) -> bool {
-        let at = Lane::ALL
-            .iter()
-            .position(|l| *l == p.priority)
-            .expect("a lane");
-        let msg = RouteMessage {
-            notification_id: p.row.id,
-            tenant_id: tenant.to_owned(),
-            page: None,
-            replay: None,
-        };
-        match self.lanes[at].route(msg).await {
-            Ok(Routed::Done) => true,
-            Ok(Routed::Single { .. }) => false,
-            Err(e) => {
-                tracing::debug!(notification_id = %p.row.id, error = %e,
-                    "direct routing did not finish; the router routes it");
-                false
-            }
-        }
-    }
 }
 
 struct Prepared {
     row: NewNotification,
     lane: String,
-    priority: Lane,
-    /// How many users it names; `None` for a topic.
-    users: Option<usize>,
 }
 
 fn request_hash(body: &Value) -> Vec<u8> {
@@ -184,13 +126,7 @@ fn prepare(
     now: DateTime<Utc>,
 ) -> Prepared {
     let lane = req.priority.as_str().to_owned();
-    let users = match &req.to {
-        Recipients::Users(users) => Some(users.len()),
-        Recipients::Topic(_) => None,
-    };
     Prepared {
-        priority: req.priority,
-        users,
         row: NewNotification {
             id: Uuid::now_v7(),
             tenant_id: tenant.to_owned(),
@@ -217,30 +153,7 @@ impl Intake {
             publisher,
             marks,
             inserts,
-            direct: None,
         }
-    }
-
-    /// Routes notifications naming at most `max_users` users in ingest
-    /// itself (0: none; every notification goes to the router).
-    pub fn with_direct_routing(mut self, max_users: usize) -> Self {
-        self.direct = (max_users > 0).then(|| {
-            let fanout = Fanout::new(self.pool.clone(), self.publisher.clone());
-            Direct {
-                lanes: std::sync::Arc::new(
-                    Lane::ALL.map(|lane| Batcher::start(fanout.clone(), lane)),
-                ),
-                max_users,
-            }
-        });
-        self
-    }
-
-    /// Whether `p` is routed here rather than by the router.
-    fn routes_directly(&self, p: &Prepared) -> bool {
-        self.direct
-            .as_ref()
-            .is_some_and(|d| p.users.is_some_and(|n| n <= d.max_users))
     }
 
     /// The database pool.
@@ -469,53 +382,6 @@ impl Intake {
         key: Option<&IdempotencyKey>,
         items: &[&Prepared],
     ) -> Result<(), IntakeError> {
-        let (mut direct, mut queued): (Vec<&Prepared>, Vec<&Prepared>) =
-            items.iter().partition(|p| self.routes_directly(p));
-        // Only while the broker is reachable: with it down, a notification
-        // whose deliveries need no message (all suppressed, say) would be
-        // answered 202 where every client is told 503 during an outage.
-        if !direct.is_empty() && self.publisher.broker().connection().await.is_err() {
-            queued.append(&mut direct);
-        }
-        let mut routed = 0;
-        if let Some(d) = self.direct.as_ref().filter(|_| !direct.is_empty()) {
-            let done = join_all(direct.iter().map(|p| d.route(tenant, p))).await;
-            for (p, done) in direct.into_iter().zip(done) {
-                if done {
-                    routed += 1;
-                } else {
-                    queued.push(p);
-                }
-            }
-            metrics::counter!("herald_ingest_routed_directly_total").increment(routed as u64);
-        }
-        let result = if queued.is_empty() {
-            Ok(())
-        } else {
-            self.publish_routing(tenant, key, &queued, routed > 0).await
-        };
-        if result.is_ok() {
-            if let Some(key) = key {
-                let _ = self.marks.send(Mark::Completed {
-                    tenant: tenant.to_owned(),
-                    key: key.as_str().to_owned(),
-                });
-            }
-            metrics::counter!("herald_notifications_accepted_total").increment(items.len() as u64);
-        }
-        result
-    }
-
-    /// Publishes the routing messages of `items` for the router. When
-    /// `some_routed` (other items of the same request were routed directly)
-    /// nothing is withdrawn: a 503 would make the client send those again.
-    async fn publish_routing(
-        &self,
-        tenant: &str,
-        key: Option<&IdempotencyKey>,
-        items: &[&Prepared],
-        some_routed: bool,
-    ) -> Result<(), IntakeError> {
         let names = self.publisher.broker().names();
         // The accepting span's context travels on, so the router's spans
         // join the caller's trace (one context for all the items of a batch).
@@ -530,10 +396,9 @@ impl Intake {
             .collect();
         let results = self.publisher.publish_all(&msgs).await;
         let ids: Vec<Uuid> = items.iter().map(|p| p.row.id).collect();
-        let certainly_none = !some_routed
-            && results
-                .iter()
-                .all(|r| r.as_ref().is_err_and(PublishError::certainly_not_queued));
+        let certainly_none = results
+            .iter()
+            .all(|r| r.as_ref().is_err_and(PublishError::certainly_not_queued));
         if certainly_none && let Some(Err(err)) = results.first() {
             metrics::counter!("herald_ingest_publish_failures_total").increment(1);
             // Withdraw: the caller gets 503 and may retry. If the withdrawal
@@ -568,6 +433,13 @@ impl Intake {
                 unconfirmed,
             ));
         }
+        if let Some(key) = key {
+            let _ = self.marks.send(Mark::Completed {
+                tenant: tenant.to_owned(),
+                key: key.as_str().to_owned(),
+            });
+        }
+        metrics::counter!("herald_notifications_accepted_total").increment(ids.len() as u64);
         Ok(())
     }
 }

@@ -185,10 +185,6 @@ pub mod intake {
         "herald_relay_republished_total",
         "committed but unconfirmed notifications the outbox relay published",
     );
-    pub const ROUTED_DIRECTLY: Metric = counter(
-        "herald_ingest_routed_directly_total",
-        "notifications routed by ingest itself before its answer (DIRECT_ROUTING_MAX_USERS)",
-    );
 
     /// Every metric of the area.
     pub const ALL: &[Metric] = &[
@@ -197,7 +193,6 @@ pub mod intake {
         PUBLISH_UNCONFIRMED,
         AMQP,
         RELAY_REPUBLISHED,
-        ROUTED_DIRECTLY,
     ];
 }
 
@@ -208,7 +203,7 @@ pub mod router {
 
     pub const DELIVERIES: Metric = counter(
         "herald_router_deliveries_total",
-        "deliveries recorded by routing (the router, or ingest's direct routing), by channel, lane and the status decided",
+        "deliveries the router recorded, by channel, lane and the status it decided",
     );
     pub const TOPIC_PAGES: Metric = counter(
         "herald_router_topic_pages_total",

@@ -15,14 +15,9 @@ fn email_notification(users: &[&str]) -> Value {
     })
 }
 
-/// Ingest with direct routing off: these tests look at what ingest itself
-/// makes durable (the row, the routing message on the broker, the
-/// idempotency record). Direct routing has its own test in routing.rs.
 async fn setup() -> (TestEnv, herald_tests::Spawned, Client) {
     let env = TestEnv::new().await;
-    let app = env
-        .spawn_ingest_with(|c| c.direct_routing_max_users = 0)
-        .await;
+    let app = env.spawn_ingest().await;
     let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
     let client = Client::new(&app, &key);
     (env, app, client)

@@ -64,12 +64,8 @@ async fn accepted_notification_survives_ingest_being_killed() {
     let env = TestEnv::new().await;
     let key = env.key("acme", &[Scope::Send]).await;
     let port = free_port();
-    // The routing message is what a killed ingest must leave behind:
-    // direct routing off (it would route this user-less notification
-    // before the 202, leaving nothing on the broker to look at).
     let mut ingest = command(&env, "ingest")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("DIRECT_ROUTING_MAX_USERS", "0")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -20,13 +20,8 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    setup_with(|_| {}).await
-}
-
-/// [`setup`] with ingest's configuration adjusted by `tweak`.
-async fn setup_with(tweak: impl FnOnce(&mut herald::api::IngestConfig)) -> Setup {
     let env = TestEnv::new().await;
-    let ingest = env.spawn_ingest_with(tweak).await;
+    let ingest = env.spawn_ingest().await;
     let router = env.spawn_router().await;
     let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
     let client = Client::new(&ingest, &key);
@@ -626,9 +621,7 @@ async fn status_pages_through_deliveries_and_reports_completion() {
 /// `herald_yielded_to_high_total{lane="bulk"}` counts the waits.
 #[tokio::test]
 async fn bulk_fan_out_yields_to_high_notifications_routed_in_batches() {
-    // The codes must reach the router: with direct routing, ingest routes
-    // them itself and the router's bulk steps have nothing to yield to.
-    let s = setup_with(|c| c.direct_routing_max_users = 0).await;
+    let s = setup().await;
     seed_topic(&s.env, "sale", 5_000).await;
     s.user("code-user", json!({"email": "code@example.com"}))
         .await;
@@ -673,109 +666,4 @@ async fn bulk_fan_out_yields_to_high_notifications_routed_in_batches() {
         "{codes} codes were routed while the topic's pages were, and no bulk step waited for them"
     );
     s.stop().await;
-}
-
-/// Direct routing: a notification naming a few users is routed by ingest
-/// before its 202, with no router running and nothing on the routing queue;
-/// a topic (and every notification when `DIRECT_ROUTING_MAX_USERS` is 0)
-/// still goes to the router.
-#[tokio::test]
-async fn direct_routing_routes_a_few_users_before_the_answer_and_leaves_the_rest_to_the_router() {
-    let env = TestEnv::new().await;
-    let ingest = env.spawn_ingest().await;
-    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
-    let client = Client::new(&ingest, &key);
-    for user in ["u-1", "u-2"] {
-        let (status, body) = client
-            .json(
-                Method::PUT,
-                &format!("/v1/users/{user}"),
-                Some(json!({"email": format!("{user}@example.com")})),
-            )
-            .await;
-        assert!(status == 200 || status == 201, "{body}");
-    }
-    let (status, body) = client
-        .json(Method::PUT, "/v1/topics/news/subscribers/u-1", None)
-        .await;
-    assert!((200..300).contains(&status), "{body}");
-    let send = |to: Value| {
-        let client = &client;
-        async move {
-            let (status, body) = client
-                .json(
-                    Method::POST,
-                    "/v1/notifications",
-                    Some(json!({"category": "social", "to": to,
-                                "content": {"email": {"subject": "Hi", "text": "Hello"}}})),
-                )
-                .await;
-            assert_eq!(status, 202, "{body}");
-            body["id"].as_str().expect("id").to_owned()
-        }
-    };
-    let status_of = |id: String| {
-        let pool = env.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT status FROM notifications WHERE id = $1::uuid")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .expect("row")
-        }
-    };
-    let route_queue = env.names().route_queue(Lane::Normal);
-
-    // Two users: routed when the 202 arrives, no router needed.
-    let direct = send(json!({"users": ["u-1", "u-2"]})).await;
-    assert_eq!(status_of(direct.clone()).await, "routed");
-    let (_, body) = client
-        .json(Method::GET, &format!("/v1/notifications/{direct}"), None)
-        .await;
-    assert_eq!(body["counts"], json!({"pending": 2}), "{body}");
-    let email_queue = env.names().delivery_queue(Channel::Email, Lane::Normal);
-    assert_eq!(env.queue_depth(&email_queue).await, 2, "both published");
-    assert_eq!(env.queue_depth(&route_queue).await, 0, "no routing message");
-
-    // A topic goes to the router: accepted, its routing message queued.
-    let topic = send(json!({"topic": "news"})).await;
-    assert_eq!(status_of(topic.clone()).await, "accepted");
-    assert_eq!(env.queue_depth(&route_queue).await, 1);
-    ingest.stop().await;
-
-    // Switched off, a one-user notification goes to the router too.
-    let ingest = env
-        .spawn_ingest_with(|c| c.direct_routing_max_users = 0)
-        .await;
-    let client = Client::new(&ingest, &key);
-    let (status, body) = client
-        .json(
-            Method::POST,
-            "/v1/notifications",
-            Some(json!({"category": "social", "to": {"users": ["u-1"]},
-                        "content": {"email": {"subject": "Hi", "text": "Hello"}}})),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let queued = body["id"].as_str().expect("id").to_owned();
-    assert_eq!(status_of(queued.clone()).await, "accepted");
-    assert_eq!(env.queue_depth(&route_queue).await, 2);
-
-    // The router routes what was left to it; the directly routed
-    // notification is not routed a second time.
-    let router = env.spawn_router().await;
-    for id in [&topic, &queued] {
-        env.eventually(Duration::from_secs(10), || async {
-            (status_of(id.clone()).await == "routed").then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("{id} routed by the router"));
-    }
-    assert_eq!(
-        env.queue_depth(&email_queue).await,
-        4,
-        "2 direct + topic + queued"
-    );
-    router.stop().await;
-    ingest.stop().await;
 }
