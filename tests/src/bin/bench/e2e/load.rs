@@ -118,7 +118,7 @@ async fn send(
         req = req.header("Idempotency-Key", Uuid::new_v4().to_string());
     }
     // Latency counts from the request, not from its answer: whatever
-    // ingest does before the 202 (direct routing, say) is part of it.
+    // ingest does before the 202 is part of it.
     let sent = Instant::now();
     let resp = req.send().await?;
     let status = resp.status().as_u16();

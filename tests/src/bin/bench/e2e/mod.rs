@@ -89,13 +89,6 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
-        // Ingest's direct routing as the caller sets it (0 measures every
-        // notification through the router).
-        .chain(
-            std::env::var("DIRECT_ROUTING_MAX_USERS")
-                .ok()
-                .map(|v| ("DIRECT_ROUTING_MAX_USERS".to_owned(), v)),
-        )
         .collect();
         let with = |extra: Env| {
             let mut env = base.clone();
