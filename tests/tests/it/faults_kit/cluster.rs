@@ -15,7 +15,7 @@ use herald_tests::{
 };
 
 use super::pipeline::{
-    Pipeline, Setup, accepting_again_after, assert_nothing_lost, flowing_again_after,
+    Pipeline, Setup, accepting_again_after, assert_nothing_lost, load_finished_and_flowing_again,
     wait_accepted, wait_new_work_delivered,
 };
 
@@ -114,14 +114,7 @@ async fn broker_node_leading_the_queues_killed_loses_nothing() {
     let members = cluster::running_nodes(p.stack.live_rabbit()).await;
     assert_eq!(members.len(), 2, "two nodes run on: {members:?}");
 
-    let stats = load.await.expect("load task");
-    eprintln!("load: {stats:?}");
-    assert!(
-        stats.gave_up == 0 && stats.accepted == stats.sends,
-        "every send accepted in the end: {stats:?}"
-    );
-    let again = flowing_again_after(&p.fcm, killed).expect("deliveries after the kill");
-    eprintln!("deliveries flowing again {again:?} after the kill (end of the longest silence)");
+    let again = load_finished_and_flowing_again(load, &p.fcm, killed).await;
     let report = p
         .report_with(
             "rabbitmq-cluster-leader-kill9",

@@ -311,6 +311,25 @@ pub async fn wait_new_work_delivered(p: &Pipeline, ledger: &Ledger, since: Insta
     .await
 }
 
+/// Waits for the load to end, asserts that every send was accepted in the
+/// end, and returns how long after `killed` deliveries flowed again
+/// ([`flowing_again_after`]).
+pub async fn load_finished_and_flowing_again(
+    load: tokio::task::JoinHandle<herald_tests::faults::load::LoadStats>,
+    fcm: &FcmFake,
+    killed: Instant,
+) -> Duration {
+    let stats = load.await.expect("load task");
+    eprintln!("load: {stats:?}");
+    assert!(
+        stats.gave_up == 0 && stats.accepted == stats.sends,
+        "every send accepted in the end: {stats:?}"
+    );
+    let again = flowing_again_after(fcm, killed).expect("deliveries after the kill");
+    eprintln!("deliveries flowing again {again:?} after the kill (end of the longest silence)");
+    again
+}
+
 /// How long after `since` deliveries flowed again: the end of the longest
 /// silence between two provider requests that ends after `since`, within
 /// the minute after it. What was in flight may still reach the provider

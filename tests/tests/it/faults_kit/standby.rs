@@ -15,7 +15,7 @@ use herald_tests::{
 };
 
 use super::pipeline::{
-    Pipeline, Setup, accepting_again_after, assert_nothing_lost, flowing_again_after,
+    Pipeline, Setup, accepting_again_after, assert_nothing_lost, load_finished_and_flowing_again,
     wait_accepted, wait_new_work_delivered,
 };
 
@@ -81,14 +81,7 @@ async fn primary_killed_and_standby_promoted_loses_nothing() {
          ingest accepting {again:?} later, new work delivered {flowing:?} after the kill"
     );
 
-    let stats = load.await.expect("load task");
-    eprintln!("load: {stats:?}");
-    assert!(
-        stats.gave_up == 0 && stats.accepted == stats.sends,
-        "every send accepted in the end: {stats:?}"
-    );
-    let again = flowing_again_after(&p.fcm, killed).expect("deliveries after the kill");
-    eprintln!("deliveries flowing again {again:?} after the kill (end of the longest silence)");
+    let again = load_finished_and_flowing_again(load, &p.fcm, killed).await;
     let report = p
         .report_with(
             "postgres-failover-to-standby",
@@ -153,14 +146,7 @@ async fn primary_killed_and_standby_promoted_behind_a_moving_address_loses_nothi
          ingest accepting {again:?} later, new work delivered {flowing:?} after the kill"
     );
 
-    let stats = load.await.expect("load task");
-    eprintln!("load: {stats:?}");
-    assert!(
-        stats.gave_up == 0 && stats.accepted == stats.sends,
-        "every send accepted in the end: {stats:?}"
-    );
-    let again = flowing_again_after(&p.fcm, killed).expect("deliveries after the kill");
-    eprintln!("deliveries flowing again {again:?} after the kill (end of the longest silence)");
+    let again = load_finished_and_flowing_again(load, &p.fcm, killed).await;
     let report = p
         .report_with(
             "postgres-failover-behind-service",
