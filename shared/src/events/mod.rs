@@ -28,25 +28,48 @@ pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 /// Prefix of every event's `type`: `herald.delivery.sent`, ...
 pub const TYPE_PREFIX: &str = "herald.delivery.";
 
-/// A delivery event as published: the CloudEvents envelope around
-/// [`DeliveryData`].
+/// A CloudEvents 1.0 envelope in structured mode, around `data`: what
+/// Herald publishes on the events exchange (delivery events, and
+/// `herald.webhook.disabled`).
 #[derive(Debug, Clone, Serialize)]
-pub struct DeliveryEvent {
+pub struct CloudEvent<D> {
     pub specversion: &'static str,
     /// Stable across republishing: consumers de-duplicate on it.
     pub id: Uuid,
+    /// What the event is about, e.g.
     /// `/tenants/{tenant}/notifications/{notification_id}`.
     pub source: String,
-    /// `herald.delivery.{status}`.
+    /// e.g. `herald.delivery.{status}`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The delivery id.
+    /// The id of the thing within `source` (a delivery, a webhook).
     pub subject: String,
-    /// When the status changed.
+    /// When it happened.
     pub time: DateTime<Utc>,
     pub datacontenttype: &'static str,
-    pub data: DeliveryData,
+    pub data: D,
 }
+
+impl<D: Serialize> CloudEvent<D> {
+    /// The message: on the events exchange under `key`, persistent, message
+    /// id = event id, with `headers`; not mandatory, so an event no service
+    /// has bound a queue for is dropped, not returned.
+    pub(crate) fn outgoing_with(&self, names: &Names, key: String, headers: Headers) -> Outgoing {
+        let mut msg = Outgoing::json(
+            names.events_exchange(),
+            key,
+            serde_json::to_vec(self).expect("serialisable"),
+            headers,
+        );
+        msg.message_id = self.id.to_string();
+        msg.content_type = CONTENT_TYPE;
+        msg.mandatory = false;
+        msg
+    }
+}
+
+/// A delivery event as published.
+pub type DeliveryEvent = CloudEvent<DeliveryData>;
 
 /// What an event says of its delivery: the same fields as the status API's
 /// delivery, destination masked the same way.
@@ -70,7 +93,7 @@ pub struct DeliveryData {
     pub attempts: i32,
 }
 
-impl DeliveryEvent {
+impl CloudEvent<DeliveryData> {
     /// The event of an outbox row, or `None` when its delivery no longer
     /// exists (nothing is left to say who it was for).
     pub fn from_pending(row: &PendingEvent) -> Option<Self> {
@@ -112,25 +135,15 @@ impl DeliveryEvent {
         Names::event_key(&self.data.tenant_id, &self.data.channel, &self.data.status)
     }
 
-    /// The message to publish: persistent, message id = event id, the ids in
-    /// headers like every other Herald message; not mandatory, so an event
-    /// no service has bound a queue for is dropped, not returned.
+    /// The message to publish, the ids in headers like every other Herald
+    /// message.
     pub fn outgoing(&self, names: &Names) -> Outgoing {
         let headers = Headers::default()
             .str(Headers::TENANT, &self.data.tenant_id)
             .str(Headers::NOTIFICATION, self.data.notification_id.to_string())
             .str(Headers::DELIVERY, self.data.delivery_id.to_string())
             .str(Headers::CHANNEL, &self.data.channel);
-        let mut msg = Outgoing::json(
-            names.events_exchange(),
-            self.routing_key(),
-            serde_json::to_vec(self).expect("serialisable"),
-            headers,
-        );
-        msg.message_id = self.id.to_string();
-        msg.content_type = CONTENT_TYPE;
-        msg.mandatory = false;
-        msg
+        self.outgoing_with(names, self.routing_key(), headers)
     }
 }
 

@@ -91,24 +91,27 @@ pub async fn pass(pool: &PgPool, publisher: &Publisher, limit: i64) -> anyhow::R
     // endpoint); a row is done once its event and all its webhook messages
     // are confirmed.
     let refs: Vec<&DeliveryEvent> = events.iter().map(|(_, e)| e).collect();
-    let hooks = crate::webhooks::send::for_events(pool, names, &refs).await?;
+    let (owners, hooks): (Vec<usize>, Vec<_>) =
+        crate::webhooks::send::for_events(pool, names, &refs)
+            .await?
+            .into_iter()
+            .unzip();
     let mut msgs: Vec<_> = events.iter().map(|(_, e)| e.outgoing(names)).collect();
-    msgs.extend(hooks.iter().map(|(_, m)| m.clone()));
-    let results = publisher.publish_all(&msgs).await;
+    msgs.extend(hooks);
     // Events are not mandatory: one no service has bound a queue for is
     // dropped by the topic exchange and confirmed all the same.
-    let confirmed = |r: &Result<(), PublishError>| r.is_ok();
-    let mut done: Vec<bool> = results[..events.len()].iter().map(confirmed).collect();
-    let mut failure = results.iter().find(|r| !confirmed(r)).map(|r| match r {
-        Err(e) => e.to_string(),
-        Ok(()) => String::new(),
-    });
-    for ((event, _), result) in hooks.iter().zip(&results[events.len()..]) {
-        if !matches!(result, Ok(())) {
+    let results = publisher.publish_all(&msgs).await;
+    let (event_results, hook_results) = results.split_at(events.len());
+    let mut done: Vec<bool> = event_results.iter().map(Result::is_ok).collect();
+    for (event, result) in owners.iter().zip(hook_results) {
+        if result.is_err() {
             done[*event] = false;
-            failure.get_or_insert_with(|| "a webhook message was not confirmed".into());
         }
     }
+    let failure = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .map(PublishError::to_string);
     let mut published = 0u64;
     for ((seq, _), ok) in events.iter().zip(&done) {
         if *ok {

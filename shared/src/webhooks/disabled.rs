@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     broker::{Headers, Names, Outgoing, Publisher},
     db::webhooks::Disabled,
-    events::CONTENT_TYPE,
+    events::CloudEvent,
 };
 
 /// The event's `type`.
@@ -25,23 +25,8 @@ pub const TYPE: &str = "herald.webhook.disabled";
 const ATTEMPTS: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(500);
 
-/// The CloudEvents envelope around [`WebhookDisabledData`].
-#[derive(Debug, Clone, Serialize)]
-pub struct WebhookDisabledEvent {
-    pub specversion: &'static str,
-    /// Stable across the publish attempts: consumers de-duplicate on it.
-    pub id: Uuid,
-    /// `/tenants/{tenant}/webhooks/{webhook_id}`.
-    pub source: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// The webhook id.
-    pub subject: String,
-    /// When the endpoint was disabled.
-    pub time: DateTime<Utc>,
-    pub datacontenttype: &'static str,
-    pub data: WebhookDisabledData,
-}
+/// The event as published.
+pub type WebhookDisabledEvent = CloudEvent<WebhookDisabledData>;
 
 /// What the event says of the endpoint (never its secret).
 #[derive(Debug, Clone, Serialize)]
@@ -53,14 +38,14 @@ pub struct WebhookDisabledData {
     pub disabled_at: DateTime<Utc>,
 }
 
-impl WebhookDisabledEvent {
+impl CloudEvent<WebhookDisabledData> {
     /// The event of endpoint `webhook_id` of `tenant` at `url` just disabled.
     pub fn new(tenant: &str, webhook_id: &str, url: &str, disabled: Disabled) -> Self {
         Self {
             specversion: "1.0",
             id: Uuid::now_v7(),
             source: format!("/tenants/{tenant}/webhooks/{webhook_id}"),
-            kind: TYPE,
+            kind: TYPE.to_owned(),
             subject: webhook_id.to_owned(),
             time: disabled.disabled_at,
             datacontenttype: "application/json",
@@ -79,20 +64,10 @@ impl WebhookDisabledEvent {
         Names::event_key(&self.data.tenant_id, "webhook", "disabled")
     }
 
-    /// The message: on the events exchange, persistent, message id = event
-    /// id, CloudEvents structured mode; not mandatory (nobody may bind it).
+    /// The message to publish, the tenant in its headers.
     pub fn outgoing(&self, names: &Names) -> Outgoing {
         let headers = Headers::default().str(Headers::TENANT, &self.data.tenant_id);
-        let mut msg = Outgoing::json(
-            names.events_exchange(),
-            self.routing_key(),
-            serde_json::to_vec(self).expect("serialisable"),
-            headers,
-        );
-        msg.message_id = self.id.to_string();
-        msg.content_type = CONTENT_TYPE;
-        msg.mandatory = false;
-        msg
+        self.outgoing_with(names, self.routing_key(), headers)
     }
 }
 
@@ -123,6 +98,7 @@ pub async fn publish(publisher: &Publisher, event: &WebhookDisabledEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::CONTENT_TYPE;
 
     #[test]
     fn the_event_is_a_cloud_event_keyed_by_tenant() {

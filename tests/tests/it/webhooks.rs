@@ -345,36 +345,12 @@ async fn webhooks_a_failing_endpoint_is_retried_on_the_ladder_dead_lettered_and_
     // Attempts at about 0 s, 0.2 s and 1.5 s; disabled after failing for
     // 1 s, so at the third attempt, which is also the last.
     let env = TestEnv::with_schedule("200ms,1500ms").await;
-    let ingest = env
-        .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
-        .await;
-    let router = env
-        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_secs(1))
-        .await;
-    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
-    let client = Client::new(&ingest, &key);
+    let (ingest, router, client) = start_disabling_after(&env, Duration::from_secs(1)).await;
     let failing = Receiver::start(503).await;
     let secret = register(&client, "flaky", &failing.url(), json!(["*.suppressed"])).await;
-    let (status, _) = client
-        .json(
-            Method::POST,
-            "/v1/notifications",
-            Some(json!({"category": "social", "to": {"users": ["ghost"]},
-                        "content": {"push": {"title": "Hi", "body": "A message"}}})),
-        )
-        .await;
-    assert_eq!(status, 202);
+    send_suppressed(&client).await;
     // Three attempts: the first and one per retry tier, then a dead letter.
-    let dead: Option<(String, i32)> = env
-        .eventually(Duration::from_secs(20), || async {
-            sqlx::query_as(
-                "SELECT error_class, attempts FROM dead_letters WHERE source = 'webhooks'",
-            )
-            .fetch_optional(&env.pool)
-            .await
-            .unwrap()
-        })
-        .await;
+    let dead = webhook_dead_letter(&env).await;
     let (class, attempts) = dead.expect("dead-lettered after the last attempt");
     assert_eq!(class, "exhausted");
     assert_eq!(attempts, 3);
@@ -446,35 +422,11 @@ async fn webhooks_a_message_waiting_for_a_disabled_endpoint_is_kept_as_a_dead_le
     // Disabled at the second failure (0.2 s in, past 100 ms of failing);
     // the retry waiting 1.5 s then finds the endpoint disabled.
     let env = TestEnv::with_schedule("200ms,1500ms").await;
-    let ingest = env
-        .spawn_ingest_with(|c| c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()])
-        .await;
-    let router = env
-        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_millis(100))
-        .await;
-    let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
-    let client = Client::new(&ingest, &key);
+    let (ingest, router, client) = start_disabling(&env).await;
     let failing = Receiver::start(500).await;
     register(&client, "down", &failing.url(), json!(["*"])).await;
-    let (status, _) = client
-        .json(
-            Method::POST,
-            "/v1/notifications",
-            Some(json!({"category": "social", "to": {"users": ["ghost"]},
-                        "content": {"push": {"title": "Hi", "body": "A message"}}})),
-        )
-        .await;
-    assert_eq!(status, 202);
-    let dead: Option<(String, i32)> = env
-        .eventually(Duration::from_secs(20), || async {
-            sqlx::query_as(
-                "SELECT error_class, attempts FROM dead_letters WHERE source = 'webhooks'",
-            )
-            .fetch_optional(&env.pool)
-            .await
-            .unwrap()
-        })
-        .await;
+    send_suppressed(&client).await;
+    let dead = webhook_dead_letter(&env).await;
     assert_eq!(dead, Some(("endpoint_disabled".to_owned(), 2)));
     assert_eq!(failing.hits().len(), 2, "no call once disabled");
     let (_, hook) = client.json(Method::GET, "/v1/webhooks/down", None).await;
@@ -489,6 +441,12 @@ const ADMIN_KEY: &str = "admin-key-for-tests-0123456789";
 /// disables an endpoint at its second failure: the first attempt at 0 s,
 /// the retry 0.2 s later, past 100 ms of failing.
 async fn start_disabling(env: &TestEnv) -> (Spawned, Spawned, Client) {
+    start_disabling_after(env, Duration::from_millis(100)).await
+}
+
+/// [`start_disabling`] with a router that disables an endpoint once it has
+/// failed for `after`.
+async fn start_disabling_after(env: &TestEnv, after: Duration) -> (Spawned, Spawned, Client) {
     let ingest = env
         .spawn_ingest_with(|c| {
             c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
@@ -496,11 +454,23 @@ async fn start_disabling(env: &TestEnv) -> (Spawned, Spawned, Client) {
         })
         .await;
     let router = env
-        .spawn_router_with(|c| c.webhook_disable_after = Duration::from_millis(100))
+        .spawn_router_with(|c| c.webhook_disable_after = after)
         .await;
     let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
     let client = Client::new(&ingest, &key);
     (ingest, router, client)
+}
+
+/// The class and attempts of the first webhook dead letter, once there is
+/// one (within 20 s).
+async fn webhook_dead_letter(env: &TestEnv) -> Option<(String, i32)> {
+    env.eventually(Duration::from_secs(20), || async {
+        sqlx::query_as("SELECT error_class, attempts FROM dead_letters WHERE source = 'webhooks'")
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+    })
+    .await
 }
 
 /// Sends a notification to an unknown user: one `push.suppressed` event.

@@ -23,7 +23,7 @@ fn filter_form(sel: &Selection) -> Markup {
     let channel = sel.channel.as_deref().unwrap_or("");
     let unreplayed = sel.filter().is_ok_and(|f| f.only_unreplayed);
     html! {
-        form.filters method="get" action="/admin/dead-letters" id="filters" {
+        (html::filters("/admin/dead-letters", html! {
             label { "Tenant" input name="tenant" value=(value(&sel.tenant)); }
             label { "Channel" select name="channel" {
                 @for c in ["", "push", "email", "sms"] {
@@ -35,10 +35,7 @@ fn filter_form(sel: &Selection) -> Markup {
             label { "Since" input name="since" value=(value(&sel.since)) placeholder="2h or 2026-11-22T18:00"; }
             label { "Until" input name="until" value=(value(&sel.until)) placeholder="time or age"; }
             label.check { input type="checkbox" name="unreplayed" value="1" checked[unreplayed]; " not replayed only" }
-            button type="submit" id="apply" { "Filter" }
-            " "
-            a href="/admin/dead-letters" { "Clear" }
-        }
+        }))
     }
 }
 

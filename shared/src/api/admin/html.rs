@@ -189,6 +189,51 @@ pub fn table(headers: &[&str], rows: &[Vec<Markup>]) -> Markup {
     }
 }
 
+/// A list page's filter form: its `fields`, then Filter and a Clear link
+/// back to the unfiltered `path`.
+pub fn filters(path: &str, fields: Markup) -> Markup {
+    html! {
+        form.filters method="get" action=(path) id="filters" {
+            (fields)
+            button type="submit" id="apply" { "Filter" }
+            " "
+            a href=(path) { "Clear" }
+        }
+    }
+}
+
+/// A list page's results: `count` (what the list holds), the table of
+/// `rows` (or "Nothing here."), and a link to the next page of `path` when
+/// there is one (`next`: its query, see [`next_page`]).
+pub fn results(
+    path: &str,
+    count: Markup,
+    headers: &[&str],
+    rows: &[Vec<Markup>],
+    next: Option<String>,
+) -> Markup {
+    html! {
+        section id="results" {
+            p id="count" { (count) }
+            @if rows.is_empty() {
+                p.muted { "Nothing here." }
+            } @else {
+                (table(headers, rows))
+            }
+            @if let Some(next) = next {
+                p { a href={ (path) "?" (next) } { "Next page" } }
+            }
+        }
+    }
+}
+
+/// The query of the page after `rows` when they fill a page of `page`
+/// rows (`query` of the last row, the keyset to continue after); `None` on
+/// the last page.
+pub fn next_page<T>(rows: &[T], page: i64, query: impl FnOnce(&T) -> String) -> Option<String> {
+    rows.last().filter(|_| rows.len() as i64 == page).map(query)
+}
+
 /// A hidden form field.
 pub fn hidden(name: &str, value: &str) -> Markup {
     html! { input type="hidden" name=(name) value=(value); }

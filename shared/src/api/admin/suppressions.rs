@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{
     auth::AdminPage,
     dead_letters::page_error,
-    html::{self, Nav, nonempty, table, url_encode},
+    html::{self, Nav, nonempty, url_encode},
 };
 use crate::{
     api::AppState,
@@ -109,48 +109,38 @@ pub async fn list(
             ]
         })
         .collect();
-    let next = (rows.len() as i64 == PAGE)
-        .then(|| rows.last())
-        .flatten()
-        .map(|last| {
-            html::query(&[
-                ("after_tenant", Some(&last.tenant_id)),
-                ("after_channel", Some(&last.channel)),
-                ("after_address", Some(&last.address)),
-                ("tenant", tenant),
-                ("channel", channel),
-            ])
-        });
+    let next = html::next_page(&rows, PAGE, |last| {
+        html::query(&[
+            ("after_tenant", Some(&last.tenant_id)),
+            ("after_channel", Some(&last.channel)),
+            ("after_address", Some(&last.address)),
+            ("tenant", tenant),
+            ("channel", channel),
+        ])
+    });
     let body = html! {
         h1 { "Suppressions" }
         @if let Some(removed) = nonempty(&q.removed) {
             p.notice id="removed" { "Removed " b { (removed) } "; deliveries to it are made again." }
         }
         section {
-            form.filters method="get" action="/admin/suppressions" id="filters" {
+            (html::filters("/admin/suppressions", html! {
                 label { "Tenant" input name="tenant" value=(tenant.unwrap_or("")); }
                 (html::choice("Channel", "channel", &["email", "sms"], channel))
-                button type="submit" id="apply" { "Filter" }
-                " "
-                a href="/admin/suppressions" { "Clear" }
-            }
+            }))
         }
-        section id="results" {
-            p id="count" {
+        (html::results(
+            "/admin/suppressions",
+            html! {
                 b { (total) } " suppressed address(es)"
                 @if let Some(t) = tenant { " of tenant " b { (t) } }
                 @for (reason, n) in &counts { " · " (reason) " " (n) }
                 ". Deliveries to them are recorded as suppressed (address_suppressed), even in required categories."
-            }
-            @if rows.is_empty() {
-                p.muted { "Nothing here." }
-            } @else {
-                (table(&["Tenant", "Channel", "Address", "Reason", "Source", "Since", "Detail", ""], &cells))
-            }
-            @if let Some(next) = next {
-                p { a href={ "/admin/suppressions?" (next) } { "Next page" } }
-            }
-        }
+            },
+            &["Tenant", "Channel", "Address", "Reason", "Source", "Since", "Detail", ""],
+            &cells,
+            next,
+        ))
     };
     html::respond(
         StatusCode::OK,

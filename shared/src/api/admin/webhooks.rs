@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{
     auth::AdminPage,
     dead_letters::page_error,
-    html::{self, Nav, nonempty, table, url_encode},
+    html::{self, Nav, nonempty, url_encode},
 };
 use crate::{
     api::AppState,
@@ -126,47 +126,37 @@ pub async fn list(
             ]
         })
         .collect();
-    let next = (rows.len() as i64 == PAGE)
-        .then(|| rows.last())
-        .flatten()
-        .map(|last| {
-            html::query(&[
-                ("after_tenant", Some(&last.tenant_id)),
-                ("after_id", Some(&last.id)),
-                ("tenant", tenant),
-                ("status", status),
-            ])
-        });
+    let next = html::next_page(&rows, PAGE, |last| {
+        html::query(&[
+            ("after_tenant", Some(&last.tenant_id)),
+            ("after_id", Some(&last.id)),
+            ("tenant", tenant),
+            ("status", status),
+        ])
+    });
     let body = html! {
         h1 { "Webhooks" }
         @if let Some(enabled) = nonempty(&q.enabled) {
             p.notice id="enabled" { "Enabled " b { (enabled) } " again; events are sent to it from now on." }
         }
         section {
-            form.filters method="get" action="/admin/webhooks" id="filters" {
+            (html::filters("/admin/webhooks", html! {
                 label { "Tenant" input name="tenant" value=(tenant.unwrap_or("")); }
                 (html::choice("Status", "status", &["active", "disabled"], status))
-                button type="submit" id="apply" { "Filter" }
-                " "
-                a href="/admin/webhooks" { "Clear" }
-            }
+            }))
         }
-        section id="results" {
-            p id="count" {
+        (html::results(
+            "/admin/webhooks",
+            html! {
                 b { (rows.len()) } " endpoint(s)"
                 @if rows.len() as i64 == PAGE { " on this page" }
                 @if let Some(t) = tenant { " of tenant " b { (t) } }
                 ". An endpoint is disabled after failing for WEBHOOK_DISABLE_AFTER; events for it are then kept as dead letters (source webhooks), to replay once it is enabled."
-            }
-            @if rows.is_empty() {
-                p.muted { "Nothing here." }
-            } @else {
-                (table(&["Tenant", "Id", "URL", "Events", "Status", "Failing since", "Disabled at", "Previous secret signing", ""], &cells))
-            }
-            @if let Some(next) = next {
-                p { a href={ "/admin/webhooks?" (next) } { "Next page" } }
-            }
-        }
+            },
+            &["Tenant", "Id", "URL", "Events", "Status", "Failing since", "Disabled at", "Previous secret signing", ""],
+            &cells,
+            next,
+        ))
     };
     html::respond(
         StatusCode::OK,
