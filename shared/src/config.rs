@@ -47,6 +47,16 @@ pub struct CommonConfig {
     #[arg(long, env = "BROKER_PREFIX", default_value = "herald")]
     pub broker_prefix: String,
 
+    /// How many queues each lane queue is split into (the router's and each
+    /// channel's): one quorum queue has one leader, and so one node's
+    /// throughput. Publishers pick a shard by user (deliveries) or by
+    /// notification (routing), consumers read every shard. Every binary of
+    /// a deployment must use the same value; docs/topology.md says how to
+    /// change it.
+    #[arg(long, env = "QUEUE_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queue_shards: u16,
+
     /// Delays between delivery attempts, one retry tier each.
     #[arg(long, env = "RETRY_SCHEDULE", default_value = RetrySchedule::DEFAULT)]
     pub retry_schedule: RetrySchedule,
@@ -76,12 +86,18 @@ impl fmt::Debug for CommonConfig {
             )
             .field("amqp_url", &redact_urls(&self.amqp_url))
             .field("broker_prefix", &self.broker_prefix)
+            .field("queue_shards", &self.queue_shards)
             .field("retry_schedule", &self.retry_schedule)
             .finish_non_exhaustive()
     }
 }
 
 impl CommonConfig {
+    /// The exchange and queue names of this deployment.
+    pub fn names(&self) -> crate::broker::Names {
+        crate::broker::Names::new(&self.broker_prefix).with_shards(self.queue_shards)
+    }
+
     /// Where reads that tolerate bounded staleness go: `DATABASE_READ_URL`,
     /// or `DATABASE_URL` when it is unset.
     pub fn read_database_url(&self) -> &str {
@@ -251,6 +267,7 @@ mod tests {
             database_max_connections: 4,
             amqp_url: "amqps://herald:mq-s3cret@mq-0/%2f,amqps://herald:mq-s3cret@mq-1/%2f".into(),
             broker_prefix: "herald".into(),
+            queue_shards: 1,
             retry_schedule: RetrySchedule::default(),
             log_format: None,
             otlp_endpoint: None,

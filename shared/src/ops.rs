@@ -134,10 +134,7 @@ impl Service {
         // Install the recorder before anything counts.
         telemetry::metrics();
         let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
-        let broker = Broker::new(
-            &common.amqp_url,
-            crate::broker::Names::new(&common.broker_prefix),
-        );
+        let broker = Broker::new(&common.amqp_url, common.names());
         Ok(Self {
             pool,
             broker,

@@ -41,6 +41,8 @@ pub struct TestEnv {
     pub database_url: String,
     pub pool: PgPool,
     pub prefix: String,
+    /// `QUEUE_SHARDS` of what this environment starts (1 unless a test sets it).
+    pub shards: u16,
     pub schedule: RetrySchedule,
 }
 
@@ -153,6 +155,7 @@ impl TestEnv {
             database_url,
             pool,
             prefix: format!("t{}", &id[..12]),
+            shards: 1,
             schedule: schedule.parse().expect("schedule"),
         }
     }
@@ -165,6 +168,7 @@ impl TestEnv {
             database_max_connections: 8,
             amqp_url: amqp_url(),
             broker_prefix: self.prefix.clone(),
+            queue_shards: self.shards,
             retry_schedule: self.schedule.clone(),
             log_format: Some(LogFormat::Pretty),
             otlp_endpoint: None,
@@ -174,7 +178,7 @@ impl TestEnv {
 
     /// The environment's exchange and queue names.
     pub fn names(&self) -> Names {
-        Names::new(&self.prefix)
+        Names::new(&self.prefix).with_shards(self.shards)
     }
 
     /// A broker handle with the topology declared.

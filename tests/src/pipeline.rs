@@ -28,7 +28,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// A fresh environment with retry tiers `schedule`, ingest and router.
     pub async fn start(schedule: &str) -> Self {
-        let env = TestEnv::with_schedule(schedule).await;
+        Self::on(TestEnv::with_schedule(schedule).await).await
+    }
+
+    /// Ingest and router on `env` as it is configured (its shards, say).
+    pub async fn on(env: TestEnv) -> Self {
         let ingest = env.spawn_ingest().await;
         let router = env.spawn_router().await;
         let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;

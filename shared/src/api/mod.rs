@@ -43,7 +43,7 @@ use problem::ApiError;
 pub use receipts::ReceiptKeys;
 
 use crate::{
-    broker::{Broker, Names, Publisher},
+    broker::{Broker, Publisher},
     db,
     intake::{self, Intake},
     ops,
@@ -219,9 +219,9 @@ pub async fn run(
     let common = &config.common;
     // Install the recorder before anything counts.
     crate::telemetry::metrics();
-    crate::telemetry::catalogue::ingest(&Names::new(&common.broker_prefix), openapi::routes());
+    crate::telemetry::catalogue::ingest(&common.names(), openapi::routes());
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
-    let broker = Broker::new(&common.amqp_url, Names::new(&common.broker_prefix));
+    let broker = Broker::new(&common.amqp_url, common.names());
     let publisher = Publisher::new(broker.clone());
     let intake = Intake::new(pool.clone(), publisher.clone());
     let keys = KeyVerifier::new(

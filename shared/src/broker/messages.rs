@@ -20,7 +20,7 @@ impl RouteMessage {
         }
         let mut msg = Outgoing::json(
             names.notifications_exchange(),
-            lane,
+            names.route_key(lane, self.notification_id),
             serde_json::to_vec(self).expect("serialisable"),
             headers,
         );
@@ -51,7 +51,7 @@ impl DeliveryMessage {
             .int(Headers::ACCEPTED_AT_MS, self.created_at.timestamp_millis());
         Outgoing::json(
             names.deliveries_exchange(),
-            Names::delivery_key(self.channel, self.lane),
+            names.user_delivery_key(self.channel, self.lane, &self.tenant_id, &self.user_id),
             serde_json::to_vec(self).expect("serialisable"),
             headers,
         )

@@ -25,23 +25,59 @@ use super::Headers;
 /// leaves the queue within minutes.
 pub const DELIVERY_LIMIT: i32 = 20;
 
-/// Names of every exchange and queue, derived from one prefix.
+/// Names of every exchange and queue, derived from one prefix and the
+/// number of shards of each lane queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     prefix: String,
+    shards: u16,
 }
 
 impl Names {
-    /// Names under `prefix` (`herald` in production).
+    /// Names under `prefix` (`herald` in production), one queue per lane.
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            shards: 1,
         }
+    }
+
+    /// The same names with every lane queue (the router's and each
+    /// channel's) split into `shards` queues (`QUEUE_SHARDS`, at least 1).
+    pub fn with_shards(mut self, shards: u16) -> Self {
+        self.shards = shards.max(1);
+        self
     }
 
     /// The prefix itself.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// How many queues each lane is split into.
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// The routing key of the shard that `key` (a user, a notification)
+    /// falls in: `base` itself for shard 0, so the unsharded names stay as
+    /// they were and a queue declared before sharding keeps its traffic;
+    /// `base.N` for shard N. The hash is FNV-1a, fixed here rather than
+    /// taken from the standard library, because every process of every
+    /// version must pick the same shard for the same key.
+    pub fn shard_key(&self, base: &str, key: &[u8]) -> String {
+        match shard_of(key, self.shards) {
+            0 => base.to_owned(),
+            shard => format!("{base}.{shard}"),
+        }
+    }
+
+    /// `name` for each shard: `name`, `name.1`, `name.2`, ...
+    fn sharded(&self, name: String) -> Vec<String> {
+        let mut out = Vec::with_capacity(usize::from(self.shards));
+        out.extend((1..self.shards).map(|shard| format!("{name}.{shard}")));
+        out.insert(0, name);
+        out
     }
 
     /// Topic exchange other services publish notification requests to; the
@@ -59,21 +95,48 @@ impl Names {
     }
     /// The router's queue for one lane: notifications of that priority, and
     /// the pages of their topic fan-outs, so a bulk topic never delays `high`.
+    /// Shard 0 when the lane is sharded.
     pub fn route_queue(&self, lane: Lane) -> String {
         format!("{}.route.{lane}", self.prefix)
+    }
+    /// Every shard of the router's queue for one lane, shard 0 first.
+    pub fn route_queues(&self, lane: Lane) -> Vec<String> {
+        self.sharded(self.route_queue(lane))
+    }
+    /// Routing key of a notification's routing message (and its pages) on
+    /// `lane`: its shard is chosen by the notification id.
+    pub fn route_key(&self, lane: &str, notification: uuid::Uuid) -> String {
+        self.shard_key(lane, notification.as_bytes())
     }
     /// Direct exchange of deliveries, keyed `channel.lane`; also where retry
     /// tiers dead-letter back to.
     pub fn deliveries_exchange(&self) -> String {
         format!("{}.deliveries", self.prefix)
     }
-    /// Routing key of a delivery queue.
+    /// Routing key of a delivery queue (shard 0 when sharded).
     pub fn delivery_key(channel: DeliveryChannel, lane: Lane) -> String {
         format!("{channel}.{lane}")
     }
-    /// A channel worker's queue for one lane.
+    /// Routing key of one user's deliveries on a channel and lane: the
+    /// shard is chosen by tenant and user, so one user's deliveries stay in
+    /// one queue, in order.
+    pub fn user_delivery_key(
+        &self,
+        channel: DeliveryChannel,
+        lane: Lane,
+        tenant: &str,
+        user: &str,
+    ) -> String {
+        let key = [tenant.as_bytes(), &[0], user.as_bytes()].concat();
+        self.shard_key(&Self::delivery_key(channel, lane), &key)
+    }
+    /// A channel worker's queue for one lane (shard 0 when sharded).
     pub fn delivery_queue(&self, channel: DeliveryChannel, lane: Lane) -> String {
         format!("{}.{channel}.{lane}", self.prefix)
+    }
+    /// Every shard of a channel worker's queue for one lane, shard 0 first.
+    pub fn delivery_queues(&self, channel: DeliveryChannel, lane: Lane) -> Vec<String> {
+        self.sharded(self.delivery_queue(channel, lane))
     }
     /// Headers exchange in front of the retry tiers; routes on
     /// [`Headers::RETRY_DELAY_MS`] so a message keeps its original routing key.
@@ -114,9 +177,13 @@ impl Names {
     /// Every queue name, for stats and for deleting a test's topology.
     pub fn all_queues(&self, schedule: &RetrySchedule) -> Vec<String> {
         let mut queues = vec![self.ingest_queue(), self.dead_queue()];
-        queues.extend(Lane::ALL.iter().map(|l| self.route_queue(*l)));
+        queues.extend(Lane::ALL.iter().flat_map(|l| self.route_queues(*l)));
         for channel in DeliveryChannel::ALL {
-            queues.extend(Lane::ALL.iter().map(|l| self.delivery_queue(channel, *l)));
+            queues.extend(
+                Lane::ALL
+                    .iter()
+                    .flat_map(|l| self.delivery_queues(channel, *l)),
+            );
         }
         queues.push(self.webhook_queue());
         queues.extend(schedule.queue_delays().iter().map(|d| self.retry_queue(*d)));
@@ -137,6 +204,17 @@ impl Names {
     }
 }
 
+/// The shard (`0..shards`) of `key`: FNV-1a 64 of its bytes.
+fn shard_of(key: &[u8], shards: u16) -> u16 {
+    if shards <= 1 {
+        return 0;
+    }
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % u64::from(shards)) as u16
+}
+
 fn long_str(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
@@ -154,6 +232,20 @@ fn quorum_args(dlx: &str) -> FieldTable {
     // RabbitMQ dead-letters fire-and-forget.
     args.insert("x-dead-letter-strategy".into(), long_str("at-least-once"));
     args.insert("x-overflow".into(), long_str("reject-publish"));
+    args
+}
+
+/// Arguments of one shard of a lane queue. Shards after the first place
+/// their leader on the cluster node leading the fewest queues (`balanced`),
+/// so a lane's shards spread over the nodes. Shard 0 keeps the arguments it
+/// was first declared with: RabbitMQ refuses to redeclare a queue with a
+/// leader locator it was not created with (operators spread existing
+/// leaders with `rabbitmq-queues rebalance quorum`).
+fn shard_args(shard: usize, dlx: &str) -> FieldTable {
+    let mut args = quorum_args(dlx);
+    if shard > 0 {
+        args.insert("x-queue-leader-locator".into(), long_str("balanced"));
+    }
     args
 }
 
@@ -225,22 +317,22 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
     bind(ch, &names.ingest_queue(), &names.ingest_exchange(), "#").await?;
 
     for lane in Lane::ALL {
-        let q = names.route_queue(lane);
-        queue(ch, &q, quorum_args(&dead)).await?;
-        bind(ch, &q, &names.notifications_exchange(), lane.as_str()).await?;
+        let queues = names.route_queues(lane);
+        let keys = names.sharded(lane.as_str().to_owned());
+        for (shard, (q, key)) in queues.iter().zip(&keys).enumerate() {
+            queue(ch, q, shard_args(shard, &dead)).await?;
+            bind(ch, q, &names.notifications_exchange(), key).await?;
+        }
     }
 
     for channel in DeliveryChannel::ALL {
         for lane in Lane::ALL {
-            let q = names.delivery_queue(channel, lane);
-            queue(ch, &q, quorum_args(&dead)).await?;
-            bind(
-                ch,
-                &q,
-                &names.deliveries_exchange(),
-                &Names::delivery_key(channel, lane),
-            )
-            .await?;
+            let queues = names.delivery_queues(channel, lane);
+            let keys = names.sharded(Names::delivery_key(channel, lane));
+            for (shard, (q, key)) in queues.iter().zip(&keys).enumerate() {
+                queue(ch, q, shard_args(shard, &dead)).await?;
+                bind(ch, q, &names.deliveries_exchange(), key).await?;
+            }
         }
     }
 
@@ -288,4 +380,60 @@ pub async fn declare(ch: &Channel, names: &Names, schedule: &RetrySchedule) -> l
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shard_keeps_the_unsharded_names_and_keys() {
+        let names = Names::new("herald");
+        let key = names.user_delivery_key(DeliveryChannel::Push, Lane::Normal, "acme", "u1");
+        assert_eq!(key, "push.normal");
+        assert_eq!(
+            names.delivery_queues(DeliveryChannel::Push, Lane::Normal),
+            ["herald.push.normal"]
+        );
+        assert_eq!(names.route_queues(Lane::High), ["herald.route.high"]);
+        assert_eq!(names.route_key("high", uuid::Uuid::nil()), "high");
+    }
+
+    #[test]
+    fn shards_spread_users_and_keep_each_user_in_one() {
+        let names = Names::new("herald").with_shards(3);
+        assert_eq!(
+            names.delivery_queues(DeliveryChannel::Sms, Lane::Bulk),
+            ["herald.sms.bulk", "herald.sms.bulk.1", "herald.sms.bulk.2"]
+        );
+        let keys: Vec<String> = (0..3000)
+            .map(|u| {
+                names.user_delivery_key(DeliveryChannel::Sms, Lane::Bulk, "acme", &format!("u{u}"))
+            })
+            .collect();
+        for shard in ["sms.bulk", "sms.bulk.1", "sms.bulk.2"] {
+            let n = keys.iter().filter(|k| *k == shard).count();
+            assert!((800..1200).contains(&n), "{shard}: {n} of 3000");
+        }
+        // Stable: the same user, the same shard, in every process.
+        assert_eq!(
+            keys[42],
+            names.user_delivery_key(DeliveryChannel::Sms, Lane::Bulk, "acme", "u42")
+        );
+        // Fixed values: a change of hash would move users between shards
+        // while their older deliveries still wait in the old ones.
+        assert_eq!(shard_of(b"", 3), (0xcbf2_9ce4_8422_2325_u64 % 3) as u16);
+        assert_eq!(shard_of(b"acme\0u1", 1), 0);
+    }
+
+    #[test]
+    fn every_shard_is_listed_for_stats_and_cleanup() {
+        let schedule = RetrySchedule::default();
+        let one = Names::new("h").all_queues(&schedule);
+        let three = Names::new("h").with_shards(3).all_queues(&schedule);
+        // 3 route lanes and 9 channel lanes gain two shards each.
+        assert_eq!(three.len(), one.len() + 2 * 12);
+        assert!(three.contains(&"h.route.normal.2".to_owned()));
+        assert!(three.contains(&"h.email.high.1".to_owned()));
+    }
 }

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 
 use super::output;
 use crate::{
-    broker::{Broker, Names, Publisher},
+    broker::{Broker, Publisher},
     config::CommonConfig,
     db::dead_letters::{self, Filter},
     dlq::{
@@ -218,7 +218,7 @@ async fn replay(
     request: ReplayRequest,
     json: bool,
 ) -> anyhow::Result<()> {
-    let broker = Broker::new(&common.amqp_url, Names::new(&common.broker_prefix));
+    let broker = Broker::new(&common.amqp_url, common.names());
     let publisher = Publisher::new(broker.clone());
     let report = replay::replay(pool, &publisher, &request).await;
     broker.close().await;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    broker::{Broker, Names, QueueStats},
+    broker::{Broker, QueueStats},
     config::CommonConfig,
     db::{self, keys::Scope},
     model::{Category, TenantId},
@@ -158,7 +158,7 @@ async fn pool_at(url: &str) -> anyhow::Result<sqlx::PgPool> {
 }
 
 fn broker(common: &CommonConfig) -> std::sync::Arc<Broker> {
-    Broker::new(&common.amqp_url, Names::new(&common.broker_prefix))
+    Broker::new(&common.amqp_url, common.names())
 }
 
 /// Runs one command.

@@ -166,20 +166,22 @@ pub async fn run(
         service.tasks.spawn(async move {
             ops::declare_topology(&broker, &schedule, &cancel).await;
             for lane in Lane::ALL {
-                let spec = ConsumerSpec {
-                    queue: broker.names().delivery_queue(channel, lane),
-                    prefetch: prefetch(lane),
-                };
-                let engine = engine.clone();
-                tasks.spawn(consumer::run(
-                    broker.clone(),
-                    spec,
-                    cancel.clone(),
-                    move |incoming| {
-                        let engine = engine.clone();
-                        async move { engine.handle(incoming).await }
-                    },
-                ));
+                for queue in broker.names().delivery_queues(channel, lane) {
+                    let spec = ConsumerSpec {
+                        queue,
+                        prefetch: prefetch(lane),
+                    };
+                    let engine = engine.clone();
+                    tasks.spawn(consumer::run(
+                        broker.clone(),
+                        spec,
+                        cancel.clone(),
+                        move |incoming| {
+                            let engine = engine.clone();
+                            async move { engine.handle(incoming).await }
+                        },
+                    ));
+                }
             }
             refresh(broker, engine, channel, cancel).await;
         });
@@ -204,14 +206,22 @@ async fn refresh(
 ) {
     loop {
         for lane in Lane::ALL {
-            let queue = broker.names().delivery_queue(channel, lane);
-            if let Ok(q) = broker.inspect(&queue).await {
-                metrics::gauge!("herald_queue_depth", "queue" => queue.clone())
-                    .set(f64::from(q.messages));
-                metrics::gauge!("herald_queue_consumers", "queue" => queue)
-                    .set(f64::from(q.consumers));
-                if lane == Lane::High && q.consumers > 0 {
-                    engine.budget.set_replicas(q.consumers);
+            for (shard, queue) in broker
+                .names()
+                .delivery_queues(channel, lane)
+                .into_iter()
+                .enumerate()
+            {
+                if let Ok(q) = broker.inspect(&queue).await {
+                    metrics::gauge!("herald_queue_depth", "queue" => queue.clone())
+                        .set(f64::from(q.messages));
+                    metrics::gauge!("herald_queue_consumers", "queue" => queue)
+                        .set(f64::from(q.consumers));
+                    // Every replica consumes every shard: shard 0 of `high`
+                    // counts the replicas.
+                    if lane == Lane::High && shard == 0 && q.consumers > 0 {
+                        engine.budget.set_replicas(q.consumers);
+                    }
                 }
             }
         }

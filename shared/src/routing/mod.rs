@@ -115,22 +115,29 @@ pub async fn run(
         service.tasks.spawn(async move {
             ops::declare_topology(&broker, &schedule, &cancel).await;
             for lane in Lane::ALL {
-                let spec = ConsumerSpec {
-                    queue: broker.names().route_queue(lane),
-                    prefetch: prefetch(lane),
-                };
-                let (fanout, publisher) = (fanout.clone(), publisher.clone());
+                // One batcher per lane: every shard's messages share its
+                // batches.
                 let batcher = Batcher::start(fanout.clone(), lane);
-                tasks.spawn(consumer::run(
-                    broker.clone(),
-                    spec,
-                    cancel.clone(),
-                    move |incoming| {
-                        let (fanout, publisher, batcher) =
-                            (fanout.clone(), publisher.clone(), batcher.clone());
-                        async move { handle(&fanout, &batcher, &publisher, incoming, lane).await }
-                    },
-                ));
+                for queue in broker.names().route_queues(lane) {
+                    let spec = ConsumerSpec {
+                        queue,
+                        prefetch: prefetch(lane),
+                    };
+                    let (fanout, publisher, batcher) =
+                        (fanout.clone(), publisher.clone(), batcher.clone());
+                    tasks.spawn(consumer::run(
+                        broker.clone(),
+                        spec,
+                        cancel.clone(),
+                        move |incoming| {
+                            let (fanout, publisher, batcher) =
+                                (fanout.clone(), publisher.clone(), batcher.clone());
+                            async move {
+                                handle(&fanout, &batcher, &publisher, incoming, lane).await
+                            }
+                        },
+                    ));
+                }
             }
             // A channel of its own: a batch of events never queues ahead of
             // deliveries on the router's channel, and an error that closes

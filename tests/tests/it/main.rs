@@ -15,6 +15,7 @@ mod receipts;
 mod reliability;
 mod routing;
 mod security;
+mod sharding;
 mod suppressions;
 mod traces;
 mod webhooks;

@@ -177,7 +177,10 @@ pub fn router(names: &Names) {
     for (source, class) in dead_letter_classes() {
         routing::ARCHIVED.zero(&[("source", source), ("error_class", class)]);
     }
-    let mut queues: Vec<String> = Lane::ALL.map(|lane| names.route_queue(lane)).into();
+    let mut queues: Vec<String> = Lane::ALL
+        .iter()
+        .flat_map(|lane| names.route_queues(*lane))
+        .collect();
     queues.push(names.dead_queue());
     queues.push(names.webhook_queue());
     zero_each(&consumers::RESTARTS, "queue", queues);
@@ -208,10 +211,11 @@ pub fn worker(w: &WorkerLabels<'_>) {
     }
     for lane in Lane::ALL {
         d::E2E.zero(&[channel(), ("lane", lane.to_string())]);
-        let queue = w.names.delivery_queue(w.channel, lane);
-        d::QUEUE_DEPTH.zero(&[("queue", queue.clone())]);
-        d::QUEUE_CONSUMERS.zero(&[("queue", queue.clone())]);
-        consumers::RESTARTS.zero(&[("queue", queue)]);
+        for queue in w.names.delivery_queues(w.channel, lane) {
+            d::QUEUE_DEPTH.zero(&[("queue", queue.clone())]);
+            d::QUEUE_CONSUMERS.zero(&[("queue", queue.clone())]);
+            consumers::RESTARTS.zero(&[("queue", queue)]);
+        }
     }
     for provider in &w.providers {
         d::PROVIDER_DURATION.zero(&[channel(), ("provider", (*provider).to_owned())]);

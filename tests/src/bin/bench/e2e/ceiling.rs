@@ -18,8 +18,13 @@ use lapin::{
 const PREFETCH: u16 = 512;
 
 /// Messages/s from the first publish to the last ack.
-pub async fn measure(env: &TestEnv, n: usize, concurrency: usize) -> anyhow::Result<f64> {
-    let broker = Broker::new(herald_tests::amqp_url(), env.names());
+pub async fn measure(
+    env: &TestEnv,
+    amqp_url: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let broker = Broker::new(amqp_url, env.names());
     let queue = format!(
         "{}.bench.ceiling.{}",
         env.prefix,

@@ -11,6 +11,10 @@
 //! call), `high` sends while a `bulk` topic drains, and CPU seconds and peak
 //! RSS per process. Output: a Markdown table on stdout, JSON and an SVG plot
 //! of latency against offered rate under `target/bench/`.
+//!
+//! `--cluster` runs everything, the ceiling included, on a private
+//! three-node RabbitMQ cluster on loopback instead of the local broker;
+//! `--shards N` splits every lane queue into N (`QUEUE_SHARDS`).
 
 mod ceiling;
 mod load;
@@ -24,7 +28,9 @@ use herald_tests::{
     TestEnv,
     fakes::fcm::FcmFake,
     faults::{
+        cluster,
         procs::{Env, Proc},
+        rabbit::PrivateRabbit,
         stack::fcm_env,
     },
 };
@@ -54,6 +60,13 @@ pub struct Args {
     /// Where the JSON, Markdown and SVG go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+    /// Run on a private three-node RabbitMQ cluster on loopback (started
+    /// and removed by the benchmark) instead of the local broker.
+    #[arg(long)]
+    pub cluster: bool,
+    /// `QUEUE_SHARDS` of the binaries: queues per lane.
+    #[arg(long, default_value_t = 1)]
+    pub shards: u16,
 }
 
 /// The pipeline under test.
@@ -65,19 +78,23 @@ pub struct Pipeline {
     pub key: String,
     pub users: Vec<String>,
     pub env: TestEnv,
+    /// `AMQP_URL` of every binary and of the ceiling's measurement.
+    pub amqp_url: String,
     logs: tempfile::TempDir,
 }
 
 impl Pipeline {
-    async fn start(users: usize) -> anyhow::Result<Self> {
-        let env = TestEnv::new().await;
+    async fn start(users: usize, amqp_url: String, shards: u16) -> anyhow::Result<Self> {
+        let mut env = TestEnv::new().await;
+        env.shards = shards;
         let key = env.key("bench", &[Scope::Send, Scope::Manage]).await;
         let fcm = FcmFake::start().await;
         let users = seed(&env, users).await?;
         let logs = tempfile::tempdir()?;
         let base: Env = [
             ("DATABASE_URL", env.database_url.clone()),
-            ("AMQP_URL", herald_tests::amqp_url()),
+            ("AMQP_URL", amqp_url.clone()),
+            ("QUEUE_SHARDS", shards.to_string()),
             ("BROKER_PREFIX", env.prefix.clone()),
             // The environment's schedule, so its cleanup finds every queue.
             ("RETRY_SCHEDULE", env.schedule.to_string()),
@@ -109,6 +126,7 @@ impl Pipeline {
             key,
             users,
             env,
+            amqp_url,
             logs,
         })
     }
@@ -134,8 +152,28 @@ async fn seed(env: &TestEnv, n: usize) -> anyhow::Result<Vec<String>> {
 
 /// Runs every phase and writes the report.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let p = Pipeline::start(args.notifications.clamp(1_000, 20_000)).await?;
+    // Dropped last: the nodes are removed after the pipeline stopped.
+    let nodes: Vec<PrivateRabbit> = if args.cluster {
+        cluster::start(3).await
+    } else {
+        Vec::new()
+    };
+    let amqp_url = if nodes.is_empty() {
+        herald_tests::amqp_url()
+    } else {
+        cluster::amqp_url(&nodes)
+    };
+    let users = args.notifications.clamp(1_000, 20_000);
+    let p = Pipeline::start(users, amqp_url, args.shards).await?;
     eprintln!("pipeline up; processes log to {}", p.log_dir().display());
+    if let Some(seed) = nodes.first() {
+        let leaders = cluster::leaders(seed, &p.env.prefix).await;
+        let mut per_node = std::collections::BTreeMap::<&str, usize>::new();
+        for (_, node) in &leaders {
+            *per_node.entry(node.as_str()).or_default() += 1;
+        }
+        eprintln!("queue leaders per node: {per_node:?}");
+    }
     if args.high_only {
         let h = report::high_under_bulk(&p, &args).await?;
         println!("{h:#?}");

@@ -77,6 +77,10 @@ pub struct Usage {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub machine: String,
+    /// `local` or `cluster of 3`.
+    pub broker: String,
+    /// `QUEUE_SHARDS` of the binaries.
+    pub shards: u16,
     pub notifications: usize,
     pub concurrency: usize,
     pub rounds: Vec<Round>,
@@ -98,7 +102,7 @@ pub async fn measure(p: &Pipeline, args: &Args) -> anyhow::Result<Summary> {
     let (n, c) = (args.notifications, args.concurrency);
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
-        let ceiling_per_sec = ceiling::measure(&p.env, n, c).await?;
+        let ceiling_per_sec = ceiling::measure(&p.env, &p.amqp_url, n, c).await?;
         let singles = load::closed_loop(p, n, c, Mode::Single).await?;
         eprintln!(
             "round {round}: ceiling {ceiling_per_sec:.0}/s; singles accepted {:.0}/s, delivered {:.0}/s ({:.3} of the ceiling)",
@@ -136,6 +140,13 @@ pub async fn measure(p: &Pipeline, args: &Args) -> anyhow::Result<Summary> {
         .collect();
     Ok(Summary {
         machine: machine(),
+        broker: if args.cluster {
+            "cluster of 3"
+        } else {
+            "local"
+        }
+        .to_owned(),
+        shards: args.shards,
         notifications: n,
         concurrency: c,
         ceiling: spread(&|r| r.ceiling_per_sec),
@@ -288,8 +299,10 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Machine: {}. {} notifications per measurement, {} concurrent clients, {} rounds.\n",
+            "Machine: {}. Broker: {}, {} shard(s) per lane. {} notifications per measurement, {} concurrent clients, {} rounds.\n",
             self.machine,
+            self.broker,
+            self.shards,
             self.notifications,
             self.concurrency,
             self.rounds.len()
