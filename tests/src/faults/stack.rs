@@ -33,6 +33,8 @@ pub struct Topology {
     /// A streaming replica of the database, synchronous: a commit waits
     /// until the standby has flushed it.
     pub standby: bool,
+    /// `QUEUE_SHARDS` of the binaries; 0 or 1: one queue per lane.
+    pub shards: u16,
 }
 
 /// Private dependencies plus what the binaries share.
@@ -55,6 +57,8 @@ pub struct Stack {
     pub prefix: String,
     /// An API key of [`TENANT`] with `send` and `manage`.
     pub key: String,
+    /// `QUEUE_SHARDS` of the binaries.
+    pub shards: u16,
     logs: tempfile::TempDir,
 }
 
@@ -117,8 +121,14 @@ impl Stack {
             pool,
             prefix: format!("f{}", suffix()),
             key,
+            shards: topology.shards.max(1),
             logs: scratch_dir("logs"),
         }
+    }
+
+    /// The exchange and queue names of the binaries.
+    pub fn names(&self) -> herald::broker::Names {
+        herald::broker::Names::new(&self.prefix).with_shards(self.shards)
     }
 
     /// The database URL the binaries use (the primary's).
@@ -186,6 +196,7 @@ impl Stack {
             ("DATABASE_MAX_CONNECTIONS", "8".into()),
             ("AMQP_URL", super::cluster::amqp_url(self.rabbit_nodes())),
             ("BROKER_PREFIX", self.prefix.clone()),
+            ("QUEUE_SHARDS", self.shards.to_string()),
             ("RETRY_SCHEDULE", RETRY_SCHEDULE.into()),
             ("LOG_FORMAT", "json".into()),
             ("RUST_LOG", "info,sqlx=warn,lapin=warn".into()),
