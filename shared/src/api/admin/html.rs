@@ -293,4 +293,20 @@ mod tests {
         );
         assert_eq!(url_encode("a b&c=d/é~"), "a%20b%26c%3Dd%2F%C3%A9~");
     }
+
+    #[test]
+    fn an_action_button_renders_as_a_hand_written_form() {
+        let written = html! {
+            form method="post" action="/admin/x" {
+                (hidden("id", "a&b"))
+                (hidden("token", "t"))
+                button.danger.remove type="submit" { "Remove" }
+            }
+        };
+        assert_eq!(
+            action_button("/admin/x", &[("id", "a&b")], "t", "danger remove", "Remove")
+                .into_string(),
+            written.into_string()
+        );
+    }
 }
