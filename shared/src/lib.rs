@@ -22,4 +22,5 @@ pub mod receipts;
 pub mod routing;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod webhooks;

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::problem::ApiError;
-use crate::model::{FieldError, find_nul};
+use crate::model::find_nul;
 
 /// The JSON body extractor: its rejections are problem documents, and a
 /// string holding NUL (U+0000) is refused with its field path, since
@@ -32,10 +32,10 @@ where
             .await
             .map_err(ApiError::from)?;
         if let Some(field) = find_nul(&value) {
-            return Err(ApiError::Invalid(vec![FieldError {
+            return Err(ApiError::invalid(
                 field,
-                message: "must not contain the NUL character (U+0000)".into(),
-            }]));
+                "must not contain the NUL character (U+0000)",
+            ));
         }
         serde_json::from_value(value)
             .map(ApiJson)

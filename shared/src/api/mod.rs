@@ -322,11 +322,23 @@ async fn housekeeping(
     }
 }
 
-/// `201 Created` or `200 OK` for a PUT that created or replaced.
-fn put_status(created: bool) -> StatusCode {
-    if created {
+/// The answer to a PUT: `201 Created` when it created the resource, `200 OK`
+/// when it replaced one, with the resource as JSON.
+fn put_answer(created: bool, resource: impl serde::Serialize) -> Response {
+    let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
+    };
+    (status, axum::Json(resource)).into_response()
+}
+
+/// The answer to a DELETE: `204 No Content` when it removed something, 404
+/// naming `what` when there was nothing to remove.
+fn delete_answer(removed: bool, what: &'static str) -> Result<StatusCode, ApiError> {
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(what))
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     db::{self, keys::Scope},
     intake::{Commitment, ItemOutcome},
     model::{
-        FieldError, IdempotencyKey,
+        IdempotencyKey, from_value,
         notification::{MAX_BATCH, NotificationRequest},
     },
 };
@@ -32,12 +32,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let invalid = |message: String| {
-        ApiError::Invalid(vec![FieldError {
-            field: "Idempotency-Key".into(),
-            message,
-        }])
-    };
+    let invalid = |message: String| ApiError::invalid("Idempotency-Key", message);
     let text = value
         .to_str()
         .map_err(|_| invalid("must be visible ASCII".into()))?;
@@ -140,17 +135,12 @@ pub async fn send_batch(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Send)?;
     let key = idempotency_key(&headers)?;
-    let batch: BatchBody = serde_path_to_error::deserialize(body).map_err(|e| {
-        ApiError::Invalid(vec![FieldError {
-            field: e.path().to_string(),
-            message: e.into_inner().to_string(),
-        }])
-    })?;
+    let batch: BatchBody = from_value(body)?;
     if batch.notifications.is_empty() || batch.notifications.len() > MAX_BATCH {
-        return Err(ApiError::Invalid(vec![FieldError {
-            field: "notifications".into(),
-            message: format!("must hold 1 to {MAX_BATCH} notifications"),
-        }]));
+        return Err(ApiError::invalid(
+            "notifications",
+            format!("must hold 1 to {MAX_BATCH} notifications"),
+        ));
     }
     let accepted = state
         .intake
@@ -232,12 +222,10 @@ pub async fn status(
     let n = n.ok_or(ApiError::NotFound("notification"))?;
     let cursor = match page.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
-            ApiError::Invalid(vec![FieldError {
-                field: "cursor".into(),
-                message: "is not a cursor from a previous page".into(),
-            }])
-        })?),
+        Some(c) => Some(
+            c.parse::<Uuid>()
+                .map_err(|_| ApiError::invalid("cursor", "is not a cursor from a previous page"))?,
+        ),
     };
     let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let counts = db::notifications::delivery_counts(pool, id, n.created_at).await?;

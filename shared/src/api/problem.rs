@@ -76,6 +76,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// One invalid field: where it is and why.
+    pub fn invalid(field: impl Into<String>, message: impl ToString) -> Self {
+        ApiError::Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.to_string(),
+        }])
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {
@@ -213,6 +221,12 @@ impl From<sqlx::Error> for ApiError {
             }
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::Invalid(vec![e])
     }
 }
 

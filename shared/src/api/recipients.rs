@@ -4,23 +4,23 @@ use axum::{
     Json,
     extract::{Path, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
-    ApiJson, AppState, Auth,
+    ApiJson, AppState, Auth, delete_answer,
     openapi::{CheckedErrors, ReadErrors, WriteErrors},
     problem::ApiError,
-    put_status,
+    put_answer,
     views::{Device, Subscription, Topic, User},
 };
 use crate::{
     db::{self, keys::Scope, recipients},
     model::{
-        FieldError, TopicName, UserId,
+        TopicName, UserId, from_value,
         preferences::Preferences,
         user::{Platform, Profile, mask},
     },
@@ -32,19 +32,12 @@ use crate::{
 /// room for the tenant and user ids (a 4 KiB token failed the insert: 500).
 const MAX_TOKEN_LEN: usize = 1024;
 
-fn invalid(field: &str, message: impl ToString) -> ApiError {
-    ApiError::Invalid(vec![FieldError {
-        field: field.into(),
-        message: message.to_string(),
-    }])
-}
-
 fn user_id(raw: String) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|e| invalid("user_id", e))
+    UserId::parse(raw).map_err(|e| ApiError::invalid("user_id", e))
 }
 
 fn topic_name(raw: String) -> Result<TopicName, ApiError> {
-    TopicName::parse(raw).map_err(|e| invalid("topic", e))
+    TopicName::parse(raw).map_err(|e| ApiError::invalid("topic", e))
 }
 
 fn manage(auth: &Auth) -> Result<(), ApiError> {
@@ -77,7 +70,7 @@ pub async fn put_user(
     let row = recipients::get_user(&state.pool, &auth.tenant, user.as_str())
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    Ok((put_status(created), Json(User::new(row, Vec::new()))).into_response())
+    Ok(put_answer(created, User::new(row, Vec::new())))
 }
 
 /// A recipient's profile and devices
@@ -115,11 +108,8 @@ pub async fn delete_user(
     Path(user): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     manage(&auth)?;
-    if recipients::delete_user(&state.pool, &auth.tenant, &user).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("user"))
-    }
+    let removed = recipients::delete_user(&state.pool, &auth.tenant, &user).await?;
+    delete_answer(removed, "user")
 }
 
 /// The body of a device.
@@ -154,26 +144,27 @@ pub async fn put_device(
 ) -> Result<Response, ApiError> {
     manage(&auth)?;
     if token.is_empty() || token.len() > MAX_TOKEN_LEN || token.chars().any(char::is_control) {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "token",
             format!("must be 1 to {MAX_TOKEN_LEN} bytes of printable characters"),
         ));
     }
-    let body: DeviceBody = serde_path_to_error::deserialize(body)
-        .map_err(|e| invalid(&e.path().to_string(), e.into_inner()))?;
-    let platform: Platform = body.platform.parse().map_err(|e| invalid("platform", e))?;
+    let body: DeviceBody = from_value(body)?;
+    let platform: Platform = body
+        .platform
+        .parse()
+        .map_err(|e| ApiError::invalid("platform", e))?;
     match recipients::put_device(&state.pool, &auth.tenant, &user, &token, platform).await? {
         None => Err(ApiError::NotFound("user")),
-        Some(created) => Ok((
-            put_status(created),
-            Json(Device {
+        Some(created) => Ok(put_answer(
+            created,
+            Device {
                 token: mask(&token),
                 platform: platform.as_str().to_owned(),
                 active: true,
                 deactivated_reason: None,
-            }),
-        )
-            .into_response()),
+            },
+        )),
     }
 }
 
@@ -191,11 +182,8 @@ pub async fn delete_device(
     Path((user, token)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     manage(&auth)?;
-    if recipients::delete_device(&state.pool, &auth.tenant, &user, &token).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("device"))
-    }
+    let removed = recipients::delete_device(&state.pool, &auth.tenant, &user, &token).await?;
+    delete_answer(removed, "device")
 }
 
 /// Sets a recipient's preferences
@@ -262,15 +250,14 @@ pub async fn subscribe(
     let topic = topic_name(topic)?;
     match recipients::subscribe(&state.pool, &auth.tenant, topic.as_str(), &user).await? {
         None => Err(ApiError::NotFound("user")),
-        Some(created) => Ok((
-            put_status(created),
-            Json(Subscription {
+        Some(created) => Ok(put_answer(
+            created,
+            Subscription {
                 topic: topic.to_string(),
                 user_id: user,
                 subscribed: true,
-            }),
-        )
-            .into_response()),
+            },
+        )),
     }
 }
 
@@ -288,11 +275,8 @@ pub async fn unsubscribe(
     Path((topic, user)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     manage(&auth)?;
-    if recipients::unsubscribe(&state.pool, &auth.tenant, &topic, &user).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("subscription"))
-    }
+    let removed = recipients::unsubscribe(&state.pool, &auth.tenant, &topic, &user).await?;
+    delete_answer(removed, "subscription")
 }
 
 /// A topic's subscriber count

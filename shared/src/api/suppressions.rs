@@ -7,7 +7,7 @@ use axum::{
     body::to_bytes,
     extract::{FromRequest, Path, Request, State},
     http::{StatusCode, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,10 +15,10 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiJson, ApiQuery, AppState, Auth, MAX_BODY,
+    ApiJson, ApiQuery, AppState, Auth, MAX_BODY, delete_answer,
     openapi::{CheckedErrors, WriteErrors},
     problem::ApiError,
-    put_status,
+    put_answer,
 };
 use crate::{
     db::{
@@ -27,7 +27,7 @@ use crate::{
         suppressions::{Filter, NewSuppression, SuppressionRow},
     },
     model::{
-        Channel, FieldError,
+        Channel, from_value,
         suppression::{SuppressedAddress, SuppressionReason},
     },
     telemetry::catalogue::count_suppression_added,
@@ -38,13 +38,6 @@ const MAX_NOTE: usize = 500;
 /// Suppressions per page.
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 500;
-
-fn invalid(field: &str, message: impl ToString) -> ApiError {
-    ApiError::Invalid(vec![FieldError {
-        field: field.into(),
-        message: message.to_string(),
-    }])
-}
 
 /// A channel with a suppression list (schema only).
 #[derive(Debug, ToSchema)]
@@ -116,12 +109,14 @@ pub struct ListQuery {
 }
 
 fn address(channel: &str, raw: &str) -> Result<SuppressedAddress, ApiError> {
-    let channel: Channel = channel.parse().map_err(|e| invalid("channel", e))?;
+    let channel: Channel = channel
+        .parse()
+        .map_err(|e| ApiError::invalid("channel", e))?;
     SuppressedAddress::parse(channel, raw).map_err(|e| {
         if channel == Channel::Push {
-            invalid("channel", e)
+            ApiError::invalid("channel", e)
         } else {
-            invalid("address", e)
+            ApiError::invalid("address", e)
         }
     })
 }
@@ -153,7 +148,7 @@ pub async fn list(
         Some(c) => Some(
             c.parse::<Channel>()
                 .and_then(crate::model::suppression::suppressible)
-                .map_err(|e| invalid("channel", e))?,
+                .map_err(|e| ApiError::invalid("channel", e))?,
         ),
     };
     let after = match q.cursor.as_deref() {
@@ -161,7 +156,9 @@ pub async fn list(
         Some(c) => Some(
             c.split_once(':')
                 .filter(|(ch, _)| matches!(*ch, "email" | "sms"))
-                .ok_or_else(|| invalid("cursor", "is not a cursor from a previous page"))?,
+                .ok_or_else(|| {
+                    ApiError::invalid("cursor", "is not a cursor from a previous page")
+                })?,
         ),
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
@@ -188,9 +185,7 @@ pub async fn list(
 async fn optional_body(request: Request) -> Result<Option<SuppressionBody>, ApiError> {
     if request.headers().contains_key(header::CONTENT_TYPE) {
         let ApiJson(value) = ApiJson::<Value>::from_request(request, &()).await?;
-        let body = serde_path_to_error::deserialize(value)
-            .map_err(|e| invalid(&e.path().to_string(), e.into_inner()))?;
-        return Ok(Some(body));
+        return Ok(Some(from_value(value)?));
     }
     let bytes = to_bytes(request.into_body(), MAX_BODY)
         .await
@@ -229,7 +224,7 @@ pub async fn put(
     let body = optional_body(request).await?;
     let note = body.and_then(|b| b.note);
     if note.as_ref().is_some_and(|n| n.chars().count() > MAX_NOTE) {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "note",
             format!("must be at most {MAX_NOTE} characters"),
         ));
@@ -251,7 +246,7 @@ pub async fn put(
     let row = db::suppressions::get(&state.pool, &auth.tenant, &address)
         .await?
         .ok_or(ApiError::NotFound("suppression"))?;
-    Ok((put_status(created), Json(Suppression::from(row))).into_response())
+    Ok(put_answer(created, Suppression::from(row)))
 }
 
 /// Removes an address from the list: deliveries to it are made again
@@ -272,9 +267,6 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     auth.require(Scope::Manage)?;
     let address = address(&channel, &raw)?;
-    if db::suppressions::remove(&state.pool, &auth.tenant, &address).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("suppression"))
-    }
+    let removed = db::suppressions::remove(&state.pool, &auth.tenant, &address).await?;
+    delete_answer(removed, "suppression")
 }

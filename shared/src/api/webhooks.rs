@@ -5,17 +5,17 @@ use axum::{
     Json,
     extract::{Path, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    ApiJson, AppState, Auth,
+    ApiJson, AppState, Auth, delete_answer,
     openapi::{ReadErrors, WriteErrors},
     problem::ApiError,
-    put_status,
+    put_answer,
 };
 use crate::{
     db::{self, keys::Scope},
@@ -107,13 +107,6 @@ impl Webhook {
     }
 }
 
-fn invalid(field: &str, message: impl ToString) -> ApiError {
-    ApiError::Invalid(vec![FieldError {
-        field: field.into(),
-        message: message.to_string(),
-    }])
-}
-
 fn webhook_id(raw: &str) -> Result<(), ApiError> {
     if raw.is_empty()
         || raw.len() > 64
@@ -121,7 +114,10 @@ fn webhook_id(raw: &str) -> Result<(), ApiError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(invalid("id", "1 to 64 letters, digits, `-` and `_`"));
+        return Err(ApiError::invalid(
+            "id",
+            "1 to 64 letters, digits, `-` and `_`",
+        ));
     }
     Ok(())
 }
@@ -130,18 +126,25 @@ fn webhook_id(raw: &str) -> Result<(), ApiError> {
 /// to against the operator's policy.
 async fn check_url(state: &AppState, raw: &str) -> Result<(), ApiError> {
     if raw.len() > MAX_URL_LEN {
-        return Err(invalid("url", format!("at most {MAX_URL_LEN} characters")));
+        return Err(ApiError::invalid(
+            "url",
+            format!("at most {MAX_URL_LEN} characters"),
+        ));
     }
-    let url = reqwest::Url::parse(raw).map_err(|e| invalid("url", format!("not a URL: {e}")))?;
+    let url = reqwest::Url::parse(raw)
+        .map_err(|e| ApiError::invalid("url", format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(invalid("url", "must be an https:// or http:// URL"));
+        return Err(ApiError::invalid(
+            "url",
+            "must be an https:// or http:// URL",
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("url", "must not carry credentials"));
+        return Err(ApiError::invalid("url", "must not carry credentials"));
     }
     let host = url
         .host_str()
-        .ok_or_else(|| invalid("url", "must name a host"))?
+        .ok_or_else(|| ApiError::invalid("url", "must name a host"))?
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = url.port_or_known_default().unwrap_or(443);
@@ -149,13 +152,13 @@ async fn check_url(state: &AppState, raw: &str) -> Result<(), ApiError> {
         .webhook_policy
         .resolve(host, port)
         .await
-        .map_err(|e| invalid("url", e))?;
+        .map_err(|e| ApiError::invalid("url", e))?;
     Ok(())
 }
 
 fn check_events(events: &[String]) -> Result<(), ApiError> {
     if events.is_empty() || events.len() > MAX_FILTERS {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "events",
             format!("1 to {MAX_FILTERS} filters such as `email.bounced` or `push.*`"),
         ));
@@ -210,7 +213,7 @@ pub async fn put_webhook(
         &secret,
     )
     .await?;
-    Ok((put_status(created), Json(Webhook::new(row, created))).into_response())
+    Ok(put_answer(created, Webhook::new(row, created)))
 }
 
 /// The tenant's webhook endpoints
@@ -265,11 +268,8 @@ pub async fn delete_webhook(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     auth.require(Scope::Manage)?;
-    if db::webhooks::delete(&state.pool, &auth.tenant, &id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("webhook"))
-    }
+    let removed = db::webhooks::delete(&state.pool, &auth.tenant, &id).await?;
+    delete_answer(removed, "webhook")
 }
 
 /// Rotates a webhook endpoint's signing secret
@@ -294,7 +294,7 @@ pub async fn rotate_webhook(
     auth.require(Scope::Manage)?;
     let overlap = body.overlap_seconds.unwrap_or(DEFAULT_OVERLAP_SECS);
     if !(0..=MAX_OVERLAP_SECS).contains(&overlap) {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "overlap_seconds",
             format!("0 to {MAX_OVERLAP_SECS} seconds"),
         ));

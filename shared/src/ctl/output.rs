@@ -2,6 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
+/// Cuts a cell to `max` characters.
+pub use crate::text::cut;
+
 /// Prints rows under headers, columns padded to fit.
 pub fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     let rows: Vec<Vec<String>> = rows.collect();
@@ -28,14 +31,4 @@ pub fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
 /// A timestamp as a terminal shows it.
 pub fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-/// Cuts a cell to `max` characters.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let head: String = s.chars().take(max.saturating_sub(1)).collect();
-        format!("{head}…")
-    }
 }

@@ -75,23 +75,23 @@ impl Ledger {
 
     /// Claims a delivery (see [`deliveries::claim_many`]).
     pub async fn claim(&self, request: ClaimRequest) -> anyhow::Result<Claim> {
-        let (tx, rx) = oneshot::channel();
-        self.claims
-            .send((request, tx))
-            .await
-            .map_err(|_| anyhow::anyhow!("ledger stopped"))?;
-        Ok(rx.await??)
+        ask(&self.claims, request).await
     }
 
     /// Records an outcome (see [`deliveries::settle_many`]).
     pub async fn settle(&self, request: SettleRequest) -> anyhow::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.settles
-            .send((request, tx))
-            .await
-            .map_err(|_| anyhow::anyhow!("ledger stopped"))?;
-        Ok(rx.await??)
+        ask(&self.settles, request).await
     }
+}
+
+/// Queues `request` for its writer and waits for the answer.
+async fn ask<R, A>(writer: &mpsc::Sender<(R, Reply<A>)>, request: R) -> anyhow::Result<A> {
+    let (tx, rx) = oneshot::channel();
+    writer
+        .send((request, tx))
+        .await
+        .map_err(|_| anyhow::anyhow!("ledger stopped"))?;
+    Ok(rx.await??)
 }
 
 /// A request that names one delivery row.

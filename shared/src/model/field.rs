@@ -1,4 +1,4 @@
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
 
 /// One invalid field: where it is (a dotted path such as `to.users[3]`) and why.
@@ -8,6 +8,15 @@ pub struct FieldError {
     pub field: String,
     /// What is wrong with it, in a sentence a client developer can act on.
     pub message: String,
+}
+
+/// Deserializes a JSON value, naming the field that does not fit by its
+/// path (`.` for the value as a whole).
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|err| FieldError {
+        field: err.path().to_string(),
+        message: err.into_inner().to_string(),
+    })
 }
 
 /// Collects every invalid field of one request so a client sees them all at once.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{Category, Channel, FieldError, FieldErrors};
+use super::{Category, Channel, FieldError, FieldErrors, from_value};
 
 /// A daily window in the recipient's time zone during which `normal` and
 /// `bulk` deliveries are held. It may wrap midnight (`22:00`-`07:00`).
@@ -65,12 +65,7 @@ struct RawPreferences {
 impl Preferences {
     /// Parses the body of `PUT /v1/users/{id}/preferences`.
     pub fn parse(value: Value) -> Result<Self, Vec<FieldError>> {
-        let raw: RawPreferences = serde_path_to_error::deserialize(value).map_err(|err| {
-            vec![FieldError {
-                field: err.path().to_string(),
-                message: err.into_inner().to_string(),
-            }]
-        })?;
+        let raw: RawPreferences = from_value(value).map_err(|e| vec![e])?;
         let mut errors = FieldErrors::default();
         let mut channels = BTreeMap::new();
         for (name, allowed) in raw.channels {

@@ -10,7 +10,7 @@ use utoipa::{
     },
 };
 
-use super::{FieldError, FieldErrors};
+use super::{FieldError, FieldErrors, from_value};
 
 /// An email address, checked for the shape SMTP servers accept (`local@domain.tld`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,19 +65,6 @@ impl PartialSchema for EmailAddress {
 
 impl ToSchema for EmailAddress {}
 
-impl TryFrom<String> for EmailAddress {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
-        Self::parse(value)
-    }
-}
-
-impl From<EmailAddress> for String {
-    fn from(value: EmailAddress) -> String {
-        value.0
-    }
-}
-
 /// A phone number in E.164 form: `+` then 2 to 15 digits, no leading zero.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -115,18 +102,8 @@ impl PartialSchema for PhoneE164 {
 
 impl ToSchema for PhoneE164 {}
 
-impl TryFrom<String> for PhoneE164 {
-    type Error = String;
-    fn try_from(value: String) -> Result<Self, String> {
-        Self::parse(value)
-    }
-}
-
-impl From<PhoneE164> for String {
-    fn from(value: PhoneE164) -> String {
-        value.0
-    }
-}
+string_conversions!(EmailAddress, String);
+string_conversions!(PhoneE164, String);
 
 /// A recipient's profile as stored, and the body of `PUT /v1/users/{id}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -155,12 +132,7 @@ struct RawProfile {
 impl Profile {
     /// Parses the body of `PUT /v1/users/{id}`.
     pub fn parse(value: Value) -> Result<Self, Vec<FieldError>> {
-        let raw: RawProfile = serde_path_to_error::deserialize(value).map_err(|err| {
-            vec![FieldError {
-                field: err.path().to_string(),
-                message: err.into_inner().to_string(),
-            }]
-        })?;
+        let raw: RawProfile = from_value(value).map_err(|e| vec![e])?;
         let mut errors = FieldErrors::default();
         if raw.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
             errors.push("name", "must be at most 200 characters");

@@ -26,7 +26,7 @@ pub use self::token::ApnsKey;
 use self::token::TokenCache;
 use super::{
     ChannelProvider, Destination, ErrorClass, Outcome, PushMessage, SendContext,
-    http::{Refusal, client_builder, retry_after, snippet, trace_headers, transport_outcome},
+    http::{Answer, Refusal, client_builder, exchange, snippet, trace_headers},
 };
 use crate::model::Lane;
 
@@ -82,27 +82,24 @@ impl ApnsProvider {
             Ok(jwt) => jwt,
             Err(outcome) => return outcome,
         };
-        let answer = self.post(token, &jwt, &body, ctx).await;
-        match answer {
-            Ok((StatusCode::FORBIDDEN, ref reason, _, _))
-                if reason.contains("ExpiredProviderToken") && self.tokens.expire(&jwt) =>
-            {
-                let jwt = match self.tokens.jwt() {
-                    Ok(jwt) => jwt,
-                    Err(outcome) => return outcome,
-                };
-                match self.post(token, &jwt, &body, ctx).await {
-                    Ok((status, text, apns_id, after)) => {
-                        classify(status, apns_id.as_deref(), &text, after)
-                    }
-                    Err(outcome) => outcome,
-                }
-            }
-            Ok((status, text, apns_id, after)) => {
-                classify(status, apns_id.as_deref(), &text, after)
-            }
-            Err(outcome) => outcome,
+        let answer = match self.post(token, &jwt, &body, ctx).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        if answer.status == StatusCode::FORBIDDEN
+            && answer.body.contains("ExpiredProviderToken")
+            && self.tokens.expire(&jwt)
+        {
+            let jwt = match self.tokens.jwt() {
+                Ok(jwt) => jwt,
+                Err(outcome) => return outcome,
+            };
+            return match self.post(token, &jwt, &body, ctx).await {
+                Ok(answer) => classify_answer(&answer),
+                Err(outcome) => outcome,
+            };
         }
+        classify_answer(&answer)
     }
 
     async fn post(
@@ -111,7 +108,7 @@ impl ApnsProvider {
         jwt: &str,
         body: &Value,
         ctx: &SendContext,
-    ) -> Result<(StatusCode, String, Option<String>, Option<Duration>), Outcome> {
+    ) -> Result<Answer, Outcome> {
         let mut request = self
             .http
             .post(format!("{}/3/device/{token}", self.base_url))
@@ -136,23 +133,14 @@ impl ApnsProvider {
         if let Some(at) = ctx.expires_at {
             request = request.header("apns-expiration", at.timestamp().max(1).to_string());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|err| transport_outcome("apns", &err))?;
-        let status = response.status();
-        let after = retry_after(response.headers());
-        let apns_id = response
-            .headers()
-            .get("apns-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response
-            .text()
-            .await
-            .map_err(|err| transport_outcome("apns", &err))?;
-        Ok((status, text, apns_id, after))
+        exchange("apns", request).await
     }
+}
+
+/// Classifies an answer of APNs, its `apns-id` the provider id.
+fn classify_answer(answer: &Answer) -> Outcome {
+    let apns_id = answer.headers.get("apns-id").and_then(|v| v.to_str().ok());
+    classify(answer.status, apns_id, &answer.body, answer.after)
 }
 
 impl ChannelProvider for ApnsProvider {
@@ -230,56 +218,28 @@ mod tests {
 
     #[test]
     fn classifies_documented_reasons() {
-        let is = |o: Outcome, want: ErrorClass, want_deactivate: bool| match o {
-            Outcome::Permanent {
-                class, deactivate, ..
-            } => {
-                assert_eq!((class, deactivate), (want, want_deactivate))
+        use ErrorClass::*;
+        #[rustfmt::skip]
+        let cases = [
+            (410, r#"{"reason":"Unregistered","timestamp":1}"#, Unregistered, true),
+            (400, r#"{"reason":"BadDeviceToken"}"#, InvalidAddress, true),
+            (400, r#"{"reason":"DeviceTokenNotForTopic"}"#, InvalidAddress, true),
+            (400, r#"{"reason":"PayloadEmpty"}"#, Rejected, false),
+            (413, r#"{"reason":"PayloadTooLarge"}"#, Rejected, false),
+            (403, r#"{"reason":"InvalidProviderToken"}"#, Auth, false),
+            (429, r#"{"reason":"TooManyRequests"}"#, RateLimited, false),
+            (503, r#"{"reason":"ServiceUnavailable"}"#, Server, false),
+            (500, "oops", Server, false),
+        ];
+        for (status, body, want, want_deactivate) in cases {
+            match outcome_of(status, body) {
+                Outcome::Permanent {
+                    class, deactivate, ..
+                } => assert_eq!((class, deactivate), (want, want_deactivate), "{body}"),
+                Outcome::Retry { class, .. } => assert_eq!(class, want, "{body}"),
+                Outcome::Sent { .. } => panic!("not sent: {body}"),
             }
-            Outcome::Retry { class, .. } => assert_eq!(class, want),
-            Outcome::Sent { .. } => panic!("not sent"),
-        };
-        is(
-            outcome_of(410, r#"{"reason":"Unregistered","timestamp":1}"#),
-            ErrorClass::Unregistered,
-            true,
-        );
-        is(
-            outcome_of(400, r#"{"reason":"BadDeviceToken"}"#),
-            ErrorClass::InvalidAddress,
-            true,
-        );
-        is(
-            outcome_of(400, r#"{"reason":"DeviceTokenNotForTopic"}"#),
-            ErrorClass::InvalidAddress,
-            true,
-        );
-        is(
-            outcome_of(400, r#"{"reason":"PayloadEmpty"}"#),
-            ErrorClass::Rejected,
-            false,
-        );
-        is(
-            outcome_of(413, r#"{"reason":"PayloadTooLarge"}"#),
-            ErrorClass::Rejected,
-            false,
-        );
-        is(
-            outcome_of(403, r#"{"reason":"InvalidProviderToken"}"#),
-            ErrorClass::Auth,
-            false,
-        );
-        is(
-            outcome_of(429, r#"{"reason":"TooManyRequests"}"#),
-            ErrorClass::RateLimited,
-            false,
-        );
-        is(
-            outcome_of(503, r#"{"reason":"ServiceUnavailable"}"#),
-            ErrorClass::Server,
-            false,
-        );
-        is(outcome_of(500, "oops"), ErrorClass::Server, false);
+        }
         assert_eq!(
             classify(StatusCode::OK, Some("abc"), "", None),
             Outcome::Sent {

@@ -33,7 +33,7 @@ pub use self::oauth::{DEFAULT_TOKEN_URL, FCM_SCOPE, ServiceAccount};
 use self::{errors::error_code, oauth::TokenSource};
 use super::{
     ChannelProvider, Destination, Outcome, PushMessage, SendContext,
-    http::{client_builder, retry_after, trace_headers, transport_outcome},
+    http::{Answer, client_builder, exchange, trace_headers},
 };
 use crate::model::Lane;
 
@@ -75,47 +75,36 @@ impl FcmProvider {
             Ok(access) => access,
             Err(outcome) => return outcome,
         };
-        let (status, text, after) = match self.post(&access, &body).await {
+        let answer = match self.post(&access, &body).await {
             Ok(answer) => answer,
             Err(outcome) => return outcome,
         };
         // Google may revoke a token before its stated expiry (key rotation):
         // one fresh token is worth a try, a second 401 is not.
-        if status == StatusCode::UNAUTHORIZED && error_code(&text) != "THIRD_PARTY_AUTH_ERROR" {
+        if answer.status == StatusCode::UNAUTHORIZED
+            && error_code(&answer.body) != "THIRD_PARTY_AUTH_ERROR"
+        {
             self.tokens.invalidate(&access).await;
             let access = match self.tokens.token(&self.http).await {
                 Ok(access) => access,
                 Err(outcome) => return outcome,
             };
             return match self.post(&access, &body).await {
-                Ok((status, text, after)) => classify(status, &text, after),
+                Ok(answer) => classify(answer.status, &answer.body, answer.after),
                 Err(outcome) => outcome,
             };
         }
-        classify(status, &text, after)
+        classify(answer.status, &answer.body, answer.after)
     }
 
-    async fn post(
-        &self,
-        access: &SecretString,
-        body: &Value,
-    ) -> Result<(StatusCode, String, Option<Duration>), Outcome> {
-        let response = self
+    async fn post(&self, access: &SecretString, body: &Value) -> Result<Answer, Outcome> {
+        let request = self
             .http
             .post(&self.send_url)
             .headers(trace_headers())
             .bearer_auth(access.expose_secret())
-            .json(body)
-            .send()
-            .await
-            .map_err(|err| transport_outcome("fcm", &err))?;
-        let status = response.status();
-        let after = retry_after(response.headers());
-        let text = response
-            .text()
-            .await
-            .map_err(|err| transport_outcome("fcm", &err))?;
-        Ok((status, text, after))
+            .json(body);
+        exchange("fcm", request).await
     }
 }
 

@@ -107,6 +107,38 @@ impl Refusal {
     }
 }
 
+/// A provider's whole HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The provider's `Retry-After`, as of the answer's arrival.
+    pub after: Option<Duration>,
+    pub body: String,
+}
+
+/// Sends `request` and reads the whole answer. A request that got no answer,
+/// or whose answer broke off, is the [`transport_outcome`] of `provider`.
+pub async fn exchange(provider: &str, request: reqwest::RequestBuilder) -> Result<Answer, Outcome> {
+    let response = request
+        .send()
+        .await
+        .map_err(|err| transport_outcome(provider, &err))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let after = retry_after(&headers);
+    let body = response
+        .text()
+        .await
+        .map_err(|err| transport_outcome(provider, &err))?;
+    Ok(Answer {
+        status,
+        headers,
+        after,
+        body,
+    })
+}
+
 /// Classifies a request that got no HTTP answer: a timeout, or a connection
 /// that could not be made or broke. Both are worth retrying.
 pub fn transport_outcome(provider: &str, err: &reqwest::Error) -> Outcome {

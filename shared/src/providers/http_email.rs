@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ChannelProvider, Destination, EmailMessage, ErrorClass, Outcome, SendContext,
-    http::{Refusal, client_builder, retry_after, snippet, trace_headers, transport_outcome},
+    http::{Refusal, client_builder, exchange, snippet, trace_headers},
 };
 
 /// Sends email through an HTTP API.
@@ -85,15 +85,9 @@ impl ChannelProvider for HttpEmailProvider {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose_secret());
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => return transport_outcome("http email", &err),
-        };
-        let status = response.status();
-        let after = retry_after(response.headers());
-        match response.text().await {
-            Ok(text) => classify(status, &text, after),
-            Err(err) => transport_outcome("http email", &err),
+        match exchange("http email", request).await {
+            Ok(answer) => classify(answer.status, &answer.body, answer.after),
+            Err(outcome) => outcome,
         }
     }
 }

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::{
     ChannelProvider, Destination, EmailMessage, ErrorClass, Outcome, SendContext,
-    http::{Refusal, client_builder, retry_after, snippet, trace_headers, transport_outcome},
+    http::{Refusal, client_builder, exchange, retry_after, snippet, trace_headers},
 };
 
 /// SendGrid's API host.
@@ -111,23 +111,15 @@ impl ChannelProvider for SendGridProvider {
 
     async fn deliver(&self, email: &EmailMessage, to: &Destination, ctx: &SendContext) -> Outcome {
         let body = mail_body(&self.from, email, &to.address, ctx);
-        let response = match self
+        let request = self
             .http
             .post(&self.url)
             .headers(trace_headers())
             .bearer_auth(self.api_key.expose_secret())
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => return transport_outcome("sendgrid", &err),
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        match response.text().await {
-            Ok(text) => classify(status, &headers, &text),
-            Err(err) => transport_outcome("sendgrid", &err),
+            .json(&body);
+        match exchange("sendgrid", request).await {
+            Ok(answer) => classify(answer.status, &answer.headers, &answer.body),
+            Err(outcome) => outcome,
         }
     }
 }

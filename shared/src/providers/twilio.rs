@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::{
     ChannelProvider, Destination, ErrorClass, Outcome, SendContext, SmsMessage,
-    http::{Refusal, client_builder, retry_after, snippet, trace_headers, transport_outcome},
+    http::{Refusal, client_builder, exchange, snippet, trace_headers},
 };
 
 /// Twilio's API host.
@@ -95,23 +95,15 @@ impl TwilioProvider {
     /// Twilio parameters Herald does not model, and to test how Twilio's
     /// refusal of a malformed request is classified.
     pub async fn post_message(&self, form: &[(&str, &str)]) -> Outcome {
-        let response = match self
+        let request = self
             .http
             .post(&self.messages_url)
             .headers(trace_headers())
             .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
-            .form(form)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => return transport_outcome("twilio", &err),
-        };
-        let status = response.status();
-        let after = retry_after(response.headers());
-        match response.text().await {
-            Ok(body) => classify(status, &body, after),
-            Err(err) => transport_outcome("twilio", &err),
+            .form(form);
+        match exchange("twilio", request).await {
+            Ok(answer) => classify(answer.status, &answer.body, answer.after),
+            Err(outcome) => outcome,
         }
     }
 

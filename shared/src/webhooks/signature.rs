@@ -171,42 +171,23 @@ mod tests {
         let (secret, id, ts, body, sig) = SPEC;
         let secret = Secret::parse(secret).unwrap();
         let t = ts.to_string();
-        assert_eq!(
-            verify(&secret, id, &t, b"{}", sig, ts),
-            Err(SignatureError::NoMatch),
-            "another body"
-        );
-        assert_eq!(
-            verify(&secret, "msg_other", &t, body.as_bytes(), sig, ts),
-            Err(SignatureError::NoMatch)
-        );
-        assert_eq!(
-            verify(
-                &secret,
-                id,
-                &t,
-                body.as_bytes(),
-                sig,
-                ts + TOLERANCE_SECS + 1
-            ),
-            Err(SignatureError::Stale)
-        );
-        assert_eq!(
-            verify(
-                &secret,
-                id,
-                &t,
-                body.as_bytes(),
-                &sig.replace("v1,", "v2,"),
-                ts
-            ),
-            Err(SignatureError::NoMatch),
-            "only v1 signatures count"
-        );
-        assert_eq!(
-            verify(&secret, id, "soon", body.as_bytes(), sig, ts),
-            Err(SignatureError::BadTimestamp)
-        );
+        let v2 = sig.replace("v1,", "v2,");
+        // (why, message id, timestamp, body, signatures, now, refusal)
+        #[rustfmt::skip]
+        let cases = [
+            ("another body", id, t.as_str(), "{}", sig, ts, SignatureError::NoMatch),
+            ("another id", "msg_other", &t, body, sig, ts, SignatureError::NoMatch),
+            ("too late", id, &t, body, sig, ts + TOLERANCE_SECS + 1, SignatureError::Stale),
+            ("only v1 signatures count", id, &t, body, &v2, ts, SignatureError::NoMatch),
+            ("no timestamp", id, "soon", body, sig, ts, SignatureError::BadTimestamp),
+        ];
+        for (why, id, timestamp, body, signatures, now, refusal) in cases {
+            assert_eq!(
+                verify(&secret, id, timestamp, body.as_bytes(), signatures, now),
+                Err(refusal),
+                "{why}"
+            );
+        }
     }
 
     #[test]

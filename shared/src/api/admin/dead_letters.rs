@@ -10,7 +10,7 @@ use maud::{Markup, html};
 use super::{
     auth::AdminPage,
     html::{self, Nav, table},
-    selection::Selection,
+    selection::{Selection, invalid_page},
 };
 use crate::{api::AppState, db::dead_letters};
 
@@ -47,12 +47,7 @@ pub async fn list(
 ) -> Response {
     let filter = match sel.filter() {
         Ok(f) => f,
-        Err(e) => {
-            return html::error_page(
-                StatusCode::BAD_REQUEST,
-                &format!("{}: {}", e.field, e.message),
-            );
-        }
+        Err(e) => return invalid_page(e),
     };
     let limit = sel.limit(LIST_DEFAULT, LIST_MAX);
     let (rows, total) = tokio::join!(

@@ -4,10 +4,13 @@
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
 };
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// Cuts text to `max` characters for a table cell.
+pub use crate::text::cut;
 
 /// What a query-string component keeps as is: the unreserved characters of
 /// RFC 3986. Everything else is percent-encoded.
@@ -239,19 +242,34 @@ pub fn hidden(name: &str, value: &str) -> Markup {
     html! { input type="hidden" name=(name) value=(value); }
 }
 
+/// A list row's button: a form posting `fields`, and the `token` signed for
+/// exactly them, to `action`; the button has `class` and says `label`.
+pub fn action_button(
+    action: &str,
+    fields: &[(&str, &str)],
+    token: &str,
+    class: &str,
+    label: &str,
+) -> Markup {
+    html! {
+        form method="post" action=(action) {
+            @for (name, value) in fields { (hidden(name, value)) }
+            (hidden("token", token))
+            button class=(class) type="submit" { (label) }
+        }
+    }
+}
+
+/// After a button's action: the list at `path` again, filtered to `tenant`,
+/// with the `notice` field (its name, what was done) to say so at the top.
+pub fn back_to_list(path: &str, tenant: &str, notice: (&str, &str)) -> Response {
+    let query = query(&[("tenant", Some(tenant)), (notice.0, Some(notice.1))]);
+    Redirect::to(&format!("{path}?{query}")).into_response()
+}
+
 /// A time as the pages show it (UTC).
 pub fn time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
-
-/// Cuts text to `max` characters for a table cell.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let head: String = s.chars().take(max.saturating_sub(1)).collect();
-        format!("{head}…")
-    }
 }
 
 #[cfg(test)]
@@ -274,5 +292,21 @@ mod tests {
                 .contains("value=\"&quot;&gt;&lt;script&gt;\"")
         );
         assert_eq!(url_encode("a b&c=d/é~"), "a%20b%26c%3Dd%2F%C3%A9~");
+    }
+
+    #[test]
+    fn an_action_button_renders_as_a_hand_written_form() {
+        let written = html! {
+            form method="post" action="/admin/x" {
+                (hidden("id", "a&b"))
+                (hidden("token", "t"))
+                button.danger.remove type="submit" { "Remove" }
+            }
+        };
+        assert_eq!(
+            action_button("/admin/x", &[("id", "a&b")], "t", "danger remove", "Remove")
+                .into_string(),
+            written.into_string()
+        );
     }
 }

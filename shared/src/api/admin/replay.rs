@@ -15,7 +15,7 @@ use super::{
     auth::AdminPage,
     dead_letters::page_error,
     html::{self, Nav, table},
-    selection::Selection,
+    selection::{Selection, invalid_page},
 };
 use crate::{
     api::AppState,
@@ -52,12 +52,7 @@ pub async fn confirm(
     let sel = confirmed(&sel);
     let mut filter = match sel.filter() {
         Ok(f) => f,
-        Err(e) => {
-            return html::error_page(
-                StatusCode::BAD_REQUEST,
-                &format!("{}: {}", e.field, e.message),
-            );
-        }
+        Err(e) => return invalid_page(e),
     };
     filter.only_unreplayed = !sel.again();
     let limit = sel.limit(DEFAULT_LIMIT, MAX_LIMIT);
@@ -172,12 +167,7 @@ pub async fn run(
     }
     let filter = match sel.filter() {
         Ok(f) => f,
-        Err(e) => {
-            return html::error_page(
-                StatusCode::BAD_REQUEST,
-                &format!("{}: {}", e.field, e.message),
-            );
-        }
+        Err(e) => return invalid_page(e),
     };
     tracing::info!(selection = %sel.describe(), again = sel.again(), "replay requested from the admin page");
     let request = ReplayRequest {

@@ -2,9 +2,10 @@
 //! parsed into a [`Filter`], written back into links, and put in canonical
 //! form for the replay confirmation's token.
 
+use axum::{http::StatusCode, response::Response};
 use serde::Deserialize;
 
-use super::html::url_encode;
+use super::html::{self, nonempty};
 use crate::{db::dead_letters::Filter, dlq::parse_when, model::FieldError};
 
 /// Filters and options as an HTML form sends them: every field a string, an
@@ -25,12 +26,8 @@ pub struct Selection {
     pub limit: Option<String>,
 }
 
-fn set(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
 fn flag(v: &Option<String>) -> bool {
-    matches!(set(v), Some("1" | "on" | "true" | "yes"))
+    matches!(nonempty(v), Some("1" | "on" | "true" | "yes"))
 }
 
 impl Selection {
@@ -41,7 +38,7 @@ impl Selection {
             message,
         };
         let uuid = |name: &str, v: &Option<String>| {
-            set(v)
+            nonempty(v)
                 .map(|s| {
                     s.parse()
                         .map_err(|_| wrong(name, format!("`{s}` is not a UUID")))
@@ -49,15 +46,15 @@ impl Selection {
                 .transpose()
         };
         let time = |name: &str, v: &Option<String>| {
-            set(v)
+            nonempty(v)
                 .map(|s| parse_when(s).map_err(|e| wrong(name, e)))
                 .transpose()
         };
         Ok(Filter {
             id: uuid("id", &self.id)?,
-            tenant: set(&self.tenant).map(str::to_owned),
-            channel: set(&self.channel).map(str::to_owned),
-            error_class: set(&self.error_class).map(str::to_owned),
+            tenant: nonempty(&self.tenant).map(str::to_owned),
+            channel: nonempty(&self.channel).map(str::to_owned),
+            error_class: nonempty(&self.error_class).map(str::to_owned),
             notification_id: uuid("notification", &self.notification)?,
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
@@ -72,23 +69,23 @@ impl Selection {
 
     /// The limit asked for, within `1..=max`, else `default`.
     pub fn limit(&self, default: i64, max: i64) -> i64 {
-        set(&self.limit)
+        nonempty(&self.limit)
             .and_then(|s| s.parse::<i64>().ok())
             .map_or(default, |n| n.clamp(1, max))
     }
 
     fn fields(&self) -> [(&'static str, Option<&str>); 10] {
         [
-            ("id", set(&self.id)),
-            ("tenant", set(&self.tenant)),
-            ("channel", set(&self.channel)),
-            ("error_class", set(&self.error_class)),
-            ("notification", set(&self.notification)),
-            ("since", set(&self.since)),
-            ("until", set(&self.until)),
+            ("id", nonempty(&self.id)),
+            ("tenant", nonempty(&self.tenant)),
+            ("channel", nonempty(&self.channel)),
+            ("error_class", nonempty(&self.error_class)),
+            ("notification", nonempty(&self.notification)),
+            ("since", nonempty(&self.since)),
+            ("until", nonempty(&self.until)),
             ("unreplayed", flag(&self.unreplayed).then_some("1")),
             ("again", flag(&self.again).then_some("1")),
-            ("limit", set(&self.limit)),
+            ("limit", nonempty(&self.limit)),
         ]
     }
 
@@ -96,11 +93,7 @@ impl Selection {
     /// and the replay token signs it, so the same selection always reads the
     /// same.
     pub fn query(&self) -> String {
-        self.fields()
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", url_encode(v))))
-            .collect::<Vec<_>>()
-            .join("&")
+        html::query(&self.fields())
     }
 
     /// The set fields, for hidden form inputs.
@@ -132,6 +125,14 @@ impl Selection {
             words.join(", ")
         }
     }
+}
+
+/// The page for a selection with a wrong field: 400, naming the field.
+pub fn invalid_page(e: FieldError) -> Response {
+    html::error_page(
+        StatusCode::BAD_REQUEST,
+        &format!("{}: {}", e.field, e.message),
+    )
 }
 
 #[cfg(test)]

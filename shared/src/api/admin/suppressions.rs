@@ -7,7 +7,7 @@ use axum::{
     Form,
     extract::{Query, State},
     http::StatusCode,
-    response::{IntoResponse, Redirect, Response},
+    response::Response,
 };
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{
     auth::AdminPage,
     dead_letters::page_error,
-    html::{self, Nav, nonempty, url_encode},
+    html::{self, Nav, nonempty},
 };
 use crate::{
     api::AppState,
@@ -97,15 +97,17 @@ pub async fn list(
                 html! { (s.source) },
                 html! { (html::time(s.created_at)) },
                 html! { span title=[s.detail.as_deref()] { (html::cut(s.detail.as_deref().unwrap_or(""), 60)) } },
-                html! {
-                    form method="post" action="/admin/suppressions/remove" {
-                        (html::hidden("tenant", &s.tenant_id))
-                        (html::hidden("channel", &s.channel))
-                        (html::hidden("address", &s.address))
-                        (html::hidden("token", &token))
-                        button.danger.remove type="submit" { "Remove" }
-                    }
-                },
+                html::action_button(
+                    "/admin/suppressions/remove",
+                    &[
+                        ("tenant", &s.tenant_id),
+                        ("channel", &s.channel),
+                        ("address", &s.address),
+                    ],
+                    &token,
+                    "danger remove",
+                    "Remove",
+                ),
             ]
         })
         .collect();
@@ -188,12 +190,7 @@ pub async fn remove(
         Ok(removed) => {
             tracing::info!(tenant = %form.tenant, channel = %form.channel, removed, "suppression removed from the admin page");
             let what = format!("{} {} of {}", form.channel, address.as_str(), form.tenant);
-            Redirect::to(&format!(
-                "/admin/suppressions?tenant={}&removed={}",
-                url_encode(&form.tenant),
-                url_encode(&what)
-            ))
-            .into_response()
+            html::back_to_list("/admin/suppressions", &form.tenant, ("removed", &what))
         }
         Err(e) => page_error(e),
     }

@@ -8,7 +8,7 @@ use axum::{
     Form,
     extract::{Query, State},
     http::StatusCode,
-    response::{IntoResponse, Redirect, Response},
+    response::Response,
 };
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{
     auth::AdminPage,
     dead_letters::page_error,
-    html::{self, Nav, nonempty, url_encode},
+    html::{self, Nav, nonempty},
 };
 use crate::{
     api::AppState,
@@ -99,14 +99,13 @@ pub async fn list(
                 let token = admin
                     .auth
                     .action_token("webhook-enable", &bound(&w.tenant_id, &w.id));
-                html! {
-                    form method="post" action="/admin/webhooks/enable" {
-                        (html::hidden("tenant", &w.tenant_id))
-                        (html::hidden("id", &w.id))
-                        (html::hidden("token", &token))
-                        button.enable type="submit" { "Enable" }
-                    }
-                }
+                html::action_button(
+                    "/admin/webhooks/enable",
+                    &[("tenant", &w.tenant_id), ("id", &w.id)],
+                    &token,
+                    "enable",
+                    "Enable",
+                )
             } else {
                 html! {}
             };
@@ -196,12 +195,7 @@ pub async fn enable(
         Ok(enabled) => {
             tracing::info!(tenant = %form.tenant, webhook = %form.id, enabled, "webhook endpoint enabled from the admin page");
             let what = format!("{} of {}", form.id, form.tenant);
-            Redirect::to(&format!(
-                "/admin/webhooks?tenant={}&enabled={}",
-                url_encode(&form.tenant),
-                url_encode(&what)
-            ))
-            .into_response()
+            html::back_to_list("/admin/webhooks", &form.tenant, ("enabled", &what))
         }
         Err(e) => page_error(e),
     }

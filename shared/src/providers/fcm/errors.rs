@@ -137,79 +137,49 @@ mod tests {
 
     #[test]
     fn classifies_documented_errors() {
+        use ErrorClass::*;
         let s = |c| StatusCode::from_u16(c).unwrap();
-        let unregistered = fcm_error(
-            404,
-            "NOT_FOUND",
-            "UNREGISTERED",
-            "Requested entity was not found.",
-        );
-        assert_eq!(
-            class(&classify(s(404), &unregistered, None)),
-            (Some(ErrorClass::Unregistered), true)
-        );
-        let bad_token = fcm_error(
-            400,
-            "INVALID_ARGUMENT",
-            "INVALID_ARGUMENT",
-            "The registration token is not a valid FCM registration token",
-        );
-        assert_eq!(
-            class(&classify(s(400), &bad_token, None)),
-            (Some(ErrorClass::InvalidAddress), true)
-        );
-        let bad_data = fcm_error(
-            400,
-            "INVALID_ARGUMENT",
-            "INVALID_ARGUMENT",
-            "Invalid value at 'message.data[0].value'",
-        );
-        assert_eq!(
-            class(&classify(s(400), &bad_data, None)),
-            (Some(ErrorClass::Rejected), false)
-        );
-        let mismatch = fcm_error(
-            403,
-            "PERMISSION_DENIED",
-            "SENDER_ID_MISMATCH",
-            "SenderId mismatch",
-        );
-        assert_eq!(
-            class(&classify(s(403), &mismatch, None)),
-            (Some(ErrorClass::InvalidAddress), false)
-        );
-        let denied = fcm_error(403, "PERMISSION_DENIED", "PERMISSION_DENIED", "denied");
-        assert_eq!(
-            class(&classify(s(403), &denied, None)),
-            (Some(ErrorClass::Auth), false)
-        );
+        // (HTTP status, Google status, FCM error code, message, class, deactivate)
+        #[rustfmt::skip]
+        let documented = [
+            (404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.", Unregistered, true),
+            (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token", InvalidAddress, true),
+            (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Invalid value at 'message.data[0].value'", Rejected, false),
+            (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch", InvalidAddress, false),
+            (403, "PERMISSION_DENIED", "PERMISSION_DENIED", "denied", Auth, false),
+            (503, "UNAVAILABLE", "UNAVAILABLE", "try later", Server, false),
+        ];
+        for (code, status, error_code, message, want, deactivate) in documented {
+            let body = fcm_error(code, status, error_code, message);
+            assert_eq!(
+                class(&classify(s(code), &body, None)),
+                (Some(want), deactivate),
+                "{error_code}: {message}"
+            );
+        }
+        // Answers without FCM's detail: a proxy's page, Google's bare error.
+        #[rustfmt::skip]
+        let bare = [
+            (502, "<html>bad gateway</html>", Server),
+            (404, "<html>Not Found</html>", Config),
+            (404, r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#, Config),
+        ];
+        for (code, body, want) in bare {
+            assert_eq!(
+                class(&classify(s(code), body, None)),
+                (Some(want), false),
+                "{body}"
+            );
+        }
         let quota = fcm_error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "quota");
         let after = Some(Duration::from_secs(30));
         assert_eq!(
             classify(s(429), &quota, after),
             Outcome::Retry {
-                class: ErrorClass::RateLimited,
+                class: RateLimited,
                 reason: "fcm 429 QUOTA_EXCEEDED: quota".into(),
                 after
             }
-        );
-        let unavailable = fcm_error(503, "UNAVAILABLE", "UNAVAILABLE", "try later");
-        assert_eq!(
-            class(&classify(s(503), &unavailable, None)),
-            (Some(ErrorClass::Server), false)
-        );
-        assert_eq!(
-            class(&classify(s(502), "<html>bad gateway</html>", None)),
-            (Some(ErrorClass::Server), false)
-        );
-        assert_eq!(
-            class(&classify(s(404), "<html>Not Found</html>", None)),
-            (Some(ErrorClass::Config), false)
-        );
-        let no_detail = r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#;
-        assert_eq!(
-            class(&classify(s(404), no_detail, None)),
-            (Some(ErrorClass::Config), false)
         );
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::providers::{
     ErrorClass, Outcome,
-    http::{Refusal, retry_after, snippet, transport_outcome},
+    http::{Refusal, exchange, snippet},
 };
 
 /// Google's token endpoint, used when the credentials file names none.
@@ -190,29 +190,23 @@ impl TokenSource {
             reason: format!("fcm: {err:#}"),
             deactivate: false,
         })?;
-        let response = http
-            .post(&self.account.token_uri)
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                ("assertion", assertion.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|err| transport_outcome("fcm token", &err))?;
-        let status = response.status();
-        let after = retry_after(response.headers());
-        let body = response
-            .text()
-            .await
-            .map_err(|err| transport_outcome("fcm token", &err))?;
-        if status.is_success() {
-            return serde_json::from_str(&body).map_err(|err| Outcome::Retry {
+        let request = http.post(&self.account.token_uri).form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ]);
+        let answer = exchange("fcm token", request).await?;
+        if answer.status.is_success() {
+            return serde_json::from_str(&answer.body).map_err(|err| Outcome::Retry {
                 class: ErrorClass::Server,
                 reason: format!("fcm token: unreadable token response: {err}"),
                 after: None,
             });
         }
-        Err(classify_token_error(status, &body, after))
+        Err(classify_token_error(
+            answer.status,
+            &answer.body,
+            answer.after,
+        ))
     }
 }
 
