@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-/// Starts a read-only activity transaction whose statements give up after
+/// Starts an activity transaction whose statements give up after
 /// 5 s: an overview that times out is better than one that slows the
 /// workers' claims.
 async fn bounded(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
