@@ -32,13 +32,17 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
+# The query macros check Herald's SQL against the query data committed in
+# .sqlx/ (copied with the sources below), not against a live database.
+ENV SQLX_OFFLINE=true
 COPY --from=planner /src/recipe.json recipe.json
 # Dependencies only; cached until Cargo.toml or Cargo.lock change. The
 # whole workspace, like the build below, so that cargo unifies the same
 # features both times and the final step reuses every dependency.
 RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
-# `sqlx::migrate!` embeds migrations/ into every binary at compile time.
+# `sqlx::migrate!` embeds migrations/ into every binary at compile time;
+# `.sqlx/` came with the sources (SQLX_OFFLINE above).
 # (The test crate's `bench` binary is built too, and left out of the image.)
 RUN cargo build --release --locked --bins \
  && mkdir /out \

@@ -11,18 +11,23 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
-/// Longest an activity query may run: an overview that times out is better
-/// than one that slows the workers' claims.
-const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
+/// Starts an activity transaction whose statements give up after
+/// 5 s: an overview that times out is better than one that slows the
+/// workers' claims.
+async fn bounded(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SET LOCAL statement_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
 
-/// The partition-pruning bound: deliveries of notifications accepted since
-/// the start of the UTC day the window starts in. Held deliveries of older
-/// notifications released within the window are not counted.
-const RECENT_PARTITIONS: &str =
-    "created_at >= date_trunc('day', (now() - make_interval(secs => $1)) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-     AND updated_at >= now() - make_interval(secs => $1)";
+// The deliveries queries below bound the partitions they read the same way:
+// deliveries of notifications accepted since the start of the UTC day the
+// window starts in (`created_at >= date_trunc('day', ...)`). Held deliveries
+// of older notifications released within the window are not counted.
 
 /// A count per key (a status or an error class).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
@@ -36,13 +41,15 @@ pub async fn deliveries_by_status(
     pool: &PgPool,
     window: Duration,
 ) -> Result<Vec<Count>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(STATEMENT_TIMEOUT).execute(&mut *tx).await?;
-    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT status AS key, count(*) AS count FROM deliveries
-         WHERE {RECENT_PARTITIONS} GROUP BY status ORDER BY count DESC, status"
-    )))
-    .bind(window.as_secs_f64())
+    let mut tx = bounded(pool).await?;
+    let rows = sqlx::query_as!(
+        Count,
+        r#"SELECT status AS "key!", count(*) AS "count!" FROM deliveries
+           WHERE created_at >= date_trunc('day', (now() - make_interval(secs => $1)) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+             AND updated_at >= now() - make_interval(secs => $1)
+           GROUP BY status ORDER BY count(*) DESC, status"#,
+        window.as_secs_f64(),
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -63,14 +70,17 @@ pub async fn deliveries_per_minute(
     pool: &PgPool,
     window: Duration,
 ) -> Result<Vec<MinuteCount>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(STATEMENT_TIMEOUT).execute(&mut *tx).await?;
-    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT date_trunc('minute', updated_at) AS minute, status, count(*) AS count
-         FROM deliveries WHERE {RECENT_PARTITIONS}
-         GROUP BY 1, 2 ORDER BY 1, 2"
-    )))
-    .bind(window.as_secs_f64())
+    let mut tx = bounded(pool).await?;
+    let rows = sqlx::query_as!(
+        MinuteCount,
+        r#"SELECT date_trunc('minute', updated_at) AS "minute!", status AS "status!",
+                  count(*) AS "count!"
+           FROM deliveries
+           WHERE created_at >= date_trunc('day', (now() - make_interval(secs => $1)) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+             AND updated_at >= now() - make_interval(secs => $1)
+           GROUP BY 1, 2 ORDER BY 1, 2"#,
+        window.as_secs_f64(),
+    )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -82,14 +92,14 @@ pub async fn dead_letters_by_class(
     pool: &PgPool,
     window: Duration,
 ) -> Result<Vec<Count>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(STATEMENT_TIMEOUT).execute(&mut *tx).await?;
-    let rows = sqlx::query_as(
-        "SELECT error_class AS key, count(*) AS count FROM dead_letters
-         WHERE failed_at >= now() - make_interval(secs => $1)
-         GROUP BY error_class ORDER BY count DESC, error_class",
+    let mut tx = bounded(pool).await?;
+    let rows = sqlx::query_as!(
+        Count,
+        r#"SELECT error_class AS "key!", count(*) AS "count!" FROM dead_letters
+           WHERE failed_at >= now() - make_interval(secs => $1)
+           GROUP BY error_class ORDER BY count(*) DESC, error_class"#,
+        window.as_secs_f64(),
     )
-    .bind(window.as_secs_f64())
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -29,30 +29,30 @@ pub struct NewDeadLetter {
 /// Stores a dead letter once: a second insert of the same message key (the
 /// archiver crashed between commit and ack) is a no-op. True if stored now.
 pub async fn insert(pool: &PgPool, d: &NewDeadLetter) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "INSERT INTO dead_letters (id, message_key, source, tenant_id, channel, lane, notification_id,
              delivery_id, error_class, last_error, attempts, exchange, routing_key, headers, payload,
              failed_at, user_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (message_key) DO NOTHING",
+        Uuid::now_v7(),
+        d.message_key,
+        d.source,
+        d.tenant_id,
+        d.channel,
+        d.lane,
+        d.notification_id,
+        d.delivery_id,
+        d.error_class,
+        d.last_error,
+        d.attempts,
+        d.exchange,
+        d.routing_key,
+        d.headers,
+        d.payload,
+        d.failed_at,
+        d.user_id,
     )
-    .bind(Uuid::now_v7())
-    .bind(&d.message_key)
-    .bind(&d.source)
-    .bind(&d.tenant_id)
-    .bind(&d.channel)
-    .bind(&d.lane)
-    .bind(d.notification_id)
-    .bind(d.delivery_id)
-    .bind(&d.error_class)
-    .bind(&d.last_error)
-    .bind(d.attempts)
-    .bind(&d.exchange)
-    .bind(&d.routing_key)
-    .bind(&d.headers)
-    .bind(&d.payload)
-    .bind(d.failed_at)
-    .bind(&d.user_id)
     .execute(pool)
     .await?
     .rows_affected();
@@ -132,6 +132,7 @@ pub async fn list(
     filter: &Filter,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    // Runtime query: the WHERE clause depends on which filter fields are set.
     let mut q = QueryBuilder::new("SELECT * FROM dead_letters");
     push_filter(&mut q, filter);
     q.push(" ORDER BY failed_at DESC, id DESC LIMIT ")
@@ -141,6 +142,7 @@ pub async fn list(
 
 /// Number of dead letters matching `filter`.
 pub async fn count(pool: &PgPool, filter: &Filter) -> Result<i64, sqlx::Error> {
+    // Runtime query: the WHERE clause depends on which filter fields are set.
     let mut q = QueryBuilder::new("SELECT count(*) FROM dead_letters");
     push_filter(&mut q, filter);
     q.build_query_scalar().fetch_one(pool).await
@@ -153,6 +155,7 @@ pub async fn list_oldest_first(
     filter: &Filter,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    // Runtime query: the WHERE clause depends on which filter fields are set.
     let mut q = QueryBuilder::new("SELECT * FROM dead_letters");
     push_filter(&mut q, filter);
     q.push(" ORDER BY failed_at, id LIMIT ").push_bind(limit);
@@ -168,27 +171,34 @@ pub async fn lock_for_replay(
     id: Uuid,
     only_unreplayed: bool,
 ) -> Result<Option<DeadLetter>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM dead_letters WHERE id = $1 AND (NOT $2 OR replayed_at IS NULL)
+    sqlx::query_as!(
+        DeadLetter,
+        "SELECT id, source, tenant_id, channel, lane, notification_id, delivery_id, error_class,
+                last_error, attempts, exchange, routing_key, headers, payload, failed_at,
+                created_at, replayed_at, replay_count
+         FROM dead_letters WHERE id = $1 AND (NOT $2 OR replayed_at IS NULL)
          FOR UPDATE SKIP LOCKED",
+        id,
+        only_unreplayed,
     )
-    .bind(id)
-    .bind(only_unreplayed)
     .fetch_optional(&mut **tx)
     .await
 }
 
 /// Marks a record replayed.
 pub async fn mark_replayed<'c>(executor: impl PgExecutor<'c>, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE dead_letters SET replayed_at = now(), replay_count = replay_count + 1 WHERE id = $1")
-        .bind(id)
-        .execute(executor)
+    sqlx::query!(
+        "UPDATE dead_letters SET replayed_at = now(), replay_count = replay_count + 1 WHERE id = $1",
+        id,
+    )
+    .execute(executor)
         .await
         .map(|_| ())
 }
 
 /// Deletes dead letters matching `filter`; returns how many.
 pub async fn purge(pool: &PgPool, filter: &Filter) -> Result<u64, sqlx::Error> {
+    // Runtime query: the WHERE clause depends on which filter fields are set.
     let mut q = QueryBuilder::new("DELETE FROM dead_letters");
     push_filter(&mut q, filter);
     Ok(q.build().execute(pool).await?.rows_affected())
@@ -206,15 +216,15 @@ pub async fn erase_user(
     tenant: &str,
     user: &str,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE dead_letters
          SET payload = $3, last_error = 'erased with its user',
              headers = headers - 'x-herald-error'
          WHERE tenant_id = $1 AND user_id = $2",
+        tenant,
+        user,
+        ERASED_PAYLOAD,
     )
-    .bind(tenant)
-    .bind(user)
-    .bind(ERASED_PAYLOAD)
     .execute(db)
     .await?
     .rows_affected())

@@ -42,19 +42,23 @@ pub async fn lock_batch(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<PendingEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT b.seq, b.event_id, b.delivery_id, b.status, b.reason, b.error_class, b.error,
-                b.attempts, b.at, d.tenant_id, d.notification_id, d.user_id,
-                d.channel::text AS channel, d.destination, n.category
+    sqlx::query_as!(
+        PendingEvent,
+        r#"SELECT b.seq AS "seq!", b.event_id AS "event_id!", b.delivery_id AS "delivery_id!",
+                b.status AS "status!", b.reason AS "reason?", b.error_class AS "error_class?",
+                b.error AS "error?", b.attempts AS "attempts!",
+                b.at AS "at!", d.tenant_id AS "tenant_id?", d.notification_id AS "notification_id?",
+                d.user_id AS "user_id?", d.channel::text AS "channel?",
+                d.destination AS "destination?", n.category AS "category?"
          FROM (SELECT * FROM event_outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) b
          LEFT JOIN LATERAL (
              SELECT tenant_id, notification_id, user_id, channel, destination FROM deliveries d
              WHERE d.created_at = b.created_at AND d.id = b.delivery_id LIMIT 1) d ON true
          LEFT JOIN LATERAL (
              SELECT category FROM notifications n WHERE n.id = d.notification_id LIMIT 1) n ON true
-         ORDER BY b.seq",
+         ORDER BY b.seq"#,
+        limit,
     )
-    .bind(limit)
     .fetch_all(&mut **tx)
     .await
 }
@@ -64,8 +68,7 @@ pub async fn delete(tx: &mut Transaction<'_, Postgres>, seqs: &[i64]) -> Result<
     if seqs.is_empty() {
         return Ok(());
     }
-    sqlx::query("DELETE FROM event_outbox WHERE seq = ANY($1)")
-        .bind(seqs)
+    sqlx::query!("DELETE FROM event_outbox WHERE seq = ANY($1)", seqs)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -77,15 +80,16 @@ pub async fn delete(tx: &mut Transaction<'_, Postgres>, seqs: &[i64]) -> Result<
 /// would read every row of a backlog that a long broker outage made large;
 /// the span over-counts only by rows already taken by another relay).
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    sqlx::query_as(
-        "WITH span AS (SELECT min(seq) AS lo, max(seq) AS hi FROM event_outbox)
+    let row = sqlx::query!(
+        r#"WITH span AS (SELECT min(seq) AS lo, max(seq) AS hi FROM event_outbox)
          SELECT CASE WHEN span.lo IS NULL THEN 0
                      WHEN span.hi - span.lo < 100000 THEN (SELECT count(*) FROM event_outbox)
-                     ELSE span.hi - span.lo + 1 END,
+                     ELSE span.hi - span.lo + 1 END AS "waiting!",
                 COALESCE((SELECT extract(epoch FROM now() - o.at)::float8
-                          FROM event_outbox o WHERE o.seq = span.lo), 0)
-         FROM span",
+                          FROM event_outbox o WHERE o.seq = span.lo), 0) AS "age!"
+         FROM span"#,
     )
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok((row.waiting, row.age))
 }

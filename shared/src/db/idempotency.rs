@@ -19,20 +19,22 @@ pub struct Existing {
 
 /// Forgets a key whose request failed, so the client's retry starts afresh.
 pub async fn release(pool: &PgPool, tenant: &str, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2")
-        .bind(tenant)
-        .bind(key)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    sqlx::query!(
+        "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+        tenant,
+        key,
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// Deletes records past retention; returns how many.
 pub async fn purge_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
+        RETENTION_HOURS as i32,
     )
-    .bind(RETENTION_HOURS as i32)
     .execute(pool)
     .await?
     .rows_affected())
@@ -61,7 +63,7 @@ pub async fn claim_many(
     let hashes: Vec<&[u8]> = claims.iter().map(|c| c.request_hash.as_slice()).collect();
     let statuses: Vec<i32> = claims.iter().map(|c| c.response_status).collect();
     let bodies: Vec<&serde_json::Value> = claims.iter().map(|c| &c.response_body).collect();
-    sqlx::query_as(
+    let rows = sqlx::query!(
         "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response_status, response_body)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::int[], $5::jsonb[])
          ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
@@ -69,15 +71,16 @@ pub async fn claim_many(
              created_at = now(), completed_at = NULL
          WHERE idempotency_keys.created_at < now() - make_interval(hours => $6)
          RETURNING tenant_id, key",
+        &tenants as &[&str],
+        &keys as &[&str],
+        &hashes as &[&[u8]],
+        &statuses,
+        &bodies as &[&serde_json::Value],
+        RETENTION_HOURS as i32,
     )
-    .bind(&tenants)
-    .bind(&keys)
-    .bind(&hashes)
-    .bind(&statuses)
-    .bind(&bodies)
-    .bind(RETENTION_HOURS as i32)
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.tenant_id, r.key)).collect())
 }
 
 /// The records stored under (tenant, key) pairs, with their pair.
@@ -85,25 +88,27 @@ pub async fn existing_many(
     tx: &mut Transaction<'_, Postgres>,
     pairs: &[(&str, &str)],
 ) -> Result<Vec<(String, String, Existing)>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        tenant_id: String,
-        key: String,
-        #[sqlx(flatten)]
-        existing: Existing,
-    }
     let tenants: Vec<&str> = pairs.iter().map(|p| p.0).collect();
     let keys: Vec<&str> = pairs.iter().map(|p| p.1).collect();
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT tenant_id, key, request_hash, response_status, response_body, created_at, completed_at
          FROM idempotency_keys WHERE (tenant_id, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        &tenants as &[&str],
+        &keys as &[&str],
     )
-    .bind(&tenants)
-    .bind(&keys)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.tenant_id, r.key, r.existing))
+        .map(|r| {
+            let existing = Existing {
+                request_hash: r.request_hash,
+                response_status: r.response_status,
+                response_body: r.response_body,
+                created_at: r.created_at,
+                completed_at: r.completed_at,
+            };
+            (r.tenant_id, r.key, existing)
+        })
         .collect())
 }

@@ -57,14 +57,14 @@ pub async fn create(
     rand::rng().fill_bytes(&mut secret);
     let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO api_keys (id, tenant_id, key_hash, key_prefix, scopes) VALUES ($1, $2, $3, $4, $5)",
+        Uuid::now_v7(),
+        tenant.as_str(),
+        hash(&key),
+        &key[..KEY_PREFIX.len() + 8],
+        &scopes as &[&str],
     )
-    .bind(Uuid::now_v7())
-    .bind(tenant.as_str())
-    .bind(hash(&key))
-    .bind(&key[..KEY_PREFIX.len() + 8])
-    .bind(&scopes)
     .execute(pool)
     .await?;
     Ok(key)
@@ -80,16 +80,16 @@ pub struct KeyGrant {
 
 /// Looks a presented key up; `None` if unknown or revoked.
 pub async fn find(pool: &PgPool, key: &str) -> Result<Option<KeyGrant>, sqlx::Error> {
-    let row: Option<(Uuid, String, Vec<String>)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT id, tenant_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        hash(key),
     )
-    .bind(hash(key))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(key_id, tenant_id, scopes)| KeyGrant {
-        key_id,
-        tenant_id,
-        scopes: scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+    Ok(row.map(|r| KeyGrant {
+        key_id: r.id,
+        tenant_id: r.tenant_id,
+        scopes: r.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
     }))
 }
 
@@ -106,22 +106,24 @@ pub struct KeyRow {
 
 /// Keys of one tenant, or of all.
 pub async fn list(pool: &PgPool, tenant: Option<&str>) -> Result<Vec<KeyRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        KeyRow,
         "SELECT id, tenant_id, key_prefix, scopes, created_at, revoked_at FROM api_keys
          WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at",
+        tenant,
     )
-    .bind(tenant)
     .fetch_all(pool)
     .await
 }
 
 /// Revokes a key by id; false if there was no such live key.
 pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let n =
-        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected();
+    let n = sqlx::query!(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        id,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
     Ok(n == 1)
 }

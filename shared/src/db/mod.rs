@@ -68,25 +68,27 @@ const PARTITIONED_INDEXES: [(&str, &str); 1] = [("deliveries_user", "(tenant_id,
 pub async fn ensure_partition_indexes(pool: &PgPool) -> Result<u32, sqlx::Error> {
     let mut built = 0;
     for (parent, columns) in PARTITIONED_INDEXES {
-        let missing: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        let missing = sqlx::query_scalar!(
+            r#"SELECT c.relname::text AS "relname!" FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
              WHERE i.inhparent = 'deliveries'::regclass
                AND NOT EXISTS (
                    SELECT 1 FROM pg_inherits ii JOIN pg_index x ON x.indexrelid = ii.inhrelid
                    WHERE ii.inhparent = to_regclass($1) AND x.indrelid = c.oid)
-             ORDER BY 1",
+             ORDER BY 1"#,
+            parent,
         )
-        .bind(parent)
         .fetch_all(pool)
         .await?;
         for partition in missing {
             let index = format!("{partition}_{}", parent.trim_start_matches("deliveries_"));
-            let invalid: Option<bool> = sqlx::query_scalar(
-                "SELECT NOT x.indisvalid FROM pg_index x WHERE x.indexrelid = to_regclass($1)",
+            let invalid = sqlx::query_scalar!(
+                r#"SELECT NOT x.indisvalid AS "invalid!" FROM pg_index x
+                   WHERE x.indexrelid = to_regclass($1)"#,
+                index,
             )
-            .bind(&index)
             .fetch_optional(pool)
             .await?;
+            // Runtime queries below: index and partition names are identifiers.
             if invalid == Some(true) {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP INDEX CONCURRENTLY IF EXISTS \"{index}\""
@@ -113,12 +115,15 @@ pub async fn ensure_partition_indexes(pool: &PgPool) -> Result<u32, sqlx::Error>
 /// Creates the daily delivery partitions for the next two weeks. Run by
 /// `heraldctl migrate` and periodically by the router.
 pub async fn ensure_partitions(pool: &PgPool) -> Result<i32, sqlx::Error> {
-    sqlx::query_scalar("SELECT herald_ensure_delivery_partitions(1, 14)")
+    sqlx::query_scalar!(r#"SELECT herald_ensure_delivery_partitions(1, 14) AS "created!""#)
         .fetch_one(pool)
         .await
 }
 
 /// Whether the database answers.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+    sqlx::query_scalar!("SELECT 1 AS one")
+        .fetch_one(pool)
+        .await
+        .map(|_| ())
 }

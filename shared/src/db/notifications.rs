@@ -39,19 +39,19 @@ pub async fn insert_many<'e>(
         keys.push(r.idempotency_key.as_deref());
         created.push(r.created_at);
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO notifications (id, tenant_id, category, priority, request, idempotency_key, created_at)
          SELECT u.id, u.tenant, u.category, u.priority, u.request::jsonb, u.key, u.created
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
               AS u(id, tenant, category, priority, request, key, created)",
+        &ids,
+        &tenants as &[&str],
+        &categories as &[&str],
+        &priorities as &[&str],
+        &requests as &[&str],
+        &keys as &[Option<&str>],
+        &created,
     )
-    .bind(&ids)
-    .bind(&tenants)
-    .bind(&categories)
-    .bind(&priorities)
-    .bind(&requests)
-    .bind(&keys)
-    .bind(&created)
     .execute(db)
     .await?;
     Ok(())
@@ -69,27 +69,27 @@ pub async fn mark_published(
     keys: &[(String, String)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
+    sqlx::query!("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
     if !ids.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE notifications SET published_at = now()
              WHERE id = ANY($1) AND published_at IS NULL AND status = 'accepted'",
+            ids,
         )
-        .bind(ids)
         .execute(&mut *tx)
         .await?;
     }
     if !keys.is_empty() {
         let tenants: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE idempotency_keys SET completed_at = now()
              WHERE (tenant_id, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+            &tenants as &[&str],
+            &names as &[&str],
         )
-        .bind(&tenants)
-        .bind(&names)
         .execute(&mut *tx)
         .await?;
     }
@@ -98,8 +98,7 @@ pub async fn mark_published(
 
 /// Withdraws notifications whose routing message could not be published.
 pub async fn delete(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM notifications WHERE id = ANY($1)")
-        .bind(ids)
+    sqlx::query!("DELETE FROM notifications WHERE id = ANY($1)", ids)
         .execute(pool)
         .await
         .map(|_| ())
@@ -120,19 +119,20 @@ pub struct NotificationRow {
     pub route_cursor: Option<String>,
 }
 
-const COLUMNS: &str = "id, tenant_id, category, priority, status, request, created_at, updated_at, routed_at, route_cursor";
-
 /// One notification of a tenant.
 pub async fn get(
     pool: &PgPool,
     tenant: &str,
     id: Uuid,
 ) -> Result<Option<NotificationRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM notifications WHERE id = $1 AND tenant_id = $2"
-    )))
-    .bind(id)
-    .bind(tenant)
+    sqlx::query_as!(
+        NotificationRow,
+        "SELECT id, tenant_id, category, priority, status, request, created_at, updated_at,
+                routed_at, route_cursor
+         FROM notifications WHERE id = $1 AND tenant_id = $2",
+        id,
+        tenant,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -144,14 +144,17 @@ pub async fn lock_unpublished(
     grace: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<NotificationRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM notifications
+    sqlx::query_as!(
+        NotificationRow,
+        "SELECT id, tenant_id, category, priority, status, request, created_at, updated_at,
+                routed_at, route_cursor
+         FROM notifications
          WHERE status = 'accepted' AND published_at IS NULL
            AND created_at < now() - make_interval(secs => $1)
-         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED"
-    )))
-    .bind(grace.as_secs_f64())
-    .bind(limit)
+         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        grace.as_secs_f64(),
+        limit,
+    )
     .fetch_all(&mut **tx)
     .await
 }
@@ -162,14 +165,16 @@ pub async fn delivery_counts(
     id: Uuid,
     created_at: DateTime<Utc>,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT status, count(*) FROM deliveries WHERE created_at = $1 AND notification_id = $2
-         GROUP BY status ORDER BY status",
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status!", count(*) AS "count!" FROM deliveries
+           WHERE created_at = $1 AND notification_id = $2
+           GROUP BY status ORDER BY status"#,
+        created_at,
+        id,
     )
-    .bind(created_at)
-    .bind(id)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
 }
 
 /// One delivery as the status API shows it.
@@ -200,16 +205,17 @@ pub async fn deliveries_page(
     cursor: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<DeliveryView>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        DeliveryView,
         "SELECT id, user_id, channel, lane, destination, status, reason, attempts, error_class,
                 last_error, not_before, sent_at, receipt_at, receipt_reason, updated_at
          FROM deliveries WHERE created_at = $1 AND notification_id = $2 AND ($3::uuid IS NULL OR id > $3)
          ORDER BY id LIMIT $4",
+        created_at,
+        id,
+        cursor,
+        limit,
     )
-    .bind(created_at)
-    .bind(id)
-    .bind(cursor)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -235,7 +241,7 @@ pub async fn purge_older_than(
     cutoff: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "DELETE FROM notifications WHERE id IN (
              SELECT n.id FROM notifications n
              WHERE n.id < $1 AND n.created_at < $2 AND n.status = 'routed'
@@ -243,10 +249,10 @@ pub async fn purge_older_than(
                                WHERE d.created_at = n.created_at AND d.notification_id = n.id
                                  AND d.rendered IS NOT NULL)
              ORDER BY n.id LIMIT $3)",
+        v7_floor(cutoff),
+        cutoff,
+        limit,
     )
-    .bind(v7_floor(cutoff))
-    .bind(cutoff)
-    .bind(limit)
     .execute(pool)
     .await?
     .rows_affected())

@@ -25,18 +25,18 @@ pub struct Applied {
 /// when the receipt says so.
 pub async fn apply(pool: &PgPool, receipt: &Receipt) -> Result<Applied, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let new: bool = sqlx::query_scalar(
-        "WITH ins AS (
+    let new = sqlx::query_scalar!(
+        r#"WITH ins AS (
              INSERT INTO receipts (provider, event_id, event, delivery_created_at, delivery_id, reason)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1)
-         SELECT EXISTS (SELECT 1 FROM ins)",
+         SELECT EXISTS (SELECT 1 FROM ins) AS "new!""#,
+        receipt.provider,
+        receipt.event_id,
+        receipt.event,
+        receipt.delivery.map(|d| d.created_at),
+        receipt.delivery.map(|d| d.id),
+        receipt.reason,
     )
-    .bind(receipt.provider)
-    .bind(&receipt.event_id)
-    .bind(&receipt.event)
-    .bind(receipt.delivery.map(|d| d.created_at))
-    .bind(receipt.delivery.map(|d| d.id))
-    .bind(&receipt.reason)
     .fetch_one(&mut *tx)
     .await?;
     if !new {
@@ -52,14 +52,15 @@ pub async fn apply(pool: &PgPool, receipt: &Receipt) -> Result<Applied, sqlx::Er
             suppressed: None,
         });
     };
-    let row: Option<(String, String, String, String)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT tenant_id, channel, destination, status FROM deliveries
          WHERE created_at = $1 AND id = $2 FOR UPDATE",
+        d.created_at,
+        d.id,
     )
-    .bind(d.created_at)
-    .bind(d.id)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await?
+    .map(|r| (r.tenant_id, r.channel, r.destination, r.status));
     let Some((tenant, channel, destination, status)) = row else {
         tx.commit().await?;
         return Ok(Applied {
@@ -71,14 +72,14 @@ pub async fn apply(pool: &PgPool, receipt: &Receipt) -> Result<Applied, sqlx::Er
     if let Some(to) = receipt.status
         && to.moves_from().contains(&status.as_str())
     {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE deliveries SET status = $3, receipt_at = now(), receipt_reason = $4, updated_at = now()
              WHERE created_at = $1 AND id = $2",
+            d.created_at,
+            d.id,
+            to.as_str(),
+            receipt.reason,
         )
-        .bind(d.created_at)
-        .bind(d.id)
-        .bind(to.as_str())
-        .bind(&receipt.reason)
         .execute(&mut *tx)
         .await?;
         moved = Some(to.as_str());
@@ -102,13 +103,13 @@ pub async fn apply(pool: &PgPool, receipt: &Receipt) -> Result<Applied, sqlx::Er
             suppressed = Some((channel, reason));
         }
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE receipts SET tenant_id = $3, status = $4 WHERE provider = $1 AND event_id = $2",
+        receipt.provider,
+        receipt.event_id,
+        tenant,
+        moved,
     )
-    .bind(receipt.provider)
-    .bind(&receipt.event_id)
-    .bind(&tenant)
-    .bind(moved)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -128,23 +129,28 @@ pub async fn counts(
     pool: &PgPool,
     window: std::time::Duration,
 ) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT provider, COALESCE(status, 'recorded'), count(*) FROM receipts
-         WHERE received_at > now() - make_interval(secs => $1)
-         GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+    let rows = sqlx::query!(
+        r#"SELECT provider, COALESCE(status, 'recorded') AS "status!", count(*) AS "count!"
+           FROM receipts
+           WHERE received_at > now() - make_interval(secs => $1)
+           GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"#,
+        window.as_secs_f64(),
     )
-    .bind(window.as_secs_f64())
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.provider, r.status, r.count))
+        .collect())
 }
 
 /// Deletes receipts older than `days`; answers how many.
 pub async fn purge_older_than(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM receipts WHERE received_at < now() - make_interval(days => $1)")
-            .bind(days)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+    Ok(sqlx::query!(
+        "DELETE FROM receipts WHERE received_at < now() - make_interval(days => $1)",
+        days,
     )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

@@ -41,20 +41,20 @@ pub async fn put_user(
     user: &str,
     p: &Profile,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO users (tenant_id, id, name, email, phone, locale, timezone)
+    sqlx::query_scalar!(
+        r#"INSERT INTO users (tenant_id, id, name, email, phone, locale, timezone)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (tenant_id, id) DO UPDATE SET name = $3, email = $4, phone = $5,
              locale = $6, timezone = $7, updated_at = now()
-         RETURNING (xmax = 0)",
+         RETURNING (xmax = 0) AS "created!""#,
+        tenant,
+        user,
+        p.name,
+        p.email.as_ref().map(EmailAddress::as_str),
+        p.phone.as_ref().map(PhoneE164::as_str),
+        p.locale,
+        p.timezone,
     )
-    .bind(tenant)
-    .bind(user)
-    .bind(&p.name)
-    .bind(p.email.as_ref().map(EmailAddress::as_str))
-    .bind(p.phone.as_ref().map(PhoneE164::as_str))
-    .bind(&p.locale)
-    .bind(&p.timezone)
     .fetch_one(pool)
     .await
 }
@@ -65,12 +65,13 @@ pub async fn get_user(
     tenant: &str,
     user: &str,
 ) -> Result<Option<UserRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        UserRow,
         "SELECT id, name, email, phone, locale, timezone, created_at, updated_at
          FROM users WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        user,
     )
-    .bind(tenant)
-    .bind(user)
     .fetch_optional(pool)
     .await
 }
@@ -82,27 +83,29 @@ pub async fn get_user(
 /// False if there was no such user.
 pub async fn delete_user(pool: &PgPool, tenant: &str, user: &str) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let n = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let n = sqlx::query!(
+        "DELETE FROM users WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        user,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if n == 0 {
         return Ok(false);
     }
     // The erased destination stays unique per row (the fan-out key
     // includes it) and says what happened.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE deliveries
          SET destination = 'erased:' || id::text, rendered = NULL, last_error = NULL,
              status = CASE WHEN status IN ('pending', 'deferred') THEN 'suppressed' ELSE status END,
              reason = CASE WHEN status IN ('pending', 'deferred') THEN 'erased' ELSE reason END,
              updated_at = now()
          WHERE tenant_id = $1 AND user_id = $2",
+        tenant,
+        user,
     )
-    .bind(tenant)
-    .bind(user)
     .execute(&mut *tx)
     .await?;
     super::dead_letters::erase_user(&mut *tx, tenant, user).await?;
@@ -112,11 +115,13 @@ pub async fn delete_user(pool: &PgPool, tenant: &str, user: &str) -> Result<bool
 
 /// Whether the user exists in this tenant.
 pub async fn user_exists(pool: &PgPool, tenant: &str, user: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2)")
-        .bind(tenant)
-        .bind(user)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2) AS "exists!""#,
+        tenant,
+        user,
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Registers (or re-activates) a device; `None` if the user does not exist,
@@ -128,16 +133,16 @@ pub async fn put_device(
     token: &str,
     platform: Platform,
 ) -> Result<Option<bool>, sqlx::Error> {
-    let result = sqlx::query_scalar(
-        "INSERT INTO devices (tenant_id, user_id, token, platform) VALUES ($1, $2, $3, $4)
+    let result = sqlx::query_scalar!(
+        r#"INSERT INTO devices (tenant_id, user_id, token, platform) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, user_id, token) DO UPDATE SET platform = $4, active = true,
              deactivated_reason = NULL, updated_at = now()
-         RETURNING (xmax = 0)",
+         RETURNING (xmax = 0) AS "created!""#,
+        tenant,
+        user,
+        token,
+        platform.as_str(),
     )
-    .bind(tenant)
-    .bind(user)
-    .bind(token)
-    .bind(platform.as_str())
     .fetch_one(pool)
     .await;
     match result {
@@ -154,13 +159,15 @@ pub async fn delete_device(
     user: &str,
     token: &str,
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND user_id = $2 AND token = $3")
-        .bind(tenant)
-        .bind(user)
-        .bind(token)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let n = sqlx::query!(
+        "DELETE FROM devices WHERE tenant_id = $1 AND user_id = $2 AND token = $3",
+        tenant,
+        user,
+        token,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
     Ok(n == 1)
 }
 
@@ -179,12 +186,13 @@ pub async fn list_devices(
     tenant: &str,
     user: &str,
 ) -> Result<Vec<DeviceRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        DeviceRow,
         "SELECT token, platform, active, deactivated_reason FROM devices
          WHERE tenant_id = $1 AND user_id = $2 ORDER BY active DESC, created_at",
+        tenant,
+        user,
     )
-    .bind(tenant)
-    .bind(user)
     .fetch_all(pool)
     .await
 }
@@ -196,13 +204,13 @@ pub async fn put_preferences(
     user: &str,
     prefs: &Preferences,
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "INSERT INTO preferences (tenant_id, user_id, preferences) VALUES ($1, $2, $3)
          ON CONFLICT (tenant_id, user_id) DO UPDATE SET preferences = $3, updated_at = now()",
+        tenant,
+        user,
+        sqlx::types::Json(prefs) as _,
     )
-    .bind(tenant)
-    .bind(user)
-    .bind(sqlx::types::Json(prefs))
     .execute(pool)
     .await;
     match result {
@@ -218,16 +226,16 @@ pub async fn get_preferences(
     tenant: &str,
     user: &str,
 ) -> Result<Option<Preferences>, sqlx::Error> {
-    let row: Option<(Option<sqlx::types::Json<Preferences>>,)> = sqlx::query_as(
-        "SELECT p.preferences FROM users u
-         LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
-         WHERE u.tenant_id = $1 AND u.id = $2",
+    let row = sqlx::query_scalar!(
+        r#"SELECT p.preferences AS "preferences?: sqlx::types::Json<Preferences>" FROM users u
+           LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
+           WHERE u.tenant_id = $1 AND u.id = $2"#,
+        tenant,
+        user,
     )
-    .bind(tenant)
-    .bind(user)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(p,)| p.map(|j| j.0).unwrap_or_default()))
+    Ok(row.map(|p| p.map(|j| j.0).unwrap_or_default()))
 }
 
 /// Subscribes a user to a topic; `None` if the user does not exist, else
@@ -238,13 +246,13 @@ pub async fn subscribe(
     topic: &str,
     user: &str,
 ) -> Result<Option<bool>, sqlx::Error> {
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "INSERT INTO topic_subscriptions (tenant_id, topic, user_id) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",
+        tenant,
+        topic,
+        user,
     )
-    .bind(tenant)
-    .bind(topic)
-    .bind(user)
     .execute(pool)
     .await;
     match result {
@@ -261,12 +269,12 @@ pub async fn unsubscribe(
     topic: &str,
     user: &str,
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "DELETE FROM topic_subscriptions WHERE tenant_id = $1 AND topic = $2 AND user_id = $3",
+        tenant,
+        topic,
+        user,
     )
-    .bind(tenant)
-    .bind(topic)
-    .bind(user)
     .execute(pool)
     .await?
     .rows_affected();
@@ -279,11 +287,11 @@ pub async fn subscriber_count(
     tenant: &str,
     topic: &str,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM topic_subscriptions WHERE tenant_id = $1 AND topic = $2",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM topic_subscriptions WHERE tenant_id = $1 AND topic = $2"#,
+        tenant,
+        topic,
     )
-    .bind(tenant)
-    .bind(topic)
     .fetch_one(pool)
     .await
 }

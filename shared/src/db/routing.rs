@@ -31,13 +31,29 @@ pub struct RecipientRow {
     pub phone_suppressed: bool,
 }
 
-const RECIPIENT_COLUMNS: &str = "u.id, u.name, u.email, u.phone, u.locale, u.timezone, p.preferences,
+/// A checked `query_as!` into `$row` of `SELECT $head` followed by the
+/// [`RecipientRow`] columns of user `u` and preferences `p`, then `$tail`:
+/// one column list for every query that reads recipients. (`query_as!` takes
+/// string literals only, so the list cannot be a `const`.)
+macro_rules! select_recipients {
+    ($row:ident, $head:tt, $tail:tt $($args:tt)*) => {
+        sqlx::query_as!(
+            $row,
+            $head
+                + r#"u.id AS "id!", u.name, u.email, u.phone, u.locale, u.timezone,
+    p.preferences AS "preferences?: Json<Preferences>",
     COALESCE((SELECT json_agg(json_build_array(d.token, d.platform) ORDER BY d.token) FROM devices d
-              WHERE d.tenant_id = u.tenant_id AND d.user_id = u.id AND d.active), '[]'::json) AS devices,
+              WHERE d.tenant_id = u.tenant_id AND d.user_id = u.id AND d.active), '[]'::json)
+        AS "devices!: Json<Vec<(String, String)>>",
     EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = u.tenant_id AND s.channel = 'email'
-            AND s.address = lower(u.email)) AS email_suppressed,
+            AND s.address = lower(u.email)) AS "email_suppressed!",
     EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = u.tenant_id AND s.channel = 'sms'
-            AND s.address = u.phone) AS phone_suppressed";
+            AND s.address = u.phone) AS "phone_suppressed!" "#
+                + $tail
+            $($args)*
+        )
+    };
+}
 
 /// The named users of a tenant (missing ones are simply absent).
 pub async fn recipients(
@@ -45,13 +61,15 @@ pub async fn recipients(
     tenant: &str,
     users: &[&str],
 ) -> Result<Vec<RecipientRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {RECIPIENT_COLUMNS} FROM users u
+    select_recipients!(
+        RecipientRow,
+        "SELECT ",
+        "FROM users u
          LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
-         WHERE u.tenant_id = $1 AND u.id = ANY($2)"
-    )))
-    .bind(tenant)
-    .bind(users)
+         WHERE u.tenant_id = $1 AND u.id = ANY($2)",
+        tenant,
+        users as &[&str],
+    )
     .fetch_all(pool)
     .await
 }
@@ -66,17 +84,19 @@ pub async fn topic_page(
     after: Option<&str>,
     last: &str,
 ) -> Result<Vec<RecipientRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {RECIPIENT_COLUMNS} FROM topic_subscriptions s
+    select_recipients!(
+        RecipientRow,
+        "SELECT ",
+        "FROM topic_subscriptions s
          JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id
          LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
          WHERE s.tenant_id = $1 AND s.topic = $2 AND s.user_id > COALESCE($3, '') AND s.user_id <= $4
-         ORDER BY s.user_id"
-    )))
-    .bind(tenant)
-    .bind(topic)
-    .bind(after)
-    .bind(last)
+         ORDER BY s.user_id",
+        tenant,
+        topic,
+        after,
+        last,
+    )
     .fetch_all(pool)
     .await
 }
@@ -91,18 +111,18 @@ pub async fn next_page_end(
     after: Option<&str>,
     size: i64,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT COALESCE(
              (SELECT user_id FROM topic_subscriptions
               WHERE tenant_id = $1 AND topic = $2 AND user_id > COALESCE($3, '')
-              ORDER BY user_id OFFSET $4 - 1 LIMIT 1),
+              ORDER BY user_id OFFSET $4::bigint - 1 LIMIT 1),
              (SELECT max(user_id) FROM topic_subscriptions
               WHERE tenant_id = $1 AND topic = $2 AND user_id > COALESCE($3, '')))",
+        tenant,
+        topic,
+        after,
+        size,
     )
-    .bind(tenant)
-    .bind(topic)
-    .bind(after)
-    .bind(size)
     .fetch_one(pool)
     .await
 }
@@ -116,10 +136,13 @@ pub struct PolicyRow {
 
 /// The routing policy of a tenant.
 pub async fn policy(pool: &PgPool, tenant: &str) -> Result<Option<PolicyRow>, sqlx::Error> {
-    sqlx::query_as("SELECT required_categories, frequency_caps FROM tenants WHERE id = $1")
-        .bind(tenant)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as!(
+        PolicyRow,
+        "SELECT required_categories, frequency_caps FROM tenants WHERE id = $1",
+        tenant,
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Records cap events for `users` (idempotent per notification) and answers,
@@ -136,51 +159,55 @@ pub async fn cap_ranks(
     per: Duration,
     users: &[&str],
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO frequency_events (tenant_id, user_id, category, channel, notification_id, at)
          SELECT $1, u, $3, $4, $5, $6 FROM UNNEST($2::text[]) AS u ON CONFLICT DO NOTHING",
+        tenant,
+        users as &[&str],
+        category,
+        channel,
+        notification_id,
+        at,
     )
-    .bind(tenant)
-    .bind(users)
-    .bind(category)
-    .bind(channel)
-    .bind(notification_id)
-    .bind(at)
     .execute(pool)
     .await?;
-    sqlx::query_as(
-        "SELECT u.user_id, (SELECT count(*) FROM frequency_events e
+    let rows = sqlx::query!(
+        r#"SELECT u.user_id AS "user_id!", (SELECT count(*) FROM frequency_events e
              WHERE e.tenant_id = $1 AND e.user_id = u.user_id AND e.category = $3 AND e.channel = $4
-               AND e.at > $6 - make_interval(secs => $7) AND (e.at, e.notification_id) <= ($6, $5))
-         FROM UNNEST($2::text[]) AS u(user_id)",
+               AND e.at > $6::timestamptz - make_interval(secs => $7) AND (e.at, e.notification_id) <= ($6, $5))
+               AS "count!"
+         FROM UNNEST($2::text[]) AS u(user_id)"#,
+        tenant,
+        users as &[&str],
+        category,
+        channel,
+        notification_id,
+        at,
+        per.as_secs_f64(),
     )
-    .bind(tenant)
-    .bind(users)
-    .bind(category)
-    .bind(channel)
-    .bind(notification_id)
-    .bind(at)
-    .bind(per.as_secs_f64())
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.count)).collect())
 }
 
 /// Moves a notification from `accepted` to `routing`.
 pub async fn start_routing(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE notifications SET status = 'routing', updated_at = now() WHERE id = $1 AND status = 'accepted'")
-        .bind(id)
-        .execute(pool)
+    sqlx::query!(
+        "UPDATE notifications SET status = 'routing', updated_at = now() WHERE id = $1 AND status = 'accepted'",
+        id,
+    )
+    .execute(pool)
         .await
         .map(|_| ())
 }
 
 /// Marks a notification routed.
 pub async fn finish_routing(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
          WHERE id = $1 AND status IN ('accepted', 'routing')",
+        id,
     )
-    .bind(id)
     .execute(pool)
     .await
     .map(|_| ())
@@ -193,29 +220,31 @@ pub async fn pages_handed_out(pool: &PgPool, id: Uuid, lasts: &[&str]) -> Result
         return Ok(());
     };
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO route_pages (notification_id, last_user) SELECT $1, l FROM UNNEST($2::text[]) AS l
          ON CONFLICT DO NOTHING",
+        id,
+        lasts as &[&str],
     )
-    .bind(id)
-    .bind(lasts)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE notifications SET route_cursor = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(cursor)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE notifications SET route_cursor = $2, updated_at = now() WHERE id = $1",
+        id,
+        *cursor,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
 /// Records that every page was handed out.
 pub async fn pages_enumerated(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE notifications SET pages_total = (SELECT count(*) FROM route_pages WHERE notification_id = $1)
          WHERE id = $1",
+        id,
     )
-    .bind(id)
     .execute(pool)
     .await
     .map(|_| ())
@@ -223,12 +252,12 @@ pub async fn pages_enumerated(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error
 
 /// Marks a page done; the notification is routed when all pages are.
 pub async fn page_done(pool: &PgPool, id: Uuid, last_user: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO route_pages (notification_id, last_user, done_at) VALUES ($1, $2, now())
          ON CONFLICT (notification_id, last_user) DO UPDATE SET done_at = COALESCE(route_pages.done_at, now())",
+        id,
+        last_user,
     )
-    .bind(id)
-    .bind(last_user)
     .execute(pool)
     .await?;
     complete_if_all_pages_done(pool, id).await
@@ -237,12 +266,12 @@ pub async fn page_done(pool: &PgPool, id: Uuid, last_user: &str) -> Result<(), s
 /// Marks a topic notification routed once its page count is known and every
 /// page is done. Safe to call from every page and the enumerator alike.
 pub async fn complete_if_all_pages_done(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
          WHERE id = $1 AND status IN ('accepted', 'routing') AND pages_total IS NOT NULL
            AND pages_total <= (SELECT count(*) FROM route_pages WHERE notification_id = $1 AND done_at IS NOT NULL)",
+        id,
     )
-    .bind(id)
     .execute(pool)
     .await
     .map(|_| ())
@@ -253,11 +282,12 @@ pub async fn notification(
     pool: &PgPool,
     id: Uuid,
 ) -> Result<Option<super::notifications::NotificationRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        super::notifications::NotificationRow,
         "SELECT id, tenant_id, category, priority, status, request, created_at, updated_at, routed_at, route_cursor
          FROM notifications WHERE id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(pool)
     .await
 }
@@ -268,11 +298,12 @@ pub async fn notifications(
     pool: &PgPool,
     ids: &[Uuid],
 ) -> Result<Vec<super::notifications::NotificationRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        super::notifications::NotificationRow,
         "SELECT id, tenant_id, category, priority, status, request, created_at, updated_at, routed_at, route_cursor
          FROM notifications WHERE id = ANY($1)",
+        ids,
     )
-    .bind(ids)
     .fetch_all(pool)
     .await
 }
@@ -293,24 +324,58 @@ pub async fn recipients_of(
 ) -> Result<Vec<TenantRecipientRow>, sqlx::Error> {
     let tenants: Vec<&str> = pairs.iter().map(|p| p.0).collect();
     let users: Vec<&str> = pairs.iter().map(|p| p.1).collect();
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT u.tenant_id, {RECIPIENT_COLUMNS} FROM users u
+    // The recipient's columns with its tenant's in front, as one flat row.
+    struct Flat {
+        tenant_id: String,
+        id: String,
+        name: Option<String>,
+        email: Option<String>,
+        phone: Option<String>,
+        locale: Option<String>,
+        timezone: Option<String>,
+        preferences: Option<Json<Preferences>>,
+        devices: Json<Vec<(String, String)>>,
+        email_suppressed: bool,
+        phone_suppressed: bool,
+    }
+    let rows = select_recipients!(
+        Flat,
+        "SELECT u.tenant_id, ",
+        "FROM users u
          LEFT JOIN preferences p ON p.tenant_id = u.tenant_id AND p.user_id = u.id
-         WHERE (u.tenant_id, u.id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
-    )))
-    .bind(&tenants)
-    .bind(&users)
+         WHERE (u.tenant_id, u.id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        &tenants as &[&str],
+        &users as &[&str],
+    )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| TenantRecipientRow {
+            tenant_id: r.tenant_id,
+            recipient: RecipientRow {
+                id: r.id,
+                name: r.name,
+                email: r.email,
+                phone: r.phone,
+                locale: r.locale,
+                timezone: r.timezone,
+                preferences: r.preferences,
+                devices: r.devices,
+                email_suppressed: r.email_suppressed,
+                phone_suppressed: r.phone_suppressed,
+            },
+        })
+        .collect())
 }
 
 /// Marks notifications routed (a batch of user-list notifications).
 pub async fn finish_routing_many(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
          WHERE id = ANY($1) AND status IN ('accepted', 'routing')",
+        ids,
     )
-    .bind(ids)
     .execute(pool)
     .await
     .map(|_| ())

@@ -34,19 +34,19 @@ pub struct NewSuppression<'a> {
 /// there (the time stays the first one's: it says since when the address is
 /// suppressed). Answers whether it was new.
 pub async fn put(db: impl PgExecutor<'_>, s: &NewSuppression<'_>) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO suppressions (tenant_id, channel, address, reason, source, detail)
+    sqlx::query_scalar!(
+        r#"INSERT INTO suppressions (tenant_id, channel, address, reason, source, detail)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (tenant_id, channel, address) DO UPDATE
             SET reason = EXCLUDED.reason, source = EXCLUDED.source, detail = EXCLUDED.detail
-         RETURNING (xmax = 0)",
+         RETURNING (xmax = 0) AS "created!""#,
+        s.tenant_id,
+        s.address.channel().as_str(),
+        s.address.as_str(),
+        s.reason.as_str(),
+        s.source,
+        s.detail,
     )
-    .bind(s.tenant_id)
-    .bind(s.address.channel().as_str())
-    .bind(s.address.as_str())
-    .bind(s.reason.as_str())
-    .bind(s.source)
-    .bind(s.detail)
     .fetch_one(db)
     .await
 }
@@ -57,16 +57,16 @@ pub async fn add_if_absent(
     db: impl PgExecutor<'_>,
     s: &NewSuppression<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let added = sqlx::query(
+    let added = sqlx::query!(
         "INSERT INTO suppressions (tenant_id, channel, address, reason, source, detail)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        s.tenant_id,
+        s.address.channel().as_str(),
+        s.address.as_str(),
+        s.reason.as_str(),
+        s.source,
+        s.detail,
     )
-    .bind(s.tenant_id)
-    .bind(s.address.channel().as_str())
-    .bind(s.address.as_str())
-    .bind(s.reason.as_str())
-    .bind(s.source)
-    .bind(s.detail)
     .execute(db)
     .await?
     .rows_affected();
@@ -79,13 +79,14 @@ pub async fn get(
     tenant: &str,
     address: &SuppressedAddress,
 ) -> Result<Option<SuppressionRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        SuppressionRow,
         "SELECT tenant_id, channel, address, reason, source, detail, created_at FROM suppressions
          WHERE tenant_id = $1 AND channel = $2 AND address = $3",
+        tenant,
+        address.channel().as_str(),
+        address.as_str(),
     )
-    .bind(tenant)
-    .bind(address.channel().as_str())
-    .bind(address.as_str())
     .fetch_optional(pool)
     .await
 }
@@ -96,12 +97,12 @@ pub async fn remove(
     tenant: &str,
     address: &SuppressedAddress,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "DELETE FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND address = $3",
+        tenant,
+        address.channel().as_str(),
+        address.as_str(),
     )
-    .bind(tenant)
-    .bind(address.channel().as_str())
-    .bind(address.as_str())
     .execute(pool)
     .await?
     .rows_affected()
@@ -131,18 +132,19 @@ pub async fn list(
         Some((t, c, a)) => (Some(t), Some(c), Some(a)),
         None => (None, None, None),
     };
-    sqlx::query_as(
+    sqlx::query_as!(
+        SuppressionRow,
         "SELECT tenant_id, channel, address, reason, source, detail, created_at FROM suppressions
          WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR channel = $2)
            AND ($3::text IS NULL OR (tenant_id, channel, address) > ($3, $4, $5))
          ORDER BY tenant_id, channel, address LIMIT $6",
+        filter.tenant,
+        filter.channel,
+        after_tenant,
+        after_channel,
+        after_address,
+        limit,
     )
-    .bind(filter.tenant)
-    .bind(filter.channel)
-    .bind(after_tenant)
-    .bind(after_channel)
-    .bind(after_address)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -152,11 +154,13 @@ pub async fn count_by_reason(
     pool: &PgPool,
     tenant: Option<&str>,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT reason, count(*) FROM suppressions WHERE ($1::text IS NULL OR tenant_id = $1)
-         GROUP BY reason ORDER BY reason",
+    let rows = sqlx::query!(
+        r#"SELECT reason, count(*) AS "count!" FROM suppressions
+           WHERE ($1::text IS NULL OR tenant_id = $1)
+           GROUP BY reason ORDER BY reason"#,
+        tenant,
     )
-    .bind(tenant)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.reason, r.count)).collect())
 }

@@ -32,8 +32,21 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
-const COLUMNS: &str = "tenant_id, id, url, events, secret, previous_secret, previous_until,
-                       failing_since, disabled_at, created_at, updated_at";
+/// A checked `query_as!` into `$row` of `$head`, the [`Webhook`] columns,
+/// then `$tail`: one column list for every query that answers endpoints.
+/// (`query_as!` takes string literals only, so the list cannot be a `const`.)
+macro_rules! with_webhook_columns {
+    ($row:ident, $head:tt, $tail:tt $($args:tt)*) => {
+        sqlx::query_as!(
+            $row,
+            $head
+                + "tenant_id, id, url, events, secret, previous_secret, previous_until,
+                   failing_since, disabled_at, created_at, updated_at "
+                + $tail
+            $($args)*
+        )
+    };
+}
 
 /// Creates the endpoint with `secret`, or replaces its URL and filters
 /// (keeping its secret, and enabling it again if it was disabled). Answers
@@ -46,71 +59,102 @@ pub async fn put(
     events: &[String],
     secret: &str,
 ) -> Result<(Webhook, bool), sqlx::Error> {
-    let (row, created): (Webhook, bool) = {
-        let sql = format!(
-            "INSERT INTO webhooks (tenant_id, id, url, events, secret) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (tenant_id, id) DO UPDATE
-               SET url = EXCLUDED.url, events = EXCLUDED.events, failing_since = NULL,
-                   disabled_at = NULL, updated_at = now()
-             RETURNING {COLUMNS}, (xmax = 0) AS created"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .bind(id)
-            .bind(url)
-            .bind(events)
-            .bind(secret)
-            .fetch_one(pool)
-            .await?;
-        use sqlx::{FromRow, Row};
-        (Webhook::from_row(&row)?, row.try_get("created")?)
+    // The endpoint's columns and whether the insert created it.
+    struct Put {
+        tenant_id: String,
+        id: String,
+        url: String,
+        events: Vec<String>,
+        secret: String,
+        previous_secret: Option<String>,
+        previous_until: Option<DateTime<Utc>>,
+        failing_since: Option<DateTime<Utc>>,
+        disabled_at: Option<DateTime<Utc>>,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+        created: bool,
+    }
+    let r = with_webhook_columns!(
+        Put,
+        "INSERT INTO webhooks (tenant_id, id, url, events, secret) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (tenant_id, id) DO UPDATE
+           SET url = EXCLUDED.url, events = EXCLUDED.events, failing_since = NULL,
+               disabled_at = NULL, updated_at = now()
+         RETURNING ",
+        r#", (xmax = 0) AS "created!""#,
+        tenant,
+        id,
+        url,
+        events,
+        secret,
+    )
+    .fetch_one(pool)
+    .await?;
+    let row = Webhook {
+        tenant_id: r.tenant_id,
+        id: r.id,
+        url: r.url,
+        events: r.events,
+        secret: r.secret,
+        previous_secret: r.previous_secret,
+        previous_until: r.previous_until,
+        failing_since: r.failing_since,
+        disabled_at: r.disabled_at,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
     };
-    Ok((row, created))
+    Ok((row, r.created))
 }
 
 /// One endpoint of the tenant.
 pub async fn get(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<Webhook>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhooks WHERE tenant_id = $1 AND id = $2"
-    )))
-    .bind(tenant)
-    .bind(id)
+    with_webhook_columns!(
+        Webhook,
+        "SELECT ",
+        "FROM webhooks WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        id,
+    )
     .fetch_optional(pool)
     .await
 }
 
 /// Every endpoint of the tenant, by id.
 pub async fn list(pool: &PgPool, tenant: &str) -> Result<Vec<Webhook>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhooks WHERE tenant_id = $1 ORDER BY id"
-    )))
-    .bind(tenant)
+    with_webhook_columns!(
+        Webhook,
+        "SELECT ",
+        "FROM webhooks WHERE tenant_id = $1 ORDER BY id",
+        tenant,
+    )
     .fetch_all(pool)
     .await
 }
 
 /// The enabled endpoints of these tenants (the relay filters them by event).
 pub async fn enabled_for(pool: &PgPool, tenants: &[&str]) -> Result<Vec<Webhook>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhooks
-         WHERE tenant_id = ANY($1) AND disabled_at IS NULL ORDER BY tenant_id, id"
-    )))
-    .bind(tenants)
+    with_webhook_columns!(
+        Webhook,
+        "SELECT ",
+        "FROM webhooks
+         WHERE tenant_id = ANY($1) AND disabled_at IS NULL ORDER BY tenant_id, id",
+        tenants as &[&str],
+    )
     .fetch_all(pool)
     .await
 }
 
 /// Deletes an endpoint; whether it existed.
 pub async fn delete(pool: &PgPool, tenant: &str, id: &str) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-            == 1,
+    Ok(sqlx::query!(
+        "DELETE FROM webhooks WHERE tenant_id = $1 AND id = $2",
+        tenant,
+        id,
     )
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Replaces the secret; the old one keeps signing until `overlap` from now.
@@ -121,27 +165,29 @@ pub async fn rotate(
     secret: &str,
     overlap_secs: i64,
 ) -> Result<Option<Webhook>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    with_webhook_columns!(
+        Webhook,
         "UPDATE webhooks SET previous_secret = secret, secret = $3,
                 previous_until = now() + make_interval(secs => $4), updated_at = now()
-         WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
-    )))
-    .bind(tenant)
-    .bind(id)
-    .bind(secret)
-    .bind(overlap_secs as f64)
+         WHERE tenant_id = $1 AND id = $2 RETURNING ",
+        "",
+        tenant,
+        id,
+        secret,
+        overlap_secs as f64,
+    )
     .fetch_optional(pool)
     .await
 }
 
 /// Records a success: the endpoint is no longer failing.
 pub async fn succeeded(pool: &PgPool, tenant: &str, id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE webhooks SET failing_since = NULL
          WHERE tenant_id = $1 AND id = $2 AND failing_since IS NOT NULL",
+        tenant,
+        id,
     )
-    .bind(tenant)
-    .bind(id)
     .execute(pool)
     .await?;
     Ok(())
@@ -162,22 +208,23 @@ pub async fn failed(
     id: &str,
     disable_after_secs: f64,
 ) -> Result<Option<Disabled>, sqlx::Error> {
-    type Stamp = Option<DateTime<Utc>>;
-    let row: Option<(bool, Stamp, Stamp)> = sqlx::query_as(
-        "UPDATE webhooks
+    let row = sqlx::query!(
+        r#"UPDATE webhooks
             SET failing_since = COALESCE(failing_since, now()),
                 disabled_at = CASE
                     WHEN disabled_at IS NULL
                      AND COALESCE(failing_since, now()) <= now() - make_interval(secs => $3)
                     THEN now() ELSE disabled_at END
           WHERE tenant_id = $1 AND id = $2
-         RETURNING disabled_at IS NOT NULL AND disabled_at = now(), failing_since, disabled_at",
+         RETURNING disabled_at IS NOT NULL AND disabled_at = now() AS "now!", failing_since,
+                   disabled_at"#,
+        tenant,
+        id,
+        disable_after_secs,
     )
-    .bind(tenant)
-    .bind(id)
-    .bind(disable_after_secs)
     .fetch_optional(pool)
-    .await?;
+    .await?
+    .map(|r| (r.now, r.failing_since, r.disabled_at));
     Ok(match row {
         Some((true, Some(failing_since), Some(disabled_at))) => Some(Disabled {
             failing_since,
@@ -206,18 +253,20 @@ pub async fn list_all(
     limit: i64,
 ) -> Result<Vec<Webhook>, sqlx::Error> {
     let (after_tenant, after_id) = filter.after.unzip();
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhooks
+    with_webhook_columns!(
+        Webhook,
+        "SELECT ",
+        "FROM webhooks
          WHERE ($1::text IS NULL OR tenant_id = $1)
            AND ($2::bool IS NULL OR (disabled_at IS NOT NULL) = $2)
            AND ($3::text IS NULL OR (tenant_id, id) > ($3, $4::text))
-         ORDER BY tenant_id, id LIMIT $5"
-    )))
-    .bind(filter.tenant)
-    .bind(filter.disabled)
-    .bind(after_tenant)
-    .bind(after_id)
-    .bind(limit)
+         ORDER BY tenant_id, id LIMIT $5",
+        filter.tenant,
+        filter.disabled,
+        after_tenant,
+        after_id,
+        limit,
+    )
     .fetch_all(pool)
     .await
 }
@@ -225,12 +274,12 @@ pub async fn list_all(
 /// Enables a disabled endpoint again (as the API's PUT does): it is no
 /// longer disabled nor failing. Answers whether it was disabled.
 pub async fn enable(pool: &PgPool, tenant: &str, id: &str) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE webhooks SET disabled_at = NULL, failing_since = NULL, updated_at = now()
          WHERE tenant_id = $1 AND id = $2 AND disabled_at IS NOT NULL",
+        tenant,
+        id,
     )
-    .bind(tenant)
-    .bind(id)
     .execute(pool)
     .await?
     .rows_affected()

@@ -136,6 +136,7 @@ async fn commit(
 ) -> Result<Option<Vec<Claimed>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     if shares.iter().any(|s| s.key.is_some()) {
+        // Runtime query: SET takes no bind parameters, so the value is spliced in.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SET LOCAL lock_timeout = '{KEY_LOCK_TIMEOUT}'"
         )))

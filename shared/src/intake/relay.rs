@@ -50,10 +50,12 @@ pub async fn pass(pool: &PgPool, publisher: &Publisher, grace: Duration) -> anyh
         .filter(|(_, r)| r.is_ok())
         .map(|(row, _)| row.id)
         .collect();
-    sqlx::query("UPDATE notifications SET published_at = now() WHERE id = ANY($1)")
-        .bind(&published)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE notifications SET published_at = now() WHERE id = ANY($1)",
+        &published,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     metrics::counter!("herald_relay_republished_total").increment(published.len() as u64);
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {

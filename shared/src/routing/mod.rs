@@ -282,10 +282,12 @@ async fn housekeeping(pool: PgPool, retention_days: i32, cancel: CancellationTok
         if let Err(e) = db::ensure_partitions(&pool).await {
             tracing::warn!(error = %e, "could not create delivery partitions");
         }
-        match sqlx::query_scalar::<_, i32>("SELECT herald_drop_delivery_partitions($1)")
-            .bind(retention_days)
-            .fetch_one(&pool)
-            .await
+        match sqlx::query_scalar!(
+            r#"SELECT herald_drop_delivery_partitions($1) AS "dropped!""#,
+            retention_days,
+        )
+        .fetch_one(&pool)
+        .await
         {
             Ok(0) => {}
             Ok(n) => tracing::info!(dropped = n, "old delivery partitions dropped"),
@@ -305,7 +307,7 @@ async fn housekeeping(pool: PgPool, retention_days: i32, cancel: CancellationTok
         }
         // Caps windows are at most 31 days.
         if let Err(e) =
-            sqlx::query("DELETE FROM frequency_events WHERE at < now() - interval '31 days'")
+            sqlx::query!("DELETE FROM frequency_events WHERE at < now() - interval '31 days'")
                 .execute(&pool)
                 .await
         {

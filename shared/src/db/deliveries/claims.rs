@@ -54,15 +54,15 @@ pub async fn expire_unclaimed(
     created_at: DateTime<Utc>,
     id: Uuid,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE deliveries SET status = 'expired', reason = 'expired before it could be sent', updated_at = now()
          WHERE created_at = $1 AND id = $2
            AND (status = 'pending'
                 OR (status = 'sending' AND claimed_at < now() - make_interval(secs => $3)))",
+        created_at,
+        id,
+        CLAIM_LEASE.as_secs_f64(),
     )
-    .bind(created_at)
-    .bind(id)
-    .bind(CLAIM_LEASE.as_secs_f64())
     .execute(pool)
     .await
     .map(|_| ())
@@ -87,21 +87,21 @@ pub struct Unregistered<'a> {
 /// recorded `failed` by the worker: the answer came to the send itself,
 /// not after it (docs/receipts.md).
 pub async fn deactivate_device(pool: &PgPool, u: &Unregistered<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "WITH receipt AS (
              INSERT INTO receipts (provider, event_id, event, tenant_id, delivery_created_at, delivery_id, reason)
-             VALUES ($5, $7::text || ':unregistered', 'unregistered', $1, $6, $7, $4)
+             VALUES ($5, $7::uuid::text || ':unregistered', 'unregistered', $1, $6, $7, $4)
              ON CONFLICT DO NOTHING)
          UPDATE devices SET active = false, deactivated_reason = $4, updated_at = now()
          WHERE tenant_id = $1 AND user_id = $2 AND token = $3",
+        u.tenant,
+        u.user,
+        u.token,
+        u.reason,
+        u.provider,
+        u.created_at,
+        u.delivery_id,
     )
-    .bind(u.tenant)
-    .bind(u.user)
-    .bind(u.token)
-    .bind(u.reason)
-    .bind(u.provider)
-    .bind(u.created_at)
-    .bind(u.delivery_id)
     .execute(pool)
     .await
     .map(|_| ())
@@ -143,17 +143,18 @@ pub async fn claim_many(
         redelivered.push(r.redelivered);
         tokens.push(r.token);
     }
-    let rows: Vec<(bool, Option<i32>, Option<String>)> = sqlx::query_as(
-        "SELECT claimed, attempts, status FROM herald_claim_deliveries($1, $2, $3, $4, $5)",
+    let rows = sqlx::query!(
+        r#"SELECT claimed AS "claimed!", attempts, status
+           FROM herald_claim_deliveries($1, $2, $3, $4, $5)"#,
+        &created,
+        &ids,
+        &redelivered,
+        lease.as_secs_f64(),
+        &tokens,
     )
-    .bind(&created)
-    .bind(&ids)
-    .bind(&redelivered)
-    .bind(lease.as_secs_f64())
-    .bind(&tokens)
     .fetch_all(pool)
     .await?;
-    let mut answers = rows.into_iter();
+    let mut answers = rows.into_iter().map(|r| (r.claimed, r.attempts, r.status));
     Ok(first
         .iter()
         .map(|first| {
@@ -234,15 +235,17 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<i3
         requests.iter().map(|r| r.provider_id.as_deref()).collect();
     let refunds: Vec<bool> = requests.iter().map(|r| r.refund).collect();
     let tokens: Vec<Uuid> = requests.iter().map(|r| r.token).collect();
-    sqlx::query_scalar("SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7, $8)")
-        .bind(&created)
-        .bind(&ids)
-        .bind(&statuses)
-        .bind(&classes)
-        .bind(&errors)
-        .bind(&provider_ids)
-        .bind(&refunds)
-        .bind(&tokens)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7, $8) AS "recorded!""#,
+        &created,
+        &ids,
+        &statuses as &[&str],
+        &classes as &[Option<&str>],
+        &errors as &[Option<&str>],
+        &provider_ids as &[Option<&str>],
+        &refunds,
+        &tokens,
+    )
+    .fetch_one(pool)
+    .await
 }

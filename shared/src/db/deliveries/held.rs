@@ -27,13 +27,14 @@ pub async fn lock_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Due,
         "SELECT id, created_at, notification_id, tenant_id, user_id, channel, lane, destination,
                 platform, rendered, expires_at
          FROM deliveries WHERE rendered IS NOT NULL AND status = 'deferred' AND not_before <= now()
          ORDER BY not_before LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
     )
-    .bind(limit)
     .fetch_all(&mut **tx)
     .await
 }
@@ -52,15 +53,15 @@ pub async fn set_status(
     }
     let created: Vec<DateTime<Utc>> = keys.iter().map(|k| k.0).collect();
     let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE deliveries d SET status = $3, reason = COALESCE($4, d.reason), rendered = NULL, updated_at = now()
          FROM UNNEST($1::timestamptz[], $2::uuid[]) AS k(created_at, id)
          WHERE d.created_at = k.created_at AND d.id = k.id",
+        &created,
+        &ids,
+        status,
+        reason,
     )
-    .bind(&created)
-    .bind(&ids)
-    .bind(status)
-    .bind(reason)
     .execute(&mut **tx)
     .await
     .map(|_| ())

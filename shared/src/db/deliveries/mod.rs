@@ -75,16 +75,17 @@ pub async fn stored_for_users(
     // The range bounds the index scan to this batch's users: a topic page is
     // a contiguous id range, and without them the scan would walk every
     // delivery of the notification (a million for a large topic) per page.
-    sqlx::query_as(
+    sqlx::query_as!(
+        Stored,
         "SELECT id, user_id, channel, destination, status FROM deliveries
          WHERE created_at = $1 AND notification_id = $2 AND user_id >= $3 AND user_id <= $4
            AND user_id = ANY($5)",
+        created_at,
+        notification_id,
+        *first,
+        *last,
+        users as &[&str],
     )
-    .bind(created_at)
-    .bind(notification_id)
-    .bind(first)
-    .bind(last)
-    .bind(users)
     .fetch_all(pool)
     .await
 }
@@ -121,20 +122,20 @@ pub async fn replan(
     let rendered: Vec<Option<serde_json::Value>> =
         rows.iter().map(|r| r.rendered.clone()).collect();
     let not_before: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.not_before).collect();
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "UPDATE deliveries d
          SET status = u.status, reason = u.reason, rendered = u.rendered,
              not_before = u.not_before, updated_at = now()
          FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[])
               AS u(id, status, reason, rendered, not_before)
          WHERE d.created_at = $1 AND d.id = ANY($2) AND d.id = u.id AND d.status = 'pending'",
+        created_at,
+        &ids,
+        &statuses as &[&str],
+        &reasons as &[Option<&str>],
+        &rendered as &[Option<serde_json::Value>],
+        &not_before as &[Option<DateTime<Utc>>],
     )
-    .bind(created_at)
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&reasons)
-    .bind(&rendered)
-    .bind(&not_before)
     .execute(pool)
     .await?;
     Ok(result.rows_affected())
@@ -160,7 +161,7 @@ pub async fn insert_many(
         cols.expires.push(of.expires_at);
         cols.push(row);
     }
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, lane, expires_at,
              user_id, channel, destination, platform, status, reason, rendered, not_before)
          SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
@@ -168,21 +169,21 @@ pub async fn insert_many(
                               $11::text[], $12::text[], $13::jsonb[], $14::timestamptz[])
          ON CONFLICT (created_at, notification_id, user_id, channel, destination) DO NOTHING
          RETURNING id",
+        &cols.ids,
+        &cols.created,
+        &cols.notifications,
+        &cols.tenants as &[&str],
+        &cols.lanes as &[&str],
+        &cols.expires as &[Option<DateTime<Utc>>],
+        &cols.users as &[&str],
+        &cols.channels as &[&str],
+        &cols.destinations as &[&str],
+        &cols.platforms as &[Option<&str>],
+        &cols.statuses as &[&str],
+        &cols.reasons as &[Option<&str>],
+        &cols.rendered as &[Option<serde_json::Value>],
+        &cols.not_before as &[Option<DateTime<Utc>>],
     )
-    .bind(&cols.ids)
-    .bind(&cols.created)
-    .bind(&cols.notifications)
-    .bind(&cols.tenants)
-    .bind(&cols.lanes)
-    .bind(&cols.expires)
-    .bind(&cols.users)
-    .bind(&cols.channels)
-    .bind(&cols.destinations)
-    .bind(&cols.platforms)
-    .bind(&cols.statuses)
-    .bind(&cols.reasons)
-    .bind(&cols.rendered)
-    .bind(&cols.not_before)
     .fetch_all(pool)
     .await
 }

@@ -36,8 +36,8 @@ pub async fn reset_for_replay(
     created_at: DateTime<Utc>,
     id: Uuid,
 ) -> Result<Reset, sqlx::Error> {
-    let previous: Option<(String, i32)> = sqlx::query_as(
-        "WITH old AS (
+    let previous = sqlx::query!(
+        r#"WITH old AS (
              SELECT created_at, id, status, attempts FROM deliveries
              WHERE created_at = $1 AND id = $2 FOR UPDATE)
          UPDATE deliveries d SET status = 'pending', attempts = 0, claimed_at = NULL,
@@ -45,18 +45,18 @@ pub async fn reset_for_replay(
          FROM old
          WHERE d.created_at = old.created_at AND d.id = old.id AND old.status = ANY($3)
            AND (old.status <> 'sending' OR d.claimed_at < now() - make_interval(secs => $4))
-         RETURNING old.status, old.attempts",
+         RETURNING old.status AS "status!", old.attempts AS "attempts!""#,
+        created_at,
+        id,
+        &REPLAYABLE[..] as &[&str],
+        CLAIM_LEASE.as_secs_f64(),
     )
-    .bind(created_at)
-    .bind(id)
-    .bind(&REPLAYABLE[..])
-    .bind(CLAIM_LEASE.as_secs_f64())
     .fetch_optional(pool)
     .await?;
-    if let Some((previous_status, previous_attempts)) = previous {
+    if let Some(previous) = previous {
         return Ok(Reset::Done {
-            previous_status,
-            previous_attempts,
+            previous_status: previous.status,
+            previous_attempts: previous.attempts,
         });
     }
     Ok(match status_of(pool, created_at, id).await? {
@@ -80,14 +80,14 @@ pub async fn restore_after_replay(
     status: &str,
     attempts: i32,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE deliveries SET status = $3, attempts = $4, updated_at = now()
          WHERE created_at = $1 AND id = $2 AND status = 'pending'",
+        created_at,
+        id,
+        status,
+        attempts,
     )
-    .bind(created_at)
-    .bind(id)
-    .bind(status)
-    .bind(attempts)
     .execute(pool)
     .await
     .map(|_| ())
@@ -99,9 +99,11 @@ pub async fn status_of(
     created_at: DateTime<Utc>,
     id: Uuid,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM deliveries WHERE created_at = $1 AND id = $2")
-        .bind(created_at)
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT status FROM deliveries WHERE created_at = $1 AND id = $2",
+        created_at,
+        id,
+    )
+    .fetch_optional(pool)
+    .await
 }
