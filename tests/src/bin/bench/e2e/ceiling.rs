@@ -83,6 +83,11 @@ pub async fn measure(
         .await;
     let (got, last) = tokio::time::timeout(Duration::from_secs(300), consumed).await??;
     anyhow::ensure!(got == n, "the ceiling consumer saw {got} of {n}");
+    // Closing the consumer's channel first: deleting a queue under a live
+    // consumer makes the broker cancel it while the channel may be
+    // cancelling too, and lapin takes the second cancel-ok for a protocol
+    // error that closes the whole connection.
+    let _ = consumer_ch.close(200, "done".into()).await;
     let _ = ch
         .queue_delete(queue.as_str().into(), Default::default())
         .await;
