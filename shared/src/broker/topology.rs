@@ -65,7 +65,7 @@ impl Names {
     /// `base.N` for shard N. The hash is FNV-1a, fixed here rather than
     /// taken from the standard library, because every process of every
     /// version must pick the same shard for the same key.
-    pub fn shard_key(&self, base: &str, key: &[u8]) -> String {
+    pub fn shard_key(&self, base: &str, key: &[&[u8]]) -> String {
         match shard_of(key, self.shards) {
             0 => base.to_owned(),
             shard => format!("{base}.{shard}"),
@@ -74,10 +74,12 @@ impl Names {
 
     /// `name` for each shard: `name`, `name.1`, `name.2`, ...
     fn sharded(&self, name: String) -> Vec<String> {
-        let mut out = Vec::with_capacity(usize::from(self.shards));
-        out.extend((1..self.shards).map(|shard| format!("{name}.{shard}")));
-        out.insert(0, name);
-        out
+        (0..self.shards)
+            .map(|shard| match shard {
+                0 => name.clone(),
+                shard => format!("{name}.{shard}"),
+            })
+            .collect()
     }
 
     /// Topic exchange other services publish notification requests to; the
@@ -106,7 +108,7 @@ impl Names {
     /// Routing key of a notification's routing message (and its pages) on
     /// `lane`: its shard is chosen by the notification id.
     pub fn route_key(&self, lane: &str, notification: uuid::Uuid) -> String {
-        self.shard_key(lane, notification.as_bytes())
+        self.shard_key(lane, &[notification.as_bytes()])
     }
     /// Direct exchange of deliveries, keyed `channel.lane`; also where retry
     /// tiers dead-letter back to.
@@ -127,7 +129,7 @@ impl Names {
         tenant: &str,
         user: &str,
     ) -> String {
-        let key = [tenant.as_bytes(), &[0], user.as_bytes()].concat();
+        let key: [&[u8]; 3] = [tenant.as_bytes(), &[0], user.as_bytes()];
         self.shard_key(&Self::delivery_key(channel, lane), &key)
     }
     /// A channel worker's queue for one lane (shard 0 when sharded).
@@ -204,14 +206,18 @@ impl Names {
     }
 }
 
-/// The shard (`0..shards`) of `key`: FNV-1a 64 of its bytes.
-fn shard_of(key: &[u8], shards: u16) -> u16 {
+/// The shard (`0..shards`) of `key`: FNV-1a 64 of its parts' bytes, in
+/// order (hashed where they lie, nothing joined per message).
+fn shard_of(key: &[&[u8]], shards: u16) -> u16 {
     if shards <= 1 {
         return 0;
     }
-    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = key
+        .iter()
+        .flat_map(|part| part.iter())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
     (hash % u64::from(shards)) as u16
 }
 
@@ -422,8 +428,8 @@ mod tests {
         );
         // Fixed values: a change of hash would move users between shards
         // while their older deliveries still wait in the old ones.
-        assert_eq!(shard_of(b"", 3), (0xcbf2_9ce4_8422_2325_u64 % 3) as u16);
-        assert_eq!(shard_of(b"acme\0u1", 1), 0);
+        assert_eq!(shard_of(&[], 3), (0xcbf2_9ce4_8422_2325_u64 % 3) as u16);
+        assert_eq!(shard_of(&[b"acme\0u1"], 1), 0);
     }
 
     #[test]

@@ -120,17 +120,21 @@ pub struct Answer {
 /// Sends `request` and reads the whole answer. A request that got no answer,
 /// or whose answer broke off, is the [`transport_outcome`] of `provider`.
 pub async fn exchange(provider: &str, request: reqwest::RequestBuilder) -> Result<Answer, Outcome> {
-    let response = request
+    let mut response = request
         .send()
         .await
         .map_err(|err| transport_outcome(provider, &err))?;
     let status = response.status();
-    let headers = response.headers().clone();
+    // Taken, not copied: the body is read as bytes, which needs no headers.
+    let headers = std::mem::take(response.headers_mut());
     let after = retry_after(&headers);
     let body = response
-        .text()
+        .bytes()
         .await
         .map_err(|err| transport_outcome(provider, &err))?;
+    // Every provider answers UTF-8 (JSON, or text in error pages); anything
+    // else is replaced, as `Response::text` would for a UTF-8 body.
+    let body = String::from_utf8_lossy(&body).into_owned();
     Ok(Answer {
         status,
         headers,
