@@ -20,6 +20,14 @@ pub struct IngestConfig {
     /// Listen address of the API (and /healthz, /readyz, /metrics).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Notifications naming at most this many users are routed by ingest
+    /// inline: their deliveries are recorded in the commit that accepts
+    /// them, and their delivery messages published in place of the routing
+    /// message (one broker hop and the router's work saved). Topics, longer
+    /// lists and categories the tenant caps go to the router. 0: every
+    /// notification goes to the router.
+    #[arg(long, env = "INLINE_ROUTING_MAX_USERS", default_value_t = 10)]
+    pub inline_routing_max_users: usize,
     /// Requests per second one API key may make (0 = unlimited).
     #[arg(long, env = "API_KEY_RATE_PER_SEC", default_value_t = 1000)]
     pub api_key_rate_per_sec: u32,

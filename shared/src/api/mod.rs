@@ -223,7 +223,11 @@ pub async fn run(
     let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
     let broker = Broker::new(&common.amqp_url, common.names());
     let publisher = Publisher::new(broker.clone());
-    let intake = Intake::new(pool.clone(), publisher.clone());
+    let intake = Intake::new(
+        pool.clone(),
+        publisher.clone(),
+        config.inline_routing_max_users,
+    );
     let keys = KeyVerifier::new(
         config.api_key_rate_per_sec,
         KeyVerifier::lookup_slots(common.database_max_connections),

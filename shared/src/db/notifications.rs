@@ -58,18 +58,28 @@ pub async fn insert_many<'e>(
 }
 
 /// Records that the broker confirmed these notifications' routing messages
-/// (those the router has not routed yet: a routed one needs no mark), and
-/// that the requests behind these idempotency keys are durable.
-/// Committed asynchronously: if the marks are lost in a database crash the
-/// relay merely republishes (the router's fan-out key absorbs the
-/// duplicate), and a replay of the key waits for the relay's grace.
+/// (those the router has not routed yet: a routed one needs no mark), that
+/// the `routed` ones (routed inline by ingest) have their delivery messages
+/// confirmed, and that the requests behind these idempotency keys are
+/// durable. Committed asynchronously: if the marks are lost in a database
+/// crash the relay merely republishes (the router's fan-out key absorbs the
+/// duplicate, and publishes an inline-routed notification's pending
+/// deliveries again), and a replay of the key waits for the relay's grace.
 pub async fn mark_published(
     pool: &PgPool,
     ids: &[Uuid],
+    routed: &[Uuid],
     keys: &[(String, String)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query!("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    // Every statement below finds its rows by primary key. A table the
+    // statistics still think small (a new deployment's first minutes, before
+    // autovacuum's first ANALYZE) would otherwise be read whole for a batch
+    // of a few dozen ids, dozens of times a second.
+    sqlx::query!("SET LOCAL enable_seqscan = off")
         .execute(&mut *tx)
         .await?;
     if !ids.is_empty() {
@@ -77,6 +87,15 @@ pub async fn mark_published(
             "UPDATE notifications SET published_at = now()
              WHERE id = ANY($1) AND published_at IS NULL AND status = 'accepted'",
             ids,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !routed.is_empty() {
+        sqlx::query!(
+            "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
+             WHERE id = ANY($1) AND status = 'accepted'",
+            routed,
         )
         .execute(&mut *tx)
         .await?;
@@ -96,12 +115,27 @@ pub async fn mark_published(
     tx.commit().await
 }
 
-/// Withdraws notifications whose routing message could not be published.
-pub async fn delete(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+/// Withdraws notifications whose messages could not be published, with
+/// the deliveries inline routing recorded for them; `created` holds each
+/// one's `created_at` (the deliveries' partition key).
+pub async fn delete(
+    pool: &PgPool,
+    ids: &[Uuid],
+    created: &[DateTime<Utc>],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "DELETE FROM deliveries WHERE (created_at, notification_id) IN
+             (SELECT * FROM UNNEST($1::timestamptz[], $2::uuid[]))",
+        created,
+        ids,
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query!("DELETE FROM notifications WHERE id = ANY($1)", ids)
-        .execute(pool)
-        .await
-        .map(|_| ())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// What the router needs to route, and the relay to republish.

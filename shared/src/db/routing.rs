@@ -150,7 +150,7 @@ pub async fn policy(pool: &PgPool, tenant: &str) -> Result<Option<PolicyRow>, sq
 /// had in `per` up to and including this notification.
 #[allow(clippy::too_many_arguments)]
 pub async fn cap_ranks(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     tenant: &str,
     category: &str,
     channel: &str,
@@ -169,7 +169,7 @@ pub async fn cap_ranks(
         notification_id,
         at,
     )
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     let rows = sqlx::query!(
         r#"SELECT u.user_id AS "user_id!", (SELECT count(*) FROM frequency_events e
@@ -185,7 +185,7 @@ pub async fn cap_ranks(
         at,
         per.as_secs_f64(),
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.user_id, r.count)).collect())
 }
@@ -318,8 +318,8 @@ pub struct TenantRecipientRow {
 
 /// The named users of several tenants in one read: `pairs` of (tenant,
 /// user); missing ones are simply absent.
-pub async fn recipients_of(
-    pool: &PgPool,
+pub async fn recipients_of<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     pairs: &[(&str, &str)],
 ) -> Result<Vec<TenantRecipientRow>, sqlx::Error> {
     let tenants: Vec<&str> = pairs.iter().map(|p| p.0).collect();
@@ -347,7 +347,7 @@ pub async fn recipients_of(
         &tenants as &[&str],
         &users as &[&str],
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()

@@ -3,16 +3,21 @@
 //! concurrent requests share one statement (and one fsync) instead of
 //! waiting for a connection each.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Commitment;
-use crate::db::{
-    self,
-    idempotency::{self, Existing, KeyClaim},
-    notifications::NewNotification,
+use crate::{
+    db::{
+        self,
+        idempotency::{self, Existing, KeyClaim},
+        notifications::NewNotification,
+    },
+    model::notification::NotificationRequest,
+    routing::inline::{Inline, Offer, Routed},
+    telemetry::traces::TraceContext,
 };
 
 /// One request's share of a group commit: its notifications and, when it
@@ -21,13 +26,18 @@ use crate::db::{
 /// own before it queues).
 pub(super) struct Share {
     pub rows: Vec<NewNotification>,
+    /// For each row, its request when it may be routed inline.
+    pub inline: Vec<Option<Arc<NotificationRequest>>>,
+    /// The trace context the request's delivery messages carry.
+    pub trace: TraceContext,
     pub key: Option<(KeyClaim, Commitment)>,
 }
 
 /// How a share's key claim went.
 pub(super) enum Claimed {
-    /// No key, or the key was free: the rows are committed.
-    Fresh,
+    /// No key, or the key was free: the rows are committed. For each row,
+    /// what inline routing recorded (`None`: the router routes it).
+    Fresh(Vec<Option<Routed>>),
     /// The key was used within 24 h: nothing of this share was written.
     Taken(Existing),
     /// The key is locked by a transaction that does not finish (another
@@ -55,6 +65,7 @@ const GROUP: usize = 64;
 /// a request whose key was already used writes nothing.
 pub(super) async fn insert_batches(
     pool: PgPool,
+    inline: Option<Inline>,
     mut rx: tokio::sync::mpsc::Receiver<(Share, InsertReply)>,
 ) {
     let mut queued = Vec::with_capacity(GROUP);
@@ -84,7 +95,7 @@ pub(super) async fn insert_batches(
         // commit began) writes nothing.
         group.retain(|(share, reply)| share.key.is_none() || !reply.is_closed());
         let (shares, replies): (Vec<Share>, Vec<InsertReply>) = group.into_iter().unzip();
-        match commit(&pool, &shares, &replies).await {
+        match commit(&pool, inline.as_ref(), &shares, &replies).await {
             Ok(None) => {
                 // A keyed request was abandoned while the group ran: it
                 // must keep nothing, so the group is written again
@@ -131,6 +142,7 @@ fn lock_timeout(e: &sqlx::Error) -> bool {
 /// (and nothing written) when a keyed request stopped waiting meanwhile.
 async fn commit(
     pool: &PgPool,
+    inline: Option<&Inline>,
     shares: &[Share],
     replies: &[InsertReply],
 ) -> Result<Option<Vec<Claimed>>, sqlx::Error> {
@@ -143,7 +155,7 @@ async fn commit(
         .execute(&mut *tx)
         .await?;
     }
-    let answers = write(&mut tx, shares).await?;
+    let answers = write(&mut tx, inline, shares).await?;
     let keyed = shares.iter().zip(replies).filter(|(s, _)| s.key.is_some());
     if keyed.clone().any(|(_, reply)| reply.is_closed()) {
         tx.rollback().await?;
@@ -159,9 +171,11 @@ async fn commit(
 }
 
 /// Claims the keys of `shares` and inserts the rows of every share without
-/// a key or with a fresh one, in the caller's transaction.
+/// a key or with a fresh one, in the caller's transaction, with the
+/// deliveries of those routed inline.
 pub(super) async fn write(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    inline: Option<&Inline>,
     shares: &[Share],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let claims: Vec<KeyClaim> = shares
@@ -197,20 +211,48 @@ pub(super) async fn write(
             Some(existing) => answers.push(Claimed::Taken(existing)),
             None => {
                 rows.extend(share.rows.iter());
-                answers.push(Claimed::Fresh);
+                answers.push(Claimed::Fresh(Vec::new()));
             }
         }
     }
     if !rows.is_empty() {
         db::notifications::insert_many(&mut **tx, &rows).await?;
     }
+    let mut offers = Vec::new();
+    let mut owners = Vec::new();
+    for (at, (share, answer)) in shares.iter().zip(&mut answers).enumerate() {
+        if let Claimed::Fresh(routed) = answer {
+            routed.resize_with(share.rows.len(), || None);
+            for (row_at, (row, req)) in share.rows.iter().zip(&share.inline).enumerate() {
+                if let Some(req) = req {
+                    offers.push(Offer {
+                        row,
+                        req,
+                        trace: &share.trace,
+                    });
+                    owners.push((at, row_at));
+                }
+            }
+        }
+    }
+    if let Some(inline) = inline.filter(|_| !offers.is_empty()) {
+        let recorded = inline.record(&mut **tx, &offers).await?;
+        for ((at, row_at), routed) in owners.into_iter().zip(recorded) {
+            if let Claimed::Fresh(rows) = &mut answers[at] {
+                rows[row_at] = routed;
+            }
+        }
+    }
     Ok(answers)
 }
 
-/// Something to note once a request's routing messages are confirmed.
+/// Something to note once a request's messages are confirmed.
 pub(super) enum Mark {
     /// This notification's routing message is on the broker.
     Published(Uuid),
+    /// This notification was routed inline and its delivery messages are
+    /// on the broker.
+    Routed(Uuid),
     /// This idempotency key's request is durable: a replay may be answered.
     Completed { tenant: String, key: String },
 }
@@ -218,7 +260,8 @@ pub(super) enum Mark {
 /// How long a published mark waits: about the time the router needs.
 const MARK_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
 
-/// Notes published notifications and completed keys in batches: one
+/// Notes published and inline-routed notifications and completed keys in
+/// batches: one
 /// transaction for everything confirmed in the last few milliseconds, not a
 /// commit per request. Committed asynchronously: a lost mark only costs a
 /// republish by the relay, or a replay answered "in progress" until the
@@ -243,9 +286,11 @@ pub(super) async fn mark_published_batches(
         }
         let now = std::time::Instant::now();
         let mut keys = Vec::new();
+        let mut routed = Vec::new();
         for mark in marks.drain(..) {
             match mark {
                 Mark::Published(id) => held.push_back((now, id)),
+                Mark::Routed(id) => routed.push(id),
                 Mark::Completed { tenant, key } => keys.push((tenant, key)),
             }
         }
@@ -256,10 +301,10 @@ pub(super) async fn mark_published_batches(
         {
             ids.extend(held.pop_front().map(|(_, id)| id));
         }
-        if ids.is_empty() && keys.is_empty() {
+        if ids.is_empty() && keys.is_empty() && routed.is_empty() {
             continue;
         }
-        if let Err(e) = db::notifications::mark_published(&pool, &ids, &keys).await {
+        if let Err(e) = db::notifications::mark_published(&pool, &ids, &routed, &keys).await {
             tracing::warn!(error = %e, "could not mark notifications published; the relay will republish them");
         }
     }

@@ -9,11 +9,17 @@
 //! the messages, the rows are withdrawn and the caller gets 503; if it may
 //! hold them (a confirm timed out), the request is accepted and the messages
 //! published again until confirmed. See docs/ingest.md for the trade-off.
+//!
+//! A notification naming a few users is routed inline: its deliveries are
+//! planned and recorded in the same commit, and its delivery messages take
+//! the routing message's place (crate::routing::inline).
 
 pub mod amqp;
 mod commitment;
 mod group;
 pub mod relay;
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -30,6 +36,7 @@ use crate::{
         notifications::NewNotification,
     },
     model::{FieldError, IdempotencyKey, message::RouteMessage, notification::NotificationRequest},
+    routing::inline::{Inline, Routed},
     telemetry::traces::TraceContext,
 };
 pub use commitment::Commitment;
@@ -104,6 +111,7 @@ pub fn route_message(
 pub struct Intake {
     pool: PgPool,
     publisher: Publisher,
+    inline: Option<Inline>,
     marks: tokio::sync::mpsc::UnboundedSender<Mark>,
     inserts: tokio::sync::mpsc::Sender<(Share, InsertReply)>,
 }
@@ -111,6 +119,17 @@ pub struct Intake {
 struct Prepared {
     row: NewNotification,
     lane: String,
+    /// The request, when it may be routed inline.
+    inline: Option<Arc<NotificationRequest>>,
+}
+
+/// What committing a request came to.
+enum Committed {
+    /// Its notifications are committed; for each, what inline routing
+    /// recorded (`None`: it goes to the router).
+    New(Vec<Option<Routed>>),
+    /// The stored answer of an earlier request with the same key.
+    Stored(Value),
 }
 
 fn request_hash(body: &Value) -> Vec<u8> {
@@ -124,33 +143,39 @@ fn prepare(
     req: NotificationRequest,
     key: Option<&IdempotencyKey>,
     now: DateTime<Utc>,
+    inline: Option<&Inline>,
 ) -> Prepared {
     let lane = req.priority.as_str().to_owned();
+    let row = NewNotification {
+        id: Uuid::now_v7(),
+        tenant_id: tenant.to_owned(),
+        category: req.category.as_str().to_owned(),
+        priority: lane.clone(),
+        request: serde_json::to_string(&req).expect("serialisable"),
+        idempotency_key: key.map(|k| k.as_str().to_owned()),
+        created_at: now,
+    };
     Prepared {
-        row: NewNotification {
-            id: Uuid::now_v7(),
-            tenant_id: tenant.to_owned(),
-            category: req.category.as_str().to_owned(),
-            priority: lane.clone(),
-            request: serde_json::to_string(&req).expect("serialisable"),
-            idempotency_key: key.map(|k| k.as_str().to_owned()),
-            created_at: now,
-        },
+        inline: inline.filter(|i| i.takes(&req)).map(|_| Arc::new(req)),
+        row,
         lane,
     }
 }
 
 impl Intake {
-    /// An intake writing to `pool` and publishing with `publisher`. Spawns
-    /// the tasks that group inserts and mark notifications published.
-    pub fn new(pool: PgPool, publisher: Publisher) -> Self {
+    /// An intake writing to `pool` and publishing with `publisher`, routing
+    /// notifications of at most `inline_max_users` users inline (0: none).
+    /// Spawns the tasks that group inserts and mark notifications published.
+    pub fn new(pool: PgPool, publisher: Publisher, inline_max_users: usize) -> Self {
+        let inline = Inline::new(pool.clone(), publisher.clone(), inline_max_users);
         let (marks, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(mark_published_batches(pool.clone(), rx));
         let (inserts, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(insert_batches(pool.clone(), rx));
+        tokio::spawn(insert_batches(pool.clone(), inline.clone(), rx));
         Self {
             pool,
             publisher,
+            inline,
             marks,
             inserts,
         }
@@ -173,7 +198,7 @@ impl Intake {
         let now = Utc::now();
         let hash = request_hash(&body);
         let req = NotificationRequest::parse(body, now).map_err(IntakeError::Invalid)?;
-        let prepared = prepare(tenant, req, key.as_ref(), now);
+        let prepared = prepare(tenant, req, key.as_ref(), now, self.inline.as_ref());
         let id = prepared.row.id;
         let response = serde_json::json!({ "id": id });
         match self
@@ -186,7 +211,7 @@ impl Intake {
             )
             .await?
         {
-            Some(existing) => {
+            Committed::Stored(existing) => {
                 let id = existing["id"]
                     .as_str()
                     .and_then(|s| s.parse().ok())
@@ -196,8 +221,9 @@ impl Intake {
                     replayed: true,
                 })
             }
-            None => {
-                self.publish(tenant, key.as_ref(), &[&prepared]).await?;
+            Committed::New(routed) => {
+                self.publish(tenant, key.as_ref(), &[&prepared], routed)
+                    .await?;
                 Ok(Accepted {
                     value: id,
                     replayed: false,
@@ -222,7 +248,7 @@ impl Intake {
         for item in items {
             match NotificationRequest::parse(item, now) {
                 Ok(req) => {
-                    let p = prepare(tenant, req, key.as_ref(), now);
+                    let p = prepare(tenant, req, key.as_ref(), now, self.inline.as_ref());
                     outcomes.push(ItemOutcome::Accepted { id: p.row.id });
                     prepared.push(p);
                 }
@@ -231,7 +257,7 @@ impl Intake {
         }
         let response = serde_json::to_value(&outcomes).expect("serialisable");
         let refs: Vec<&Prepared> = prepared.iter().collect();
-        if let Some(existing) = self
+        let routed = match self
             .commit(
                 tenant,
                 key.as_ref(),
@@ -241,15 +267,18 @@ impl Intake {
             )
             .await?
         {
-            let outcomes = serde_json::from_value(existing)
-                .map_err(|_| IntakeError::Unavailable("corrupt idempotency record".into()))?;
-            return Ok(Accepted {
-                value: outcomes,
-                replayed: true,
-            });
-        }
+            Committed::Stored(existing) => {
+                let outcomes = serde_json::from_value(existing)
+                    .map_err(|_| IntakeError::Unavailable("corrupt idempotency record".into()))?;
+                return Ok(Accepted {
+                    value: outcomes,
+                    replayed: true,
+                });
+            }
+            Committed::New(routed) => routed,
+        };
         if !refs.is_empty() {
-            self.publish(tenant, key.as_ref(), &refs).await?;
+            self.publish(tenant, key.as_ref(), &refs, routed).await?;
         }
         Ok(Accepted {
             value: outcomes,
@@ -258,8 +287,9 @@ impl Intake {
     }
 
     /// Commits the notifications and the idempotency record (request hash,
-    /// status and response) together. Returns the stored response when the
-    /// key was already used for the same body.
+    /// status and response) together, with the deliveries of those routed
+    /// inline. Returns the stored response when the key was already used
+    /// for the same body.
     async fn commit(
         &self,
         tenant: &str,
@@ -267,7 +297,7 @@ impl Intake {
         claim: (&[u8], i32, &Value),
         items: &[&Prepared],
         commitment: &Commitment,
-    ) -> Result<Option<Value>, IntakeError> {
+    ) -> Result<Committed, IntakeError> {
         // A retry that overtook the first request's publish (its client
         // lost the 202 and asked again at once) waits a moment for it
         // rather than being told "in progress".
@@ -293,10 +323,10 @@ impl Intake {
         (hash, status, response): (&[u8], i32, &Value),
         items: &[&Prepared],
         commitment: &Commitment,
-    ) -> Result<Option<Value>, IntakeError> {
+    ) -> Result<Committed, IntakeError> {
         let rows: Vec<NewNotification> = items.iter().map(|p| p.row.clone()).collect();
         if rows.is_empty() && key.is_none() {
-            return Ok(None);
+            return Ok(Committed::New(Vec::new()));
         }
         let keyed = key.map(|k| KeyClaim {
             tenant: tenant.to_owned(),
@@ -313,6 +343,8 @@ impl Intake {
         }
         let share = Share {
             rows,
+            inline: items.iter().map(|p| p.inline.clone()).collect(),
+            trace: TraceContext::current(),
             key: keyed.map(|k| (k, commitment.clone())),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -328,7 +360,10 @@ impl Intake {
             claimed = self.commit_alone(share, commitment).await?;
         }
         match claimed {
-            Claimed::Fresh | Claimed::Alone(_) => Ok(None),
+            Claimed::Fresh(routed) => Ok(Committed::New(routed)),
+            Claimed::Alone(_) => Err(IntakeError::Unavailable(
+                "the request's share was not committed".into(),
+            )),
             Claimed::Taken(existing) if existing.request_hash != hash => {
                 Err(IntakeError::KeyReused)
             }
@@ -339,7 +374,7 @@ impl Intake {
                     || Utc::now() - existing.created_at
                         > chrono::Duration::from_std(RELAY_GRACE).expect("small");
                 if settled {
-                    Ok(Some(existing.response_body))
+                    Ok(Committed::Stored(existing.response_body))
                 } else {
                     Err(IntakeError::KeyInProgress)
                 }
@@ -357,7 +392,7 @@ impl Intake {
         commitment: &Commitment,
     ) -> Result<Claimed, IntakeError> {
         let mut tx = self.pool.begin().await?;
-        let claimed = group::write(&mut tx, std::slice::from_ref(&share))
+        let claimed = group::write(&mut tx, self.inline.as_ref(), std::slice::from_ref(&share))
             .await?
             .pop()
             .expect("one answer per share");
@@ -366,71 +401,112 @@ impl Intake {
         Ok(claimed)
     }
 
-    /// Publishes the routing messages. The rows are already committed, so
-    /// they are durable whatever the broker says: the outbox relay publishes
-    /// any row the broker did not confirm. Only when the broker certainly
-    /// holds none of the messages (no channel, refused, unroutable) are the
-    /// rows withdrawn and the caller told 503. When it may hold some (a
-    /// confirm timed out, the channel closed while waiting) withdrawing could
-    /// lose a notification the router is already delivering, and a 503 would
-    /// make the client send it again: the request is accepted, and the
-    /// unconfirmed messages are published again until confirmed (the router's
-    /// fan-out key makes a second copy harmless).
+    /// Publishes the routing messages, or for a notification routed inline
+    /// its delivery messages. The rows are already committed, so they are
+    /// durable whatever the broker says: the outbox relay publishes a
+    /// routing message for any notification the broker did not confirm.
+    /// Only when the broker certainly holds none of the messages (no
+    /// channel, refused, unroutable) are the rows withdrawn and the caller
+    /// told 503. When it may hold some (a confirm timed out, the channel
+    /// closed while waiting) withdrawing could lose a notification already
+    /// being delivered, and a 503 would make the client send it again: the
+    /// request is accepted, and the unconfirmed messages are published
+    /// again until confirmed (the router's fan-out key and the worker's
+    /// claim make a second copy harmless).
     async fn publish(
         &self,
         tenant: &str,
         key: Option<&IdempotencyKey>,
         items: &[&Prepared],
+        routed: Vec<Option<Routed>>,
     ) -> Result<(), IntakeError> {
         let names = self.publisher.broker().names();
-        // The accepting span's context travels on, so the router's spans
-        // join the caller's trace (one context for all the items of a batch).
+        // The accepting span's context travels on, so the router's (or the
+        // worker's) spans join the caller's trace (one context for all the
+        // items of a batch).
         let trace = TraceContext::current();
-        let msgs: Vec<Outgoing> = items
-            .iter()
-            .map(|p| {
-                let mut msg = route_message(names, p.row.id, tenant, &p.lane, p.row.created_at);
-                msg.headers = trace.apply(msg.headers);
-                msg
-            })
-            .collect();
+        let mut routed = routed;
+        routed.resize_with(items.len(), || None);
+        let mut pending = Vec::with_capacity(items.len());
+        let mut msgs = Vec::with_capacity(items.len());
+        let mut owners = Vec::with_capacity(items.len());
+        for (at, (p, routed)) in items.iter().zip(&mut routed).enumerate() {
+            pending.push(Pending {
+                id: p.row.id,
+                inline: routed.is_some(),
+                msgs: Vec::new(),
+            });
+            match routed {
+                Some(r) => {
+                    owners.extend(r.messages.iter().map(|_| at));
+                    msgs.append(&mut r.messages);
+                }
+                None => {
+                    let mut msg = route_message(names, p.row.id, tenant, &p.lane, p.row.created_at);
+                    msg.headers = trace.apply(msg.headers);
+                    msgs.push(msg);
+                    owners.push(at);
+                }
+            }
+        }
         let results = self.publisher.publish_all(&msgs).await;
-        let ids: Vec<Uuid> = items.iter().map(|p| p.row.id).collect();
-        let certainly_none = results
-            .iter()
-            .all(|r| r.as_ref().is_err_and(PublishError::certainly_not_queued));
-        if certainly_none && let Some(Err(err)) = results.first() {
+        let refused = if msgs.is_empty() {
+            // Nothing to publish (every delivery held, suppressed or without
+            // a destination): accepted only while the broker is reachable,
+            // as every other request is; during an outage all are told 503.
+            self.publisher
+                .broker()
+                .connection()
+                .await
+                .err()
+                .map(|e| e.to_string())
+        } else {
+            results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(PublishError::certainly_not_queued))
+                .then(|| results.first().and_then(|r| r.as_ref().err()))
+                .flatten()
+                .map(ToString::to_string)
+        };
+        if let Some(err) = refused {
             metrics::counter!("herald_ingest_publish_failures_total").increment(1);
             // Withdraw: the caller gets 503 and may retry. If the withdrawal
             // fails too, the relay publishes the rows later and a retry with
             // the same idempotency key is answered as accepted.
-            if let Err(e) = db::notifications::delete(&self.pool, &ids).await {
+            let ids: Vec<Uuid> = items.iter().map(|p| p.row.id).collect();
+            let created: Vec<DateTime<Utc>> = items.iter().map(|p| p.row.created_at).collect();
+            if let Err(e) = db::notifications::delete(&self.pool, &ids, &created).await {
                 tracing::warn!(error = %e, "could not withdraw unpublished notifications; the relay will publish them");
             } else if let Some(key) = key {
                 let _ = idempotency::release(&self.pool, tenant, key.as_str()).await;
             }
-            return Err(IntakeError::Unavailable(err.to_string()));
+            return Err(IntakeError::Unavailable(err));
         }
-        let mut unconfirmed = Vec::new();
-        for ((id, msg), result) in ids.iter().zip(msgs).zip(results) {
-            match result {
-                Ok(()) => {
-                    let _ = self.marks.send(Mark::Published(*id));
-                }
-                Err(e) => {
-                    tracing::warn!(notification_id = %id, error = %e,
-                        "routing message not confirmed; accepted, and publishing it again");
-                    unconfirmed.push((*id, msg));
-                }
+        for ((msg, at), result) in msgs.into_iter().zip(owners).zip(results) {
+            if let Err(e) = result {
+                let p = &mut pending[at];
+                tracing::warn!(notification_id = %p.id, error = %e,
+                    "message not confirmed; accepted, and publishing it again");
+                p.msgs.push(msg);
             }
         }
-        if !unconfirmed.is_empty() {
+        let inline = routed.iter().filter(|r| r.is_some()).count();
+        for (p, routed) in pending.iter().zip(&routed) {
+            if p.msgs.is_empty() {
+                let _ = self.marks.send(p.mark());
+            }
+            if let Some(r) = routed {
+                r.count();
+            }
+        }
+        pending.retain(|p| !p.msgs.is_empty());
+        if !pending.is_empty() {
             metrics::counter!("herald_ingest_publish_unconfirmed_total")
-                .increment(unconfirmed.len() as u64);
+                .increment(pending.iter().map(|p| p.msgs.len() as u64).sum());
             tokio::spawn(republish(
                 self.publisher.clone(),
                 self.marks.clone(),
-                unconfirmed,
+                pending,
             ));
         }
         if let Some(key) = key {
@@ -439,35 +515,57 @@ impl Intake {
                 key: key.as_str().to_owned(),
             });
         }
-        metrics::counter!("herald_notifications_accepted_total").increment(ids.len() as u64);
+        metrics::counter!("herald_notifications_accepted_total").increment(items.len() as u64);
+        metrics::counter!("herald_ingest_routed_inline_total").increment(inline as u64);
         Ok(())
     }
 }
 
-/// Publishes accepted notifications whose routing message was not confirmed,
-/// with a growing pause, for as long as the relay's grace lasts; after that
-/// (or if this process dies) the relay takes the rows over.
+/// An accepted notification's messages not yet confirmed: its routing
+/// message, or its delivery messages when it was routed inline.
+struct Pending {
+    id: Uuid,
+    inline: bool,
+    msgs: Vec<Outgoing>,
+}
+
+impl Pending {
+    /// The mark to write once every message is confirmed.
+    fn mark(&self) -> Mark {
+        if self.inline {
+            Mark::Routed(self.id)
+        } else {
+            Mark::Published(self.id)
+        }
+    }
+}
+
+/// Publishes accepted notifications' unconfirmed messages, with a growing
+/// pause, for as long as the relay's grace lasts; after that (or if this
+/// process dies) the relay takes the rows over.
 async fn republish(
     publisher: Publisher,
     marks: tokio::sync::mpsc::UnboundedSender<Mark>,
-    mut pending: Vec<(Uuid, Outgoing)>,
+    mut pending: Vec<Pending>,
 ) {
     let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(500);
     while !pending.is_empty() && started.elapsed() + pause < RELAY_GRACE {
         tokio::time::sleep(pause).await;
-        let msgs: Vec<Outgoing> = pending.iter().map(|(_, m)| m.clone()).collect();
-        let results = publisher.publish_all(&msgs).await;
-        let mut left = Vec::new();
-        for ((id, msg), result) in pending.into_iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    let _ = marks.send(Mark::Published(id));
-                }
-                Err(_) => left.push((id, msg)),
+        let msgs: Vec<Outgoing> = pending.iter().flat_map(|p| p.msgs.clone()).collect();
+        let mut results = publisher.publish_all(&msgs).await.into_iter();
+        for p in &mut pending {
+            let sent = std::mem::take(&mut p.msgs);
+            p.msgs = sent
+                .into_iter()
+                .zip(results.by_ref())
+                .filter_map(|(msg, result)| result.is_err().then_some(msg))
+                .collect();
+            if p.msgs.is_empty() {
+                let _ = marks.send(p.mark());
             }
         }
-        pending = left;
+        pending.retain(|p| !p.msgs.is_empty());
         pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    fanout::{DeliveryKey, Fanout, RouteError, count, key_of, new_rows, recipient},
+    fanout::{DeliveryKey, Fanout, RouteError, Subject, count, key_of, new_rows, recipient},
     plan::{Initial, Recipient},
 };
 use crate::{
@@ -233,7 +233,7 @@ impl Fanout {
                         .unwrap_or_else(|| Recipient::unknown(u.as_str()))
                 })
                 .collect();
-            match self.plan(&w.row, &w.req, &recipients).await {
+            match self.plan(Subject::of(&w.row), &w.req, &recipients).await {
                 Ok(plan) => planned.push((w, plan)),
                 Err(e) => results[w.at] = Some(Err(e)),
             }
@@ -276,7 +276,7 @@ impl Fanout {
                 .map(|(p, r)| (key_of(p), r.id))
                 .collect();
             let trace = traces.get(w.at).cloned().unwrap_or_default();
-            for m in self.messages(&w.row, &w.req, plan, &ids, None, &trace) {
+            for m in self.messages(Subject::of(&w.row), &w.req, plan, &ids, None, &trace) {
                 msgs.push(m);
                 owners.push(w.at);
             }
@@ -305,7 +305,7 @@ impl Fanout {
             .collect();
         db::routing::finish_routing_many(self.pool(), &done).await?;
         for (w, plan) in routed.iter().filter(|(w, _)| !failed.contains(&w.at)) {
-            count(plan, w.req.priority, &w.row);
+            count(plan, w.req.priority, w.row.created_at);
             results[w.at] = Some(Ok(Routed::Done));
         }
         Ok(())

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::plan::{Initial, Planned};
@@ -26,7 +26,7 @@ pub fn parse(value: &serde_json::Value) -> Caps {
 /// Suppresses planned deliveries over their user's cap. Only still-pending
 /// deliveries count and can be suppressed.
 pub async fn apply(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     category: &str,
     notification_id: Uuid,
@@ -49,7 +49,7 @@ pub async fn apply(
             continue;
         }
         let ranks = db::routing::cap_ranks(
-            pool,
+            &mut *conn,
             tenant,
             category,
             channel.as_str(),

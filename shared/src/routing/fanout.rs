@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -356,32 +356,46 @@ impl Fanout {
     /// expiry as of now.
     pub(super) async fn plan(
         &self,
-        row: &NotificationRow,
+        of: Subject<'_>,
         req: &NotificationRequest,
         recipients: &[Recipient],
     ) -> Result<Vec<Planned>, RouteError> {
-        let now = Utc::now();
-        let (policy, caps) = self.policy(&row.tenant_id).await?;
-        let by_user: HashMap<&str, &Recipient> =
-            recipients.iter().map(|r| (r.user_id.as_str(), r)).collect();
-        let mut planned: Vec<Planned> = recipients
-            .iter()
-            .flat_map(|r| plan::plan_recipient(req, &policy, r))
-            .collect();
-        caps::apply(
-            &self.pool,
-            &row.tenant_id,
-            req.category.as_str(),
-            row.id,
-            row.created_at,
-            &caps,
-            &mut planned,
-        )
-        .await?;
-        for p in &mut planned {
-            plan::apply_timing(p, req, by_user[p.user_id.as_str()], now);
+        let (policy, caps) = self.policy(of.tenant_id).await?;
+        let mut planned = plan_before_caps(req, &policy, recipients);
+        if caps.contains_key(req.category.as_str()) {
+            let mut conn = self.pool.acquire().await?;
+            caps::apply(
+                &mut conn,
+                of.tenant_id,
+                req.category.as_str(),
+                of.id,
+                of.created_at,
+                &caps,
+                &mut planned,
+            )
+            .await?;
         }
+        time(&mut planned, req, recipients);
         Ok(planned)
+    }
+
+    /// The plan of a notification whose category the tenant does not cap,
+    /// for ingest's inline routing ([`super::inline`]); `None` when it is
+    /// capped (caps are counted by the router alone, in committed rows) or
+    /// the tenant is unknown.
+    pub(super) async fn plan_uncapped(
+        &self,
+        tenant: &str,
+        req: &NotificationRequest,
+        recipients: &[Recipient],
+    ) -> Option<Vec<Planned>> {
+        let (policy, caps) = self.policy(tenant).await.ok()?;
+        if caps.contains_key(req.category.as_str()) {
+            return None;
+        }
+        let mut planned = plan_before_caps(req, &policy, recipients);
+        time(&mut planned, req, recipients);
+        Some(planned)
     }
 
     /// One message per planned delivery that `ids` names (the stored id of
@@ -389,7 +403,7 @@ impl Fanout {
     /// the routing span's `trace` context.
     pub(super) fn messages(
         &self,
-        row: &NotificationRow,
+        of: Subject<'_>,
         req: &NotificationRequest,
         planned: &[Planned],
         ids: &HashMap<DeliveryKey<'_>, Uuid>,
@@ -404,9 +418,9 @@ impl Fanout {
                 let rendered = p.rendered.clone()?;
                 let mut out = DeliveryMessage {
                     delivery_id: *id,
-                    created_at: row.created_at,
-                    notification_id: row.id,
-                    tenant_id: row.tenant_id.clone(),
+                    created_at: of.created_at,
+                    notification_id: of.id,
+                    tenant_id: of.tenant_id.to_owned(),
                     user_id: p.user_id.clone(),
                     channel: p.channel,
                     lane: req.priority,
@@ -436,7 +450,7 @@ impl Fanout {
         replay: Option<i64>,
     ) -> Result<(), RouteError> {
         self.yield_to_high(req.priority).await;
-        let planned = self.plan(row, req, &recipients).await?;
+        let planned = self.plan(Subject::of(row), req, &recipients).await?;
         let lane = req.priority;
         let users: Vec<&str> = recipients.iter().map(|r| r.user_id.as_str()).collect();
         // Routed before (a redelivery, a replay): a user's channel that
@@ -488,7 +502,7 @@ impl Fanout {
             })
             .collect();
         let msgs = self.messages(
-            row,
+            Subject::of(row),
             req,
             &planned,
             &pending,
@@ -519,8 +533,50 @@ impl Fanout {
                 ));
             }
         }
-        count(&planned, lane, row);
+        count(&planned, lane, row.created_at);
         Ok(())
+    }
+}
+
+/// Which notification a plan or a message is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Subject<'a> {
+    pub id: Uuid,
+    pub tenant_id: &'a str,
+    pub created_at: DateTime<Utc>,
+}
+
+impl<'a> Subject<'a> {
+    /// The notification of a stored row.
+    pub fn of(row: &'a NotificationRow) -> Self {
+        Self {
+            id: row.id,
+            tenant_id: &row.tenant_id,
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// Channels, destinations and preferences of every recipient: the plan
+/// before caps and timing.
+fn plan_before_caps(
+    req: &NotificationRequest,
+    policy: &Policy,
+    recipients: &[Recipient],
+) -> Vec<Planned> {
+    recipients
+        .iter()
+        .flat_map(|r| plan::plan_recipient(req, policy, r))
+        .collect()
+}
+
+/// Quiet hours, `send_at` and expiry, as of now.
+fn time(planned: &mut [Planned], req: &NotificationRequest, recipients: &[Recipient]) {
+    let now = Utc::now();
+    let by_user: HashMap<&str, &Recipient> =
+        recipients.iter().map(|r| (r.user_id.as_str(), r)).collect();
+    for p in planned {
+        plan::apply_timing(p, req, by_user[p.user_id.as_str()], now);
     }
 }
 
@@ -563,7 +619,7 @@ pub(super) fn new_rows<'a>(planned: impl Iterator<Item = &'a Planned>) -> Vec<Ne
 }
 
 /// Counts what was planned, and how late a `high` notification was routed.
-pub(super) fn count(planned: &[Planned], lane: Lane, row: &NotificationRow) {
+pub(super) fn count(planned: &[Planned], lane: Lane, accepted_at: DateTime<Utc>) {
     let lane_label = lane.as_str();
     for p in planned {
         metrics::counter!("herald_router_deliveries_total", "channel" => p.channel.as_str(),
@@ -572,6 +628,6 @@ pub(super) fn count(planned: &[Planned], lane: Lane, row: &NotificationRow) {
     }
     if lane == Lane::High {
         metrics::histogram!("herald_router_high_lag_seconds")
-            .record((Utc::now() - row.created_at).num_milliseconds().max(0) as f64 / 1000.0);
+            .record((Utc::now() - accepted_at).num_milliseconds().max(0) as f64 / 1000.0);
     }
 }

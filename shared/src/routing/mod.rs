@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod caps;
 pub mod fanout;
+pub mod inline;
 pub mod plan;
 pub mod quiet;
 pub mod replan;

@@ -175,7 +175,7 @@ pub mod intake {
     );
     pub const PUBLISH_UNCONFIRMED: Metric = counter(
         "herald_ingest_publish_unconfirmed_total",
-        "routing messages whose confirm failed after the commit, accepted and published again",
+        "routing or delivery messages whose confirm failed after the commit, accepted and published again",
     );
     pub const AMQP: Metric = counter(
         "herald_ingest_amqp_total",
@@ -185,6 +185,10 @@ pub mod intake {
         "herald_relay_republished_total",
         "committed but unconfirmed notifications the outbox relay published",
     );
+    pub const ROUTED_INLINE: Metric = counter(
+        "herald_ingest_routed_inline_total",
+        "notifications routed by ingest in the commit that accepted them (INLINE_ROUTING_MAX_USERS)",
+    );
 
     /// Every metric of the area.
     pub const ALL: &[Metric] = &[
@@ -193,6 +197,7 @@ pub mod intake {
         PUBLISH_UNCONFIRMED,
         AMQP,
         RELAY_REPUBLISHED,
+        ROUTED_INLINE,
     ];
 }
 
@@ -203,7 +208,7 @@ pub mod router {
 
     pub const DELIVERIES: Metric = counter(
         "herald_router_deliveries_total",
-        "deliveries the router recorded, by channel, lane and the status it decided",
+        "deliveries recorded by routing (the router, or ingest's inline routing), by channel, lane and the status decided",
     );
     pub const TOPIC_PAGES: Metric = counter(
         "herald_router_topic_pages_total",

@@ -15,9 +15,15 @@ fn email_notification(users: &[&str]) -> Value {
     })
 }
 
+/// Ingest with inline routing off: these tests look at what ingest itself
+/// makes durable for the router (the row, the routing message on the
+/// broker, the idempotency record). Inline routing has its tests in
+/// inline_routing.rs.
 async fn setup() -> (TestEnv, herald_tests::Spawned, Client) {
     let env = TestEnv::new().await;
-    let app = env.spawn_ingest().await;
+    let app = env
+        .spawn_ingest_with(|c| c.inline_routing_max_users = 0)
+        .await;
     let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
     let client = Client::new(&app, &key);
     (env, app, client)
@@ -791,6 +797,27 @@ async fn broker_down_is_503_and_nothing_is_kept() {
         .await
         .unwrap();
     assert_eq!(count, 0, "an unconfirmed notification is withdrawn");
+    // A user with an address: routed inline, its delivery withdrawn too.
+    sqlx::query(
+        "INSERT INTO users (tenant_id, id, email) VALUES ('acme', 'u-2', 'u-2@example.com')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let resp = Client::new(&app, &key)
+        .req(Method::POST, "/v1/notifications")
+        .json(&email_notification(&["u-2"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM deliveries)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0, "nothing kept, deliveries included");
     let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
         .fetch_one(&env.pool)
         .await

@@ -64,8 +64,12 @@ async fn accepted_notification_survives_ingest_being_killed() {
     let env = TestEnv::new().await;
     let key = env.key("acme", &[Scope::Send]).await;
     let port = free_port();
+    // The routing message is what a killed ingest must leave behind here:
+    // inline routing off (inline_routing.rs covers the delivery messages it
+    // publishes instead).
     let mut ingest = command(&env, "ingest")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("INLINE_ROUTING_MAX_USERS", "0")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -103,6 +107,70 @@ async fn accepted_notification_survives_ingest_being_killed() {
     assert_eq!(
         herald::broker::header_str(headers, Headers::NOTIFICATION).as_deref(),
         Some(id.as_str())
+    );
+    broker.close().await;
+}
+
+/// Routed inline, a one-time code's delivery message is on the broker when
+/// the 202 arrives: a SIGKILL right after it loses nothing.
+#[tokio::test]
+async fn inline_routed_code_is_on_the_broker_when_ingest_is_killed_after_its_202() {
+    let env = TestEnv::new().await;
+    let key = env.key("acme", &[Scope::Send]).await;
+    sqlx::query("INSERT INTO users (tenant_id, id, phone) VALUES ('acme', 'u-1', '+14155550100')")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut ingest = command(&env, "ingest")
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(port).await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/notifications"))
+        .bearer_auth(&key)
+        .json(&notification())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    ingest.start_kill().unwrap();
+    ingest.wait().await.unwrap();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let broker = env.broker().await;
+    let ch = broker.channel().await.unwrap();
+    let msg = ch
+        .basic_get(
+            env.names()
+                .delivery_queue(herald::model::Channel::Sms, Lane::High)
+                .as_str()
+                .into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("the code's delivery is on the broker");
+    let body: Value = serde_json::from_slice(&msg.delivery.data).unwrap();
+    assert_eq!(body["notification_id"], id);
+    assert_eq!(body["destination"]["address"], "+14155550100");
+    let stored: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE notification_id = $1::uuid AND status = 'pending'",
+    )
+    .bind(&id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(body["delivery_id"], stored.to_string());
+    assert_eq!(
+        env.queue_depth(&env.names().route_queue(Lane::High)).await,
+        0,
+        "no routing message"
     );
     broker.close().await;
 }

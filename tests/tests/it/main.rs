@@ -9,6 +9,7 @@ mod erasure;
 mod events;
 mod faults_kit;
 mod ingest;
+mod inline_routing;
 mod operators;
 mod providers;
 mod receipts;

@@ -20,8 +20,13 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+/// [`setup`] with ingest's configuration adjusted by `tweak`.
+async fn setup_with(tweak: impl FnOnce(&mut herald::api::IngestConfig)) -> Setup {
     let env = TestEnv::new().await;
-    let ingest = env.spawn_ingest().await;
+    let ingest = env.spawn_ingest_with(tweak).await;
     let router = env.spawn_router().await;
     let key = env.key("acme", &[Scope::Send, Scope::Manage]).await;
     let client = Client::new(&ingest, &key);
@@ -621,7 +626,9 @@ async fn status_pages_through_deliveries_and_reports_completion() {
 /// `herald_yielded_to_high_total{lane="bulk"}` counts the waits.
 #[tokio::test]
 async fn bulk_fan_out_yields_to_high_notifications_routed_in_batches() {
-    let s = setup().await;
+    // The codes must reach the router: routed inline, the router's bulk
+    // steps would have nothing to yield to.
+    let s = setup_with(|c| c.inline_routing_max_users = 0).await;
     seed_topic(&s.env, "sale", 5_000).await;
     s.user("code-user", json!({"email": "code@example.com"}))
         .await;

@@ -145,8 +145,8 @@ pub async fn replan(
 /// already there (same notification, user, channel, destination) are left
 /// as they are. Answers the ids actually inserted: a planned row whose id
 /// is missing was there before (its notification was routed already).
-pub async fn insert_many(
-    pool: &PgPool,
+pub async fn insert_many<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     rows: &[(&BatchOf<'_>, &NewDelivery)],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     if rows.is_empty() {
@@ -184,7 +184,7 @@ pub async fn insert_many(
         &cols.rendered as &[Option<serde_json::Value>],
         &cols.not_before as &[Option<DateTime<Utc>>],
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 

@@ -52,7 +52,11 @@ pub fn ingest(names: &Names, routes: impl IntoIterator<Item = (String, String, u
         consumers::ALL,
         replay::ALL,
         receipts::ALL,
+        // Inline routing records deliveries as the router does.
+        &[routing::DELIVERIES, routing::HIGH_LAG],
     ]);
+    routed_deliveries();
+    routing::HIGH_LAG.zero(&[]);
     for provider in receipts::PROVIDERS {
         for outcome in receipts::OUTCOMES {
             receipts::RECEIVED.zero(&[
@@ -95,6 +99,7 @@ pub fn ingest(names: &Names, routes: impl IntoIterator<Item = (String, String, u
         intake::PUBLISH_FAILURES,
         intake::PUBLISH_UNCONFIRMED,
         intake::RELAY_REPUBLISHED,
+        intake::ROUTED_INLINE,
     ] {
         metric.zero(&[]);
     }
@@ -133,6 +138,21 @@ fn dead_letter_classes() -> Vec<(String, String)> {
     pairs
 }
 
+/// Deliveries recorded by routing, every channel, lane and status at zero.
+fn routed_deliveries() {
+    for channel in Channel::ALL {
+        for lane in Lane::ALL {
+            for status in routing::STATUSES {
+                routing::DELIVERIES.zero(&[
+                    ("channel", channel.to_string()),
+                    ("lane", lane.to_string()),
+                    ("status", status.to_owned()),
+                ]);
+            }
+        }
+    }
+}
+
 /// The router at start.
 pub fn router(names: &Names) {
     describe(&[
@@ -154,17 +174,7 @@ pub fn router(names: &Names) {
         "outcome",
         events::WEBHOOK_OUTCOMES.map(String::from),
     );
-    for channel in Channel::ALL {
-        for lane in Lane::ALL {
-            for status in routing::STATUSES {
-                routing::DELIVERIES.zero(&[
-                    ("channel", channel.to_string()),
-                    ("lane", lane.to_string()),
-                    ("status", status.to_owned()),
-                ]);
-            }
-        }
-    }
+    routed_deliveries();
     for metric in [
         routing::TOPIC_PAGES,
         routing::REPLANNED,

@@ -14,7 +14,9 @@
 //!
 //! `--cluster` runs everything, the ceiling included, on a private
 //! three-node RabbitMQ cluster on loopback instead of the local broker;
-//! `--shards N` splits every lane queue into N (`QUEUE_SHARDS`).
+//! `--shards N` splits every lane queue into N (`QUEUE_SHARDS`);
+//! `--inline-routing-max-users 0` sends every notification through the
+//! router (ingest's `INLINE_ROUTING_MAX_USERS`), for an A/B in one sitting.
 
 mod ceiling;
 mod load;
@@ -67,6 +69,10 @@ pub struct Args {
     /// `QUEUE_SHARDS` of the binaries: queues per lane.
     #[arg(long, default_value_t = 1)]
     pub shards: u16,
+    /// `INLINE_ROUTING_MAX_USERS` of ingest (0: every notification through
+    /// the router); ingest's default when not given.
+    #[arg(long)]
+    pub inline_routing_max_users: Option<usize>,
 }
 
 /// The pipeline under test.
@@ -84,7 +90,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    async fn start(users: usize, amqp_url: String, shards: u16) -> anyhow::Result<Self> {
+    async fn start(
+        users: usize,
+        amqp_url: String,
+        shards: u16,
+        inline: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let mut env = TestEnv::new().await;
         env.shards = shards;
         let key = env.key("bench", &[Scope::Send, Scope::Manage]).await;
@@ -106,6 +117,7 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(inline.map(|n| ("INLINE_ROUTING_MAX_USERS".to_owned(), n.to_string())))
         .collect();
         let with = |extra: Env| {
             let mut env = base.clone();
@@ -164,7 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cluster::amqp_url(&nodes)
     };
     let users = args.notifications.clamp(1_000, 20_000);
-    let p = Pipeline::start(users, amqp_url, args.shards).await?;
+    let p = Pipeline::start(users, amqp_url, args.shards, args.inline_routing_max_users).await?;
     eprintln!("pipeline up; processes log to {}", p.log_dir().display());
     if let Some(seed) = nodes.first() {
         let leaders = cluster::leaders(seed, &p.env.prefix).await;

@@ -81,6 +81,8 @@ pub struct Summary {
     pub broker: String,
     /// `QUEUE_SHARDS` of the binaries.
     pub shards: u16,
+    /// `INLINE_ROUTING_MAX_USERS` of ingest, when the benchmark set it.
+    pub inline_routing_max_users: Option<usize>,
     pub notifications: usize,
     pub concurrency: usize,
     pub rounds: Vec<Round>,
@@ -147,6 +149,7 @@ pub async fn measure(p: &Pipeline, args: &Args) -> anyhow::Result<Summary> {
         }
         .to_owned(),
         shards: args.shards,
+        inline_routing_max_users: args.inline_routing_max_users,
         notifications: n,
         concurrency: c,
         ceiling: spread(&|r| r.ceiling_per_sec),
@@ -299,10 +302,15 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Machine: {}. Broker: {}, {} shard(s) per lane. {} notifications per measurement, {} concurrent clients, {} rounds.\n",
+            "Machine: {}. Broker: {}, {} shard(s) per lane. Inline routing: {}. {} notifications per measurement, {} concurrent clients, {} rounds.\n",
             self.machine,
             self.broker,
             self.shards,
+            match self.inline_routing_max_users {
+                Some(0) => "off".to_owned(),
+                Some(n) => format!("up to {n} users"),
+                None => "ingest's default".to_owned(),
+            },
             self.notifications,
             self.concurrency,
             self.rounds.len()
