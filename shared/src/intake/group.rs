@@ -236,7 +236,7 @@ pub(super) async fn write(
         }
     }
     if let Some(inline) = inline.filter(|_| !offers.is_empty()) {
-        let recorded = inline.record(&mut **tx, &offers).await?;
+        let recorded = inline.record(tx, &offers).await?;
         for ((at, row_at), routed) in owners.into_iter().zip(recorded) {
             if let Claimed::Fresh(rows) = &mut answers[at] {
                 rows[row_at] = routed;
