@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    fanout::{DeliveryKey, Fanout, RouteError, Subject, count, key_of, new_rows, recipient},
+    fanout::{DeliveryKey, Fanout, RouteError, Subject, count, key_of, new_rows, recipients_of},
     plan::{Initial, Recipient},
 };
 use crate::{
@@ -207,16 +207,7 @@ impl Fanout {
             })
             .collect();
         let found: HashMap<(String, String), Recipient> =
-            db::routing::recipients_of(self.pool(), &pairs)
-                .await?
-                .into_iter()
-                .map(|r| {
-                    (
-                        (r.tenant_id, r.recipient.id.clone()),
-                        recipient(r.recipient),
-                    )
-                })
-                .collect();
+            recipients_of(self.pool(), &pairs).await?;
 
         self.yield_to_high(lane).await;
         let mut planned = Vec::with_capacity(work.len());

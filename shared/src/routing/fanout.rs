@@ -593,6 +593,24 @@ pub(super) fn key_of(p: &Planned) -> DeliveryKey<'_> {
     )
 }
 
+/// The named users of several tenants in one read, as the planner sees
+/// them, by (tenant, user); missing ones are absent.
+pub(super) async fn recipients_of<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    pairs: &[(&str, &str)],
+) -> Result<HashMap<(String, String), Recipient>, sqlx::Error> {
+    Ok(db::routing::recipients_of(db, pairs)
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                (r.tenant_id, r.recipient.id.clone()),
+                recipient(r.recipient),
+            )
+        })
+        .collect())
+}
+
 /// The rows to insert for planned deliveries, each with a fresh id.
 pub(super) fn new_rows<'a>(planned: impl Iterator<Item = &'a Planned>) -> Vec<NewDelivery> {
     planned

@@ -27,7 +27,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
-    fanout::{DeliveryKey, Fanout, Subject, count, key_of, new_rows, recipient},
+    fanout::{DeliveryKey, Fanout, Subject, count, key_of, new_rows, recipients_of},
     plan::{Initial, Planned, Recipient},
 };
 use crate::{
@@ -105,17 +105,7 @@ impl Inline {
             .iter()
             .flat_map(|o| users(o.req).map(|u| (o.row.tenant_id.as_str(), u)))
             .collect();
-        let found: HashMap<(String, String), Recipient> =
-            db::routing::recipients_of(&mut *tx, &pairs)
-                .await?
-                .into_iter()
-                .map(|r| {
-                    (
-                        (r.tenant_id, r.recipient.id.clone()),
-                        recipient(r.recipient),
-                    )
-                })
-                .collect();
+        let found: HashMap<(String, String), Recipient> = recipients_of(&mut *tx, &pairs).await?;
         let mut plans = Vec::with_capacity(offers.len());
         for o in offers {
             let recipients: Vec<Recipient> = users(o.req)
