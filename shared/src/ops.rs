@@ -131,9 +131,23 @@ pub struct Service {
 impl Service {
     /// Opens the pool (lazily) and the broker handle.
     pub fn start(common: &crate::config::CommonConfig) -> anyhow::Result<Self> {
+        Self::start_with_reserve(common, 0)
+    }
+
+    /// [`Service::start`] with `reserved` of `DATABASE_MAX_CONNECTIONS`
+    /// kept out of the pool, for a pool of the caller's own (the workers'
+    /// ledger): the process stays within its connection budget.
+    pub fn start_with_reserve(
+        common: &crate::config::CommonConfig,
+        reserved: u32,
+    ) -> anyhow::Result<Self> {
         // Install the recorder before anything counts.
         telemetry::metrics();
-        let pool = db::connect_lazy(&common.database_url, common.database_max_connections)?;
+        let size = common
+            .database_max_connections
+            .saturating_sub(reserved)
+            .max(1);
+        let pool = db::connect_lazy(&common.database_url, size)?;
         let broker = Broker::new(&common.amqp_url, common.names());
         Ok(Self {
             pool,

@@ -90,6 +90,7 @@ impl Engine {
     pub fn new(
         channel: Channel,
         pool: PgPool,
+        ledger_connections: u32,
         publisher: Publisher,
         providers: Arc<dyn Providers>,
         budget: Budget,
@@ -97,9 +98,11 @@ impl Engine {
         timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
+        // Connections of their own, for their planner settings.
+        let ledger_pool = deliveries::ledger_pool(&pool, ledger_connections);
         let ledgers = [
-            Ledger::start(pool.clone(), CLAIM_LEASE, channel),
-            Ledger::start(pool.clone(), CLAIM_LEASE, channel),
+            Ledger::start(ledger_pool.clone(), CLAIM_LEASE, channel),
+            Ledger::start(ledger_pool, CLAIM_LEASE, channel),
         ];
         let settle_until = CancellationToken::new();
         {

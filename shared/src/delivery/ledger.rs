@@ -1,9 +1,10 @@
 //! Group commit for the workers' two writes per delivery, the claim and the
 //! outcome. Handlers queue their request and await the answer; a writer
 //! takes everything queued since its last statement and writes it in one
-//! statement (`herald_claim_deliveries` / `herald_settle_deliveries`), so a
-//! worker with a hundred messages in flight pays one commit (and one fsync)
-//! per batch instead of one per delivery.
+//! statement per delivery partition ([`deliveries::claim_many`] /
+//! [`deliveries::settle_many`]), so a worker with a hundred messages in
+//! flight pays one commit (and one fsync) per batch instead of one per
+//! delivery.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -21,6 +22,15 @@ const BATCH: usize = 256;
 /// commit to reach the disk, the next is already executing: commits overlap
 /// and the database's CPU is not idle during the flush.
 const WRITERS: usize = 2;
+/// Statements one ledger may have in flight.
+const IN_FLIGHT: u32 = 2 * WRITERS as u32;
+
+/// Connections of a worker's ledger pool (its two ledgers'), out of its
+/// `DATABASE_MAX_CONNECTIONS`: one per statement in flight, but never more
+/// than half the budget.
+pub fn connections(max_connections: u32) -> u32 {
+    (2 * IN_FLIGHT).min(max_connections / 2).max(1)
+}
 
 /// The answer to one request: the database's error is shared by every
 /// request of the failed batch, and kept typed so the engine can tell an
@@ -35,7 +45,8 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Starts the two writer tasks on `pool`.
+    /// Starts the two writer tasks on `pool`, a
+    /// [`ledger_pool`](deliveries::ledger_pool).
     pub fn start(pool: PgPool, lease: Duration, channel: Channel) -> Self {
         let (claims, claim_rx) = mpsc::channel(4 * BATCH);
         let (settles, settle_rx) = mpsc::channel(4 * BATCH);

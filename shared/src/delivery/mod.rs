@@ -137,7 +137,8 @@ pub async fn run(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let service = ops::Service::start(&config.common)?;
+    let ledger_connections = ledger::connections(config.common.database_max_connections);
+    let service = ops::Service::start_with_reserve(&config.common, ledger_connections)?;
     catalogue::worker(&catalogue::WorkerLabels {
         channel,
         names: service.broker.names(),
@@ -149,6 +150,7 @@ pub async fn run(
     let engine = Arc::new(Engine::new(
         channel,
         service.pool.clone(),
+        ledger_connections,
         publisher,
         providers,
         budget::Budget::new(config.rate_per_sec(channel), config.recipient_rate_per_min),

@@ -4,12 +4,17 @@
 
 use std::time::Duration;
 
-use herald::model::Channel;
+use chrono::{DateTime, Utc};
+use herald::{
+    db::deliveries::{self, Claim, ClaimRequest, Settle, SettleRequest},
+    model::Channel,
+};
 use herald_tests::{
     fakes::fcm::FcmFake,
     pipeline::{Pipeline, fcm},
 };
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 fn push(users: &[&str]) -> Value {
     json!({"category": "orders", "to": {"users": users},
@@ -148,23 +153,20 @@ async fn a_probe_that_fails_before_its_call_releases_the_circuit() {
         })
         .await
         .expect("the first call");
-    // Every claim now fails, the probe's included.
-    let claim =
-        "herald_claim_deliveries(timestamptz[], uuid[], boolean[], double precision, uuid[])";
-    let definition: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT pg_get_functiondef('{claim}'::regprocedure)"
-    )))
-    .fetch_one(&p.env.pool)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP FUNCTION {claim}")))
-        .execute(&p.env.pool)
-        .await
-        .unwrap();
+    // Every claim now fails, the probe's included: a trigger refuses every
+    // change to `sending`, on whichever partition the row is.
+    for sql in [
+        "CREATE FUNCTION refuse_claims() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'claims refused'; END $$",
+        "CREATE TRIGGER refuse_claims BEFORE UPDATE ON deliveries FOR EACH ROW
+         WHEN (NEW.status = 'sending') EXECUTE FUNCTION refuse_claims()",
+    ] {
+        sqlx::query(sql).execute(&p.env.pool).await.unwrap();
+    }
     // Past the open period: the probe has been tried, and failed to claim.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(fake.requests().len(), 1);
-    sqlx::query(sqlx::AssertSqlSafe(definition))
+    sqlx::query("DROP TRIGGER refuse_claims ON deliveries")
         .execute(&p.env.pool)
         .await
         .unwrap();
@@ -455,16 +457,18 @@ async fn stopping_hands_back_what_waits_for_the_budget() {
     p.stop().await;
 }
 
-/// The claim and the outcome of a delivery are tied by the claim's token:
-/// a claim retried after its answer was lost counts its attempt once; a
-/// second worker cannot take a row another one is sending (unless the
-/// broker redelivered the message or the lease ran out); an outcome under
-/// a stale token changes nothing.
-#[tokio::test]
-async fn claims_and_outcomes_are_tied_by_the_claims_token() {
-    let env = herald_tests::TestEnv::new().await;
-    let created = chrono::Utc::now();
-    let id = uuid::Uuid::now_v7();
+/// Which code claims and settles: the workers' statements on the
+/// delivery's partition, or the SQL functions that binaries of earlier
+/// versions call. Both must answer the same.
+#[derive(Clone, Copy, Debug)]
+enum Ledger {
+    Statements,
+    Functions,
+}
+
+/// One delivery row, `pending`, created at `created`.
+async fn pending_delivery(pool: &sqlx::PgPool, created: DateTime<Utc>) -> Uuid {
+    let id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, user_id, channel, lane,
                                  destination, status)
@@ -472,72 +476,242 @@ async fn claims_and_outcomes_are_tied_by_the_claims_token() {
     )
     .bind(id)
     .bind(created)
-    .bind(uuid::Uuid::now_v7())
-    .execute(&env.pool)
+    .bind(Uuid::now_v7())
+    .execute(pool)
     .await
     .unwrap();
-    let claim = |token: uuid::Uuid, redelivered: bool| {
-        let pool = env.pool.clone();
-        async move {
-            sqlx::query_as::<_, (bool, Option<i32>, Option<String>)>(
-                "SELECT claimed, attempts, status FROM herald_claim_deliveries($1, $2, $3, 120, $4)",
-            )
-            .bind(vec![created])
-            .bind(vec![id])
-            .bind(vec![redelivered])
-            .bind(vec![token])
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+    id
+}
+
+/// Claims `rows` (created, id) in one batch with `token`.
+async fn claim(
+    ledger: Ledger,
+    pool: &sqlx::PgPool,
+    rows: &[(DateTime<Utc>, Uuid)],
+    token: Uuid,
+    redelivered: bool,
+) -> Vec<Claim> {
+    match ledger {
+        Ledger::Statements => {
+            let requests: Vec<ClaimRequest> = rows
+                .iter()
+                .map(|(created_at, id)| ClaimRequest {
+                    created_at: *created_at,
+                    id: *id,
+                    redelivered,
+                    token,
+                })
+                .collect();
+            deliveries::claim_many(pool, &requests, Duration::from_secs(120))
+                .await
+                .unwrap()
         }
+        Ledger::Functions => sqlx::query_as::<_, (bool, Option<i32>, Option<String>)>(
+            "SELECT claimed, attempts, status FROM herald_claim_deliveries($1, $2, $3, 120, $4)",
+        )
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(vec![redelivered; rows.len()])
+        .bind(vec![token; rows.len()])
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| match row {
+            (true, Some(attempts), _) => Claim::Claimed { attempts },
+            (false, _, Some(status)) => Claim::Skip { status },
+            _ => Claim::Missing,
+        })
+        .collect(),
+    }
+}
+
+/// Records `status` on `rows` under `token`; answers how many were recorded.
+async fn settle(
+    ledger: Ledger,
+    pool: &sqlx::PgPool,
+    rows: &[(DateTime<Utc>, Uuid)],
+    token: Uuid,
+    status: &'static str,
+) -> i32 {
+    let outcome = match status {
+        "sent" => Settle::Sent { provider_id: None },
+        _ => Settle::Failed {
+            class: "permanent",
+            error: "refused",
+        },
     };
-    let settle = |token: uuid::Uuid, status: &'static str| {
-        let pool = env.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i32>(
-                "SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(vec![created])
-            .bind(vec![id])
-            .bind(vec![status])
-            .bind(vec![None::<String>])
-            .bind(vec![None::<String>])
-            .bind(vec![None::<String>])
-            .bind(vec![false])
-            .bind(vec![token])
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+    let requests: Vec<SettleRequest> = rows
+        .iter()
+        .map(|(created, id)| SettleRequest::new(*created, *id, token, &outcome))
+        .collect();
+    match ledger {
+        Ledger::Statements => deliveries::settle_many(pool, &requests).await.unwrap(),
+        Ledger::Functions => sqlx::query_scalar::<_, i32>(
+            "SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(requests.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.class.clone()).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+        .bind(vec![None::<String>; rows.len()])
+        .bind(vec![false; rows.len()])
+        .bind(vec![token; rows.len()])
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+    }
+}
+
+/// The claim and the outcome of a delivery are tied by the claim's token:
+/// a claim retried after its answer was lost counts its attempt once; a
+/// second worker cannot take a row another one is sending (unless the
+/// broker redelivered the message or the lease ran out); an outcome under
+/// a stale token changes nothing. The workers' statements and the SQL
+/// functions of earlier versions answer alike.
+#[tokio::test]
+async fn claims_and_outcomes_are_tied_by_the_claims_token() {
+    let env = herald_tests::TestEnv::new().await;
+    let pool = deliveries::ledger_pool(&env.pool, 2);
+    for ledger in [Ledger::Statements, Ledger::Functions] {
+        let created = Utc::now();
+        let row = [(created, pending_delivery(&env.pool, created).await)];
+        let claimed = |attempts| vec![Claim::Claimed { attempts }];
+        let skipped = |status: &str| {
+            vec![Claim::Skip {
+                status: status.into(),
+            }]
+        };
+        let first = Uuid::new_v4();
+        assert_eq!(
+            claim(ledger, &pool, &row, first, false).await,
+            claimed(1),
+            "{ledger:?}"
+        );
+        // The same claim again (its answer was lost): still one attempt.
+        assert_eq!(
+            claim(ledger, &pool, &row, first, false).await,
+            claimed(1),
+            "{ledger:?}"
+        );
+        // Another worker's claim of a row being sent is refused.
+        let second = Uuid::new_v4();
+        assert_eq!(
+            claim(ledger, &pool, &row, second, false).await,
+            skipped("sending"),
+            "{ledger:?}"
+        );
+        // A redelivered message takes it over (its holder's channel closed).
+        assert_eq!(
+            claim(ledger, &pool, &row, second, true).await,
+            claimed(2),
+            "{ledger:?}"
+        );
+        // The first holder's outcome comes late: nothing is recorded.
+        assert_eq!(
+            settle(ledger, &pool, &row, first, "failed").await,
+            0,
+            "{ledger:?}"
+        );
+        assert_eq!(
+            settle(ledger, &pool, &row, second, "sent").await,
+            1,
+            "{ledger:?}"
+        );
+        // Recorded once: the retried outcome and every later claim change nothing.
+        assert_eq!(
+            settle(ledger, &pool, &row, second, "sent").await,
+            0,
+            "{ledger:?}"
+        );
+        assert_eq!(
+            claim(ledger, &pool, &row, Uuid::new_v4(), true).await,
+            skipped("sent"),
+            "{ledger:?}"
+        );
+    }
+}
+
+/// The workers claim and settle on the delivery's own partition. A batch
+/// spanning two days, and rows kept in the default partition (no day
+/// partition for them), are answered per row in the batch's order, with a
+/// delivery named twice claimed once and an unknown one missing; every
+/// outcome is recorded and published as an event, whichever partition holds
+/// its row.
+#[tokio::test]
+async fn claims_and_outcomes_find_their_rows_in_every_partition() {
+    let env = herald_tests::TestEnv::new().await;
+    let pool = deliveries::ledger_pool(&env.pool, 2);
+    let today = Utc::now();
+    let yesterday = today - chrono::Duration::days(1);
+    // Past the partitions made ahead (14 days): the default partition.
+    let far = today + chrono::Duration::days(400);
+    let mut rows = Vec::new();
+    for created in [today, far, yesterday, today, far] {
+        rows.push((created, pending_delivery(&env.pool, created).await));
+    }
+    let partitions: Vec<String> = {
+        let mut names = Vec::new();
+        for (created, id) in &rows {
+            names.push(
+                sqlx::query_scalar::<_, String>(
+                    "SELECT tableoid::regclass::text FROM deliveries WHERE created_at = $1 AND id = $2",
+                )
+                .bind(created)
+                .bind(id)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap(),
+            );
         }
+        names
     };
-    let first = uuid::Uuid::new_v4();
     assert_eq!(
-        claim(first, false).await,
-        (true, Some(1), Some("sending".into()))
+        partitions,
+        [
+            format!("deliveries_{}", today.format("%Y%m%d")),
+            "deliveries_default".into(),
+            format!("deliveries_{}", yesterday.format("%Y%m%d")),
+            format!("deliveries_{}", today.format("%Y%m%d")),
+            "deliveries_default".into(),
+        ],
+        "the batch spans three partitions"
     );
-    // The same claim again (its answer was lost): still one attempt.
+    let token = Uuid::new_v4();
+    let mut batch = rows.clone();
+    batch.insert(2, rows[1]);
+    batch.push((today, Uuid::now_v7()));
+    let claims = claim(Ledger::Statements, &pool, &batch, token, false).await;
+    let claimed = Claim::Claimed { attempts: 1 };
     assert_eq!(
-        claim(first, false).await,
-        (true, Some(1), Some("sending".into()))
+        claims,
+        vec![
+            claimed.clone(),
+            claimed.clone(),
+            Claim::Skip {
+                status: "sending".into()
+            },
+            claimed.clone(),
+            claimed.clone(),
+            claimed,
+            Claim::Missing,
+        ]
     );
-    // Another worker's claim of a row being sent is refused.
-    let second = uuid::Uuid::new_v4();
     assert_eq!(
-        claim(second, false).await,
-        (false, Some(1), Some("sending".into()))
+        settle(Ledger::Statements, &pool, &rows, token, "sent").await,
+        5
     );
-    // A redelivered message takes it over (its holder's channel closed).
-    assert_eq!(
-        claim(second, true).await,
-        (true, Some(2), Some("sending".into()))
-    );
-    // The first holder's outcome comes late: nothing is recorded.
-    assert_eq!(settle(first, "failed").await, 0);
-    assert_eq!(settle(second, "sent").await, 1);
-    // Recorded once: the retried outcome and every later claim change nothing.
-    assert_eq!(settle(second, "sent").await, 0);
-    assert_eq!(
-        claim(uuid::Uuid::new_v4(), true).await,
-        (false, Some(2), Some("sent".into()))
-    );
+    let sent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deliveries WHERE status = 'sent' AND attempts = 1 AND sent_at IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(sent, 5);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE status = 'sent'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 5, "each outcome is an event");
 }

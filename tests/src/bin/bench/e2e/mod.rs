@@ -59,6 +59,10 @@ pub struct Args {
     /// working on that path; writes nothing).
     #[arg(long)]
     pub high_only: bool,
+    /// Only single sends, closed loop, `rounds` times (for profiling that
+    /// path; writes nothing).
+    #[arg(long)]
+    pub singles_only: bool,
     /// Where the JSON, Markdown and SVG go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -190,6 +194,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let h = report::high_under_bulk(&p, &args).await?;
         println!("{h:#?}");
         println!("{}", report::high_stages(&p).await?);
+        return Ok(());
+    }
+    if args.singles_only {
+        for round in 1..=args.rounds {
+            let singles =
+                load::closed_loop(&p, args.notifications, args.concurrency, load::Mode::Single)
+                    .await?;
+            eprintln!("round {round}: {singles:?}");
+        }
         return Ok(());
     }
     let summary = report::measure(&p, &args).await?;
