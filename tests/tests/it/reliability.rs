@@ -715,3 +715,79 @@ async fn claims_and_outcomes_find_their_rows_in_every_partition() {
         .unwrap();
     assert_eq!(events, 5, "each outcome is an event");
 }
+
+/// Claims and outcomes probe a topic's deliveries by primary key on a day
+/// of mostly single sends. Those make `created_at` look unique, and the
+/// fan-out key, which also starts with `created_at`, then looked as cheap
+/// a probe: for a topic's rows (one `created_at`) it read every delivery of
+/// the topic per claimed row.
+#[tokio::test]
+async fn a_topics_claims_probe_by_primary_key_among_single_sends() {
+    let env = herald_tests::TestEnv::new().await;
+    let table = format!("deliveries_{}", Utc::now().format("%Y%m%d"));
+    for sql in [
+        // 20,000 single sends, one `created_at` each.
+        "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, user_id, channel,
+                                 lane, destination, status)
+         SELECT gen_random_uuid(), date_trunc('day', now()) + g * interval '1 ms',
+                gen_random_uuid(), 'acme', 'u-' || g, 'push', 'normal', 'tok-' || g, 'sent'
+         FROM generate_series(1, 20000) g",
+        // A 3,000-subscriber topic: one `created_at`.
+        "INSERT INTO deliveries (id, created_at, notification_id, tenant_id, user_id, channel,
+                                 lane, destination, status)
+         SELECT gen_random_uuid(), date_trunc('day', now()) + interval '1 hour',
+                '00000000-0000-0000-0000-00000000000a', 'acme', 't-' || g, 'push', 'bulk',
+                'tok-t-' || g, 'pending'
+         FROM generate_series(1, 3000) g",
+    ] {
+        sqlx::query(sql).execute(&env.pool).await.unwrap();
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let rows: Vec<(DateTime<Utc>, Uuid)> = sqlx::query_as(
+        "SELECT created_at, id FROM deliveries WHERE status = 'pending' ORDER BY id LIMIT 8",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.1).collect();
+    // The ledger's own connection: its planner settings make the plan the
+    // workers use.
+    let pool = deliveries::ledger_pool(&env.pool, 1);
+    let explain = |statement: &str| {
+        sqlx::AssertSqlSafe(format!(
+            "EXPLAIN {}",
+            statement.replace("{deliveries}", &table)
+        ))
+    };
+    let claim: Vec<String> = sqlx::query_scalar(explain(deliveries::CLAIM))
+        .bind(&created)
+        .bind(&ids)
+        .bind(vec![false; 8])
+        .bind(120.0)
+        .bind(vec![Uuid::new_v4(); 8])
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let settle: Vec<String> = sqlx::query_scalar(explain(deliveries::SETTLE))
+        .bind(&created)
+        .bind(&ids)
+        .bind(vec!["sent"; 8])
+        .bind(vec![None::<String>; 8])
+        .bind(vec![None::<String>; 8])
+        .bind(vec![None::<String>; 8])
+        .bind(vec![false; 8])
+        .bind(vec![Uuid::new_v4(); 8])
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for (name, plan) in [("claim", claim.join("\n")), ("outcome", settle.join("\n"))] {
+        assert!(
+            plan.contains(&format!("{table}_pkey")) && !plan.contains("notification_id_user_id"),
+            "the {name} must probe by primary key only:\n{plan}"
+        );
+    }
+}

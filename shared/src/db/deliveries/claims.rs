@@ -181,8 +181,8 @@ pub async fn claim_many(
 /// how each row not claimed stands (the statement's snapshot, which the
 /// claims do not change). One row per input, in input order. Same
 /// semantics as `herald_claim_deliveries`, which binaries of earlier
-/// versions call.
-const CLAIM: &str = r"
+/// versions call. `{deliveries}` stands for the table.
+pub const CLAIM: &str = r"
     WITH req AS (
         SELECT r.created, r.id, r.redelivered, r.token, r.n
           FROM unnest($1::timestamptz[], $2::uuid[], $3::boolean[], $5::uuid[])
@@ -215,8 +215,8 @@ const CLAIM: &str = r"
 /// only while its row is `sending` under the claim's token; of one delivery
 /// named twice, the first outcome is applied. Answers how many were
 /// recorded. Same semantics as `herald_settle_deliveries`, which binaries
-/// of earlier versions call.
-const SETTLE: &str = r"
+/// of earlier versions call. `{deliveries}` stands for the table.
+pub const SETTLE: &str = r"
     WITH req AS (
         SELECT DISTINCT ON (r.created, r.id) r.*
           FROM unnest($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[],
