@@ -270,7 +270,12 @@ fn partitions(rows: impl IntoIterator<Item = (usize, DateTime<Utc>)>) -> Vec<(St
 /// (docs/benchmarks.md). A day partition, once it exists, holds every row
 /// of its day (PostgreSQL refuses to create it while the default partition
 /// holds any), so the fallback is needed only where there is none.
-/// `statement` names the table `{deliveries}`; `run` runs it.
+///
+/// `statement` names the table `{deliveries}`; `run` runs it. A batch that
+/// spans two days is two statements and two commits: a failure of the
+/// second fails the whole batch while the first day's rows stay claimed or
+/// settled under their token: a redelivered message takes such a claim
+/// over, and a retried outcome finds its row already recorded.
 async fn by_partition<A, F, Fut>(statement: &str, table: &str, run: F) -> Result<A, sqlx::Error>
 where
     F: Fn(String) -> Fut,
