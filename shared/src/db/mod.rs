@@ -35,13 +35,18 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
     // every query of the hot path finds its rows by primary key or the
     // fan-out key whatever the statistics say, and each autoanalyze of the
     // growing partition invalidates the cached plans that depend on it.
-    let options: PgConnectOptions = url.parse::<PgConnectOptions>()?;
-    Ok(PgPoolOptions::new()
+    Ok(connect_lazy_with(url.parse()?, max_connections))
+}
+
+/// [`connect_lazy`] with connection options already made (a pool with
+/// session settings of its own).
+pub fn connect_lazy_with(options: PgConnectOptions, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         // A request must fail fast with 503 when the database is gone rather
         // than queue for the default 30 s.
         .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with(options))
+        .connect_lazy_with(options)
 }
 
 /// Applies pending migrations, makes sure delivery partitions exist, and

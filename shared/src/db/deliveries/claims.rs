@@ -4,7 +4,7 @@
 use std::{future::Future, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// How long a claimed delivery is held before another worker may take it
@@ -245,15 +245,17 @@ pub const SETTLE: &str = r"
 /// `herald_ensure_delivery_partitions` names them), each group in the
 /// batch's order.
 fn partitions(rows: impl IntoIterator<Item = (usize, DateTime<Utc>)>) -> Vec<(String, Vec<usize>)> {
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut days: Vec<(chrono::NaiveDate, Vec<usize>)> = Vec::new();
     for (i, created_at) in rows {
-        let table = format!("deliveries_{}", created_at.format("%Y%m%d"));
-        match groups.iter_mut().find(|(t, _)| *t == table) {
+        let day = created_at.date_naive();
+        match days.iter_mut().find(|(d, _)| *d == day) {
             Some((_, group)) => group.push(i),
-            None => groups.push((table, vec![i])),
+            None => days.push((day, vec![i])),
         }
     }
-    groups
+    days.into_iter()
+        .map(|(day, group)| (format!("deliveries_{}", day.format("%Y%m%d")), group))
+        .collect()
 }
 
 /// Runs a statement against one delivery partition, or against the
@@ -309,10 +311,7 @@ pub fn ledger_pool(pool: &PgPool, max_connections: u32) -> PgPool {
         ("enable_hashjoin", "off"),
         ("enable_mergejoin", "off"),
     ]);
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with(options)
+    crate::db::connect_lazy_with(options, max_connections)
 }
 
 /// An outcome to record, owned, for a batch.
@@ -381,18 +380,9 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<i3
             group.iter().map(|r| r.provider_id.as_deref()).collect();
         let refunds: Vec<bool> = group.iter().map(|r| r.refund).collect();
         let tokens: Vec<Uuid> = group.iter().map(|r| r.token).collect();
-        let binds = (
-            &created,
-            &ids,
-            &statuses,
-            &classes,
-            &errors,
-            &provider_ids,
-            &refunds,
-            &tokens,
-        );
+        let (created, ids, statuses, classes) = (&created, &ids, &statuses, &classes);
+        let (errors, provider_ids, refunds, tokens) = (&errors, &provider_ids, &refunds, &tokens);
         recorded += by_partition(SETTLE, &table, |sql| async move {
-            let (created, ids, statuses, classes, errors, provider_ids, refunds, tokens) = binds;
             sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql))
                 .bind(created)
                 .bind(ids)
