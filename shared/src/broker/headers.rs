@@ -45,6 +45,11 @@ impl Headers {
     /// store. Part of the archiver's dedupe key, so a replayed message that
     /// dies again is stored again instead of being taken for a redelivery.
     pub const REPLAY: &'static str = "x-herald-replay";
+    /// Id of one publish of a delivery message, fresh each time it is
+    /// published (a second publish of the same message is another copy):
+    /// the worker claims the delivery under it, so a redelivered copy takes
+    /// over only its own claim (`db::deliveries::claim_many`).
+    pub const COPY: &'static str = "x-herald-copy";
     /// Idempotency key of event-driven ingest (PRODUCT.md).
     pub const IDEMPOTENCY_KEY: &'static str = "idempotency-key";
 

@@ -49,11 +49,13 @@ impl DeliveryMessage {
             .str(Headers::CHANNEL, self.channel.as_str())
             .str(Headers::LANE, self.lane.as_str())
             .int(Headers::ACCEPTED_AT_MS, self.created_at.timestamp_millis());
-        Outgoing::json(
+        let mut msg = Outgoing::json(
             names.deliveries_exchange(),
             names.user_delivery_key(self.channel, self.lane, &self.tenant_id, &self.user_id),
             serde_json::to_vec(self).expect("serialisable"),
             headers,
-        )
+        );
+        msg.copies = true;
+        msg
     }
 }

@@ -54,6 +54,11 @@ pub struct Outgoing {
     /// or may not bind (a returned message costs the broker a
     /// `basic.return` and the publisher a warning carrying the whole body).
     pub mandatory: bool,
+    /// Whether every publish of it carries a fresh [`Headers::COPY`] id:
+    /// delivery messages, whose claim a redelivered copy may take over only
+    /// from itself. Set at each publish, so a message published again (an
+    /// unconfirmed publish retried) is a copy of its own.
+    pub copies: bool,
 }
 
 impl PublishError {
@@ -99,16 +104,21 @@ impl Outgoing {
             message_id: uuid::Uuid::now_v7().to_string(),
             content_type: "application/json",
             mandatory: true,
+            copies: false,
         }
     }
 
     fn properties(&self) -> BasicProperties {
+        let mut headers = self.headers.clone();
+        if self.copies {
+            headers = headers.str(Headers::COPY, uuid::Uuid::new_v4().to_string());
+        }
         BasicProperties::default()
             .with_content_type(self.content_type.into())
             .with_delivery_mode(2)
             .with_message_id(self.message_id.as_str().into())
             .with_timestamp(chrono::Utc::now().timestamp() as u64)
-            .with_headers(self.headers.clone().into_table())
+            .with_headers(headers.into_table())
     }
 }
 

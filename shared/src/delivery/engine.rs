@@ -239,11 +239,19 @@ impl Engine {
         if self.expired(msg) {
             return self.expire(msg, lost).await;
         }
+        // The copy's own id: a redelivery of this copy takes over its own
+        // claim, never another copy's.
+        let copy = crate::broker::header_str(
+            delivery.properties.headers().as_ref(),
+            crate::broker::Headers::COPY,
+        )
+        .and_then(|s| s.parse::<Uuid>().ok());
         let claim = ClaimRequest {
             created_at: msg.created_at,
             id: msg.delivery_id,
             redelivered: delivery.redelivered,
-            token: Uuid::new_v4(),
+            named: copy.is_some(),
+            token: copy.unwrap_or_else(Uuid::new_v4),
         };
         self.high_first.yield_to_high(msg.lane).await;
         let ledger = self.ledger(msg.lane);

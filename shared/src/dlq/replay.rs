@@ -382,12 +382,15 @@ async fn replay_one(
         }
     }
     let msg = routed.map(|(_, msg)| msg).unwrap_or_else(|| {
-        Outgoing::json(
+        let mut msg = Outgoing::json(
             record.exchange.clone(),
             record.routing_key.clone(),
             record.payload.clone(),
             replay_headers(&record),
-        )
+        );
+        // A delivery sent again is a copy of its own, not the dead one.
+        msg.copies = delivery.is_some();
+        msg
     });
     if let Err(e) = publisher.publish(&msg).await {
         if let (Some((created_at, id)), Some((status, attempts))) = (delivery, &restore)

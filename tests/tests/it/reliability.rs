@@ -67,6 +67,78 @@ async fn retries_follow_the_schedule_and_one_retry_is_one_message() {
     p.stop().await;
 }
 
+/// Two copies of one delivery on the broker, one of them redelivered while
+/// the other is being sent: a publish sent again because its confirm did
+/// not come back (ingest, the router), and the first copy handed back when
+/// its consumer's channel closed (a broker restart). The redelivered copy
+/// leaves the claim to the copy that holds it, and the device gets one push.
+#[tokio::test]
+async fn a_redelivered_copy_leaves_the_claim_to_the_copy_that_holds_it() {
+    use herald::{
+        broker::{Headers, Outgoing, Publisher},
+        model::Lane,
+    };
+    use herald_tests::fakes::Scripted;
+    use lapin::options::BasicGetOptions;
+
+    let p = Pipeline::start("1s,2s").await;
+    let fake = FcmFake::start().await;
+    p.user("u-1", json!({"name": "Ada"})).await;
+    p.device("u-1", "fcm-token-0001", "fcm").await;
+    // Copy A, ingest's publish, is taken by a consumer that holds it unacked.
+    let id = p.send(push(&["u-1"])).await;
+    let broker = p.env.broker().await;
+    let names = p.env.names();
+    let queue = names.delivery_queue(Channel::Push, Lane::Normal);
+    let holder = broker.channel().await.unwrap();
+    let a = p
+        .env
+        .eventually(Duration::from_secs(10), || async {
+            holder
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .unwrap()
+        })
+        .await
+        .expect("copy A is queued");
+    // Copy B: the same message published again.
+    let mut b = Outgoing::json(
+        names.deliveries_exchange(),
+        a.delivery.routing_key.as_str(),
+        a.delivery.data.clone(),
+        Headers::from_table(a.delivery.properties.headers().as_ref()),
+    );
+    b.copies = true;
+    // B's provider call takes a while; any later call is answered at once.
+    let mut slow = Scripted::new(200, r#"{"name": "projects/p/messages/1"}"#, &[]);
+    slow.delay = Some(Duration::from_secs(3));
+    fake.push_scripted(slow);
+    let worker = p.env.spawn_worker(Channel::Push, fcm(&fake)).await;
+    Publisher::new(broker.clone()).publish(&b).await.unwrap();
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            (fake.requests().len() == 1).then_some(())
+        })
+        .await
+        .expect("B is being sent");
+    // A's consumer goes: the broker redelivers A, to the worker.
+    holder.close(200, "gone".into()).await.unwrap();
+
+    let body = p.settled(&id, Duration::from_secs(30)).await;
+    assert_eq!(body["counts"], json!({"sent": 1}));
+    assert_eq!(body["deliveries"][0]["attempts"], 1);
+    // Past B's answer: a second call would have been made by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fake.requests().len(), 1, "one push for one delivery");
+    assert_eq!(
+        p.env.broker_messages().await,
+        vec![],
+        "both copies are acked"
+    );
+    worker.stop().await;
+    p.stop().await;
+}
+
 /// A broker set up by an earlier version has tier bindings on a header the
 /// headers exchange ignores, so they match every retry. Declaring the
 /// topology again removes them: one retry lands in one tier queue.
@@ -499,6 +571,9 @@ async fn claim(
                     created_at: *created_at,
                     id: *id,
                     redelivered,
+                    // A token per claim, as earlier versions made them,
+                    // to compare with their SQL functions.
+                    named: false,
                     token,
                 })
                 .collect();
@@ -631,6 +706,57 @@ async fn claims_and_outcomes_are_tied_by_the_claims_token() {
             "{ledger:?}"
         );
     }
+}
+
+/// A message copy claims under its own id (`x-herald-copy`): a redelivered
+/// copy takes over only the claim it made itself (its consumer's channel
+/// closed mid-send), never the claim of another copy of the same delivery
+/// being sent right now; a message without a copy id (published by an
+/// earlier version) still takes over any claim when redelivered.
+#[tokio::test]
+async fn a_redelivered_copy_takes_over_only_its_own_claim() {
+    let env = herald_tests::TestEnv::new().await;
+    let pool = deliveries::ledger_pool(&env.pool, 2);
+    let created = Utc::now();
+    let row = (created, pending_delivery(&env.pool, created).await);
+    let ask = |token: Uuid, redelivered: bool, named: bool| {
+        let pool = pool.clone();
+        async move {
+            let request = ClaimRequest {
+                created_at: row.0,
+                id: row.1,
+                redelivered,
+                named,
+                token,
+            };
+            deliveries::claim_many(&pool, &[request], Duration::from_secs(120))
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        ask(b, false, true).await,
+        vec![Claim::Claimed { attempts: 1 }],
+        "copy B claims"
+    );
+    assert_eq!(
+        ask(a, true, true).await,
+        vec![Claim::Skip {
+            status: "sending".into()
+        }],
+        "redelivered copy A leaves B's claim alone"
+    );
+    assert_eq!(
+        ask(b, true, true).await,
+        vec![Claim::Claimed { attempts: 2 }],
+        "B itself, redelivered, takes its claim over and counts an attempt"
+    );
+    assert_eq!(
+        ask(Uuid::new_v4(), true, false).await,
+        vec![Claim::Claimed { attempts: 3 }],
+        "a redelivered message without a copy id takes over any claim"
+    );
 }
 
 /// The workers claim and settle on the delivery's own partition. A batch

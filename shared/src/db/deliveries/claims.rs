@@ -112,19 +112,34 @@ pub async fn deactivate_device(pool: &PgPool, u: &Unregistered<'_>) -> Result<()
 pub struct ClaimRequest {
     pub created_at: DateTime<Utc>,
     pub id: Uuid,
+    /// The broker redelivered the message: the consumer it was delivered
+    /// to before lost its channel, maybe mid-send.
     pub redelivered: bool,
-    /// Names this claim: a retry of it after a lost answer is recognised,
-    /// and only its holder records the outcome.
+    /// `token` is the message copy's own id ([`Headers::COPY`]), the same
+    /// on every redelivery of that copy. False for a message published
+    /// before copies had ids: its token is made up per claim, and a
+    /// redelivery of it takes over any claim, as it did then.
+    ///
+    /// [`Headers::COPY`]: crate::broker::Headers::COPY
+    pub named: bool,
+    /// Names this claim: a retry of it after a lost answer, or the same
+    /// copy redelivered, is recognised, and only its holder records the
+    /// outcome.
     pub token: Uuid,
 }
 
 /// Claims deliveries before calling the provider, so a message delivered
 /// twice is sent once: many in one statement per delivery partition (one
 /// commit for all, in the common batch of one day), answering per request in
-/// order. A `sending` row is taken over only when the broker redelivered the
-/// message (its previous holder's channel closed), its lease ran out, or it
-/// is this same claim retried. A delivery asked for twice in one batch is
-/// claimed for the first request only.
+/// order. A `sending` row is taken over only by the copy that claimed it
+/// (the same claim retried, or the same copy redelivered after its
+/// consumer's channel closed mid-send), or once its lease ran out. Another
+/// copy of the same delivery, redelivered or not, leaves it to the copy
+/// that holds it: a delivery published twice (a publish retried after its
+/// confirm was lost) whose first copy came back after a broker restart
+/// used to be sent by both. A message without a copy id (an earlier
+/// version's) takes over any claim when redelivered, as before. A delivery
+/// asked for twice in one batch is claimed for the first request only.
 ///
 /// Run on a [`ledger_pool`]: its planner settings keep the statement a
 /// nested loop of primary-key probes (see [`by_partition`]).
@@ -152,7 +167,9 @@ pub async fn claim_many(
         let ids: Vec<Uuid> = group.iter().map(|i| requests[*i].id).collect();
         let redelivered: Vec<bool> = group.iter().map(|i| requests[*i].redelivered).collect();
         let tokens: Vec<Uuid> = group.iter().map(|i| requests[*i].token).collect();
-        let (created, ids, redelivered, tokens) = (&created, &ids, &redelivered, &tokens);
+        let named: Vec<bool> = group.iter().map(|i| requests[*i].named).collect();
+        let (created, ids, redelivered, tokens, named) =
+            (&created, &ids, &redelivered, &tokens, &named);
         let rows: Vec<(bool, Option<i32>, Option<String>)> =
             by_partition(CLAIM, &table, |sql| async move {
                 // The table is a partition name made from a date.
@@ -162,6 +179,7 @@ pub async fn claim_many(
                     .bind(redelivered)
                     .bind(lease.as_secs_f64())
                     .bind(tokens)
+                    .bind(named)
                     .fetch_all(pool)
                     .await
             })
@@ -179,26 +197,30 @@ pub async fn claim_many(
 
 /// The claim of a batch: one `UPDATE` joined to the batch's arrays, then
 /// how each row not claimed stands (the statement's snapshot, which the
-/// claims do not change). One row per input, in input order. Same
-/// semantics as `herald_claim_deliveries`, which binaries of earlier
-/// versions call. `{deliveries}` stands for the table.
+/// claims do not change). One row per input, in input order. For requests
+/// that are not `named`, the same semantics as `herald_claim_deliveries`,
+/// which binaries of earlier versions call. `{deliveries}` stands for the
+/// table.
 pub const CLAIM: &str = r"
     WITH req AS (
-        SELECT r.created, r.id, r.redelivered, r.token, r.n
-          FROM unnest($1::timestamptz[], $2::uuid[], $3::boolean[], $5::uuid[])
-               WITH ORDINALITY AS r(created, id, redelivered, token, n)
+        SELECT r.created, r.id, r.redelivered, r.token, r.named, r.n
+          FROM unnest($1::timestamptz[], $2::uuid[], $3::boolean[], $5::uuid[], $6::boolean[])
+               WITH ORDINALITY AS r(created, id, redelivered, token, named, n)
     ), took AS (
         UPDATE {deliveries} d
            SET status = 'sending',
-               -- Our own claim, retried after a lost answer, counts once.
+               -- Our own claim, retried after a lost answer, counts once;
+               -- our copy redelivered counts the attempt it may have made.
                attempts = d.attempts + CASE WHEN d.status = 'sending' AND d.claim_token = req.token
+                                             AND NOT (req.named AND req.redelivered)
                                             THEN 0 ELSE 1 END,
                claim_token = req.token, claimed_at = now(), updated_at = now()
           FROM req
          WHERE d.created_at = req.created AND d.id = req.id
            AND (d.status = 'pending'
                 OR (d.status = 'sending'
-                    AND (req.redelivered OR d.claim_token = req.token
+                    AND (d.claim_token = req.token
+                         OR (req.redelivered AND NOT req.named)
                          OR d.claimed_at < now() - make_interval(secs => $4::double precision))))
         RETURNING req.n, d.attempts, d.status
     )
