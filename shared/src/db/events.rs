@@ -7,9 +7,9 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 /// One status change waiting to be published, with what the event says of
-/// its delivery. The delivery's columns are `None` when the delivery no
-/// longer exists (its day was dropped by retention before the relay got to
-/// it).
+/// its delivery. The delivery's columns are `None` only for a row an
+/// earlier version wrote (without them) whose delivery no longer exists
+/// (its day was dropped by retention before the relay got to it).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingEvent {
     pub seq: i64,
@@ -33,8 +33,12 @@ pub struct PendingEvent {
 
 /// Locks up to `limit` of the oldest outbox rows that no other relay holds
 /// (`SKIP LOCKED`: replicas share the backlog instead of publishing the same
-/// rows), joined to their delivery and notification.
+/// rows), with their notification's category.
 ///
+/// The row carries its delivery's columns (migration
+/// `..._event_outbox_carries_delivery.sql`); only a row an earlier version
+/// wrote without them reads the delivery, and the `b.tenant_id IS NULL`
+/// test keeps every other row from probing the partitioned table at all.
 /// Each join is a `LATERAL ... LIMIT 1` so it stays one primary-key probe per
 /// row (partitions pruned as each row executes) rather than a join the
 /// planner might answer by reading a whole day of deliveries.
@@ -47,15 +51,21 @@ pub async fn lock_batch(
         r#"SELECT b.seq AS "seq!", b.event_id AS "event_id!", b.delivery_id AS "delivery_id!",
                 b.status AS "status!", b.reason AS "reason?", b.error_class AS "error_class?",
                 b.error AS "error?", b.attempts AS "attempts!",
-                b.at AS "at!", d.tenant_id AS "tenant_id?", d.notification_id AS "notification_id?",
-                d.user_id AS "user_id?", d.channel::text AS "channel?",
-                d.destination AS "destination?", n.category AS "category?"
+                b.at AS "at!",
+                COALESCE(b.tenant_id, d.tenant_id) AS "tenant_id?",
+                COALESCE(b.notification_id, d.notification_id) AS "notification_id?",
+                COALESCE(b.user_id, d.user_id) AS "user_id?",
+                COALESCE(b.channel, d.channel::text) AS "channel?",
+                COALESCE(b.destination, d.destination) AS "destination?",
+                n.category AS "category?"
          FROM (SELECT * FROM event_outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) b
          LEFT JOIN LATERAL (
              SELECT tenant_id, notification_id, user_id, channel, destination FROM deliveries d
-             WHERE d.created_at = b.created_at AND d.id = b.delivery_id LIMIT 1) d ON true
+             WHERE b.tenant_id IS NULL
+               AND d.created_at = b.created_at AND d.id = b.delivery_id LIMIT 1) d ON true
          LEFT JOIN LATERAL (
-             SELECT category FROM notifications n WHERE n.id = d.notification_id LIMIT 1) n ON true
+             SELECT category FROM notifications n
+             WHERE n.id = COALESCE(b.notification_id, d.notification_id) LIMIT 1) n ON true
          ORDER BY b.seq"#,
         limit,
     )

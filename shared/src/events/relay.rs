@@ -78,8 +78,10 @@ pub async fn pass(pool: &PgPool, publisher: &Publisher, limit: i64) -> anyhow::R
         match DeliveryEvent::from_pending(row) {
             Some(event) => events.push((row.seq, event)),
             None => {
-                // Only a delivery older than the retention (its partition
-                // dropped) is gone; nothing is left to say who it was for.
+                // Only a row written by an earlier version (without the
+                // delivery's columns) whose delivery is older than the
+                // retention (its partition dropped): nothing is left to say
+                // who it was for.
                 tracing::warn!(delivery_id = %row.delivery_id, status = %row.status,
                     "delivery event dropped: the delivery no longer exists");
                 metrics::counter!("herald_events_skipped_total").increment(1);

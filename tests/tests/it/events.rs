@@ -328,6 +328,133 @@ async fn events_wait_in_the_outbox_through_a_broker_outage_and_a_stopped_relay()
     ingest.stop().await;
 }
 
+/// The outbox row carries its delivery's columns, so the relay does not
+/// read the delivery back: an event comes out the same from a row written
+/// by an earlier version without them (read from the delivery, as during a
+/// rolling upgrade), and a row whose delivery is gone is still published.
+#[tokio::test]
+async fn events_from_carried_columns_match_those_read_from_the_delivery() {
+    let p = Pipeline::start("200ms,400ms").await;
+    let tap = Tap::bind(&p.env, "acme.push.*").await;
+    for (user, token) in [
+        ("u-1", "fcm-token-0001-abcdefghijkl"),
+        ("u-2", "fcm-token-0002-abcdefghijkl"),
+    ] {
+        p.user(user, json!({"name": "Ada"})).await;
+        p.device(user, token, "fcm").await;
+    }
+    let id = p
+        .send(
+            json!({"category": "social", "to": {"users": ["u-1", "u-2"]},
+                     "content": {"push": {"title": "Hi", "body": "A message"}}}),
+        )
+        .await;
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            (p.status(&id).await["counts"] == json!({"pending": 2})).then_some(())
+        })
+        .await
+        .expect("routed");
+    let Pipeline {
+        env,
+        ingest,
+        router,
+        ..
+    } = p;
+    // No relay runs while the rows are written.
+    router.stop().await;
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT created_at, id, user_id FROM deliveries
+         WHERE notification_id = $1::uuid ORDER BY user_id",
+    )
+    .bind(&id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let [(kept_at, kept, _), (gone_at, gone, _)] = rows.as_slice() else {
+        panic!("two deliveries: {rows:?}")
+    };
+    // Both fail (the trigger writes a row each, with the columns); the
+    // first's change is written once more as an earlier version's trigger
+    // did, without them; then the second delivery is deleted.
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', error_class = 'permanent', last_error = 'no'
+         WHERE notification_id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO event_outbox (created_at, delivery_id, status, error_class, error, attempts)
+         VALUES ($1, $2, 'failed', 'permanent', 'no', 0)",
+    )
+    .bind(kept_at)
+    .bind(kept)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let carried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_outbox WHERE tenant_id = 'acme' AND user_id IS NOT NULL
+           AND channel = 'push' AND destination LIKE 'fcm-token-%' AND notification_id = $1::uuid",
+    )
+    .bind(&id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(carried, 2, "the trigger copies the delivery's columns");
+    sqlx::query("DELETE FROM deliveries WHERE created_at = $1 AND id = $2")
+        .bind(gone_at)
+        .bind(gone)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let publisher = Publisher::new(env.broker().await);
+    let settled = herald::events::relay::pass(&env.pool, &publisher, 500).await;
+    assert_eq!(settled.unwrap(), 3, "every row published");
+    assert_eq!(outbox(&env).await, 0);
+    let events = tap.collect(3, Duration::from_secs(10)).await;
+    assert_eq!(events.len(), 3, "{events:#?}");
+    let data: Vec<&Value> = events.iter().map(valid_cloud_event).collect();
+    let of = |delivery: &uuid::Uuid| -> Vec<&Value> {
+        data.iter()
+            .copied()
+            .filter(|d| d["delivery_id"] == delivery.to_string())
+            .collect()
+    };
+    let kept_events = of(kept);
+    assert_eq!(kept_events.len(), 2, "{kept_events:#?}");
+    assert_eq!(
+        kept_events[0], kept_events[1],
+        "the same event from the carried columns and from the delivery"
+    );
+    let gone_events = of(gone);
+    assert_eq!(
+        gone_events.len(),
+        1,
+        "published though the delivery is gone"
+    );
+    for d in kept_events.iter().chain(&gone_events) {
+        assert_eq!(d["tenant_id"], "acme");
+        assert_eq!(d["notification_id"], id.as_str());
+        assert_eq!(d["channel"], "push");
+        assert_eq!(d["category"], "social");
+        assert_eq!(d["status"], "failed");
+        assert_eq!(d["error_class"], "permanent");
+        let destination = d["destination"].as_str().unwrap();
+        assert!(
+            destination.starts_with("fcm") && !destination.contains("abcdefghijkl"),
+            "masked: {destination}"
+        );
+    }
+    assert_eq!(kept_events[0]["user_id"], "u-1");
+    assert_eq!(gone_events[0]["user_id"], "u-2");
+
+    tap.close().await;
+    ingest.stop().await;
+}
+
 #[tokio::test]
 async fn events_two_relays_publish_each_event_once() {
     let p = Pipeline::start("200ms,400ms").await;
