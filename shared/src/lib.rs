@@ -12,6 +12,7 @@ pub mod db;
 pub mod delivery;
 pub mod dlq;
 pub mod events;
+pub mod gather;
 pub mod intake;
 pub mod model;
 pub mod ops;

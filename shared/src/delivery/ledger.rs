@@ -32,6 +32,17 @@ pub fn connections(max_connections: u32) -> u32 {
     (2 * IN_FLIGHT).min(max_connections / 2).max(1)
 }
 
+/// How a writer fills a statement.
+#[derive(Debug, Clone, Copy)]
+pub enum Gather {
+    /// Whatever is queued when a statement slot frees: the least wait, for
+    /// `high`.
+    Queued,
+    /// Up to `rows` requests, waiting at most `wait` after the first for
+    /// the rest.
+    Upto { rows: usize, wait: Duration },
+}
+
 /// The answer to one request: the database's error is shared by every
 /// request of the failed batch, and kept typed so the engine can tell an
 /// outage from a bad message.
@@ -46,14 +57,16 @@ pub struct Ledger {
 
 impl Ledger {
     /// Starts the two writer tasks on `pool`, a
-    /// [`ledger_pool`](deliveries::ledger_pool).
-    pub fn start(pool: PgPool, lease: Duration, channel: Channel) -> Self {
+    /// [`ledger_pool`](deliveries::ledger_pool), each filling its
+    /// statements as `gather` says.
+    pub fn start(pool: PgPool, lease: Duration, channel: Channel, gather: Gather) -> Self {
         let (claims, claim_rx) = mpsc::channel(4 * BATCH);
         let (settles, settle_rx) = mpsc::channel(4 * BATCH);
         let claim_pool = pool.clone();
         tokio::spawn(writer(
             channel,
             "claim",
+            gather,
             claim_rx,
             move |requests: Vec<ClaimRequest>| {
                 let pool = claim_pool.clone();
@@ -63,6 +76,7 @@ impl Ledger {
         tokio::spawn(writer(
             channel,
             "outcome",
+            gather,
             settle_rx,
             move |requests: Vec<SettleRequest>| {
                 let pool = pool.clone();
@@ -131,6 +145,7 @@ impl Keyed for SettleRequest {
 async fn writer<R, A, W, F>(
     channel: Channel,
     write_kind: &'static str,
+    gather: Gather,
     mut rx: mpsc::Receiver<(R, Reply<A>)>,
     write: W,
 ) where
@@ -147,6 +162,9 @@ async fn writer<R, A, W, F>(
         };
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return;
+        }
+        if let Gather::Upto { rows, wait } = gather {
+            crate::gather::more(&mut rx, &mut batch, rows, BATCH, wait, |_| false).await;
         }
         batch.sort_by_key(|(request, _): &(R, Reply<A>)| request.key());
         let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();

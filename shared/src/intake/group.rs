@@ -33,6 +33,15 @@ pub(super) struct Share {
     pub key: Option<(KeyClaim, Commitment)>,
 }
 
+impl Share {
+    /// Whether it holds a `high` notification.
+    fn high(&self) -> bool {
+        self.rows
+            .iter()
+            .any(|r| r.priority == crate::model::Lane::High.as_str())
+    }
+}
+
 /// How a share's key claim went.
 pub(super) enum Claimed {
     /// No key, or the key was free: the rows are committed. For each row,
@@ -78,6 +87,16 @@ pub(super) async fn insert_batches(
         if queued.is_empty() && rx.recv_many(&mut queued, GROUP).await == 0 {
             return;
         }
+        // A one-time code does not wait for company.
+        crate::gather::more(
+            &mut rx,
+            &mut queued,
+            GATHER_SHARES,
+            GROUP,
+            GATHER_WAIT,
+            |q| q.iter().any(|(share, _)| share.high()),
+        )
+        .await;
         let mut keys = std::collections::HashSet::new();
         let mut group = Vec::with_capacity(queued.len());
         for (share, reply) in queued.drain(..) {
@@ -131,6 +150,16 @@ pub(super) async fn insert_batches(
         }
     }
 }
+
+/// Shares a group waits for (a group commits at once when it holds a
+/// `high` notification): past this many, it commits at once.
+const GATHER_SHARES: usize = 32;
+/// Longest a group waits after its first share for [`GATHER_SHARES`]:
+/// under load a commit, a statement per table and the broker's confirms
+/// are shared by a few dozen requests instead of a handful, for at most
+/// this much more time to the 202 (docs/benchmarks.md, "Fewer, fuller
+/// commits").
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))

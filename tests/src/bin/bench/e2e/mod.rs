@@ -17,8 +17,11 @@
 //! `--shards N` splits every lane queue into N (`QUEUE_SHARDS`);
 //! `--inline-routing-max-users 0` sends every notification through the
 //! router (ingest's `INLINE_ROUTING_MAX_USERS`), for an A/B in one sitting.
+//! `--cost-at RATE` measures only what a notification costs the machine at
+//! a fixed rate (CPU per 1,000 notifications per process, [`cost`]).
 
 mod ceiling;
+mod cost;
 mod load;
 mod report;
 mod svg;
@@ -63,6 +66,11 @@ pub struct Args {
     /// path; writes nothing).
     #[arg(long)]
     pub singles_only: bool,
+    /// Only the cost of a notification: single sends at this rate per
+    /// second, `rounds` rounds of `open_loop_secs`, and the CPU every
+    /// process on the machine used per 1,000 of them (writes nothing).
+    #[arg(long, value_name = "PER_SEC")]
+    pub cost_at: Option<f64>,
     /// Where the JSON, Markdown and SVG go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -194,6 +202,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let h = report::high_under_bulk(&p, &args).await?;
         println!("{h:#?}");
         println!("{}", report::high_stages(&p).await?);
+        return Ok(());
+    }
+    if let Some(rate) = args.cost_at {
+        println!(
+            "{}",
+            cost::run(&p, rate, args.open_loop_secs, args.rounds).await?
+        );
         return Ok(());
     }
     if args.singles_only {
