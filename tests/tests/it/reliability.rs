@@ -895,6 +895,7 @@ async fn a_topics_claims_probe_by_primary_key_among_single_sends() {
         .bind(vec![false; 8])
         .bind(120.0)
         .bind(vec![Uuid::new_v4(); 8])
+        .bind(vec![true; 8])
         .fetch_all(&pool)
         .await
         .unwrap();
