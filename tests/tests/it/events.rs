@@ -264,20 +264,21 @@ async fn outbox(env: &TestEnv) -> i64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn events_wait_in_the_outbox_through_a_broker_outage_and_a_stopped_relay() {
-    let p = Pipeline::start("200ms,400ms").await;
-    let tap = Tap::bind(&p.env, "acme.push.*").await;
-    p.user("u-1", json!({"name": "Ada"})).await;
-    p.device("u-1", "fcm-token-0001-abcdefghijkl", "fcm").await;
+/// Sends a push to `users` and waits until its deliveries are routed (no
+/// worker runs), then stops the router, hence its relay: nothing publishes
+/// events until the test says so. Answers the notification's id and what
+/// is left running: the environment, ingest and the client.
+async fn routed_then_no_relay(
+    p: Pipeline,
+    users: &[&str],
+) -> (String, TestEnv, herald_tests::Spawned, herald_tests::Client) {
     let id = p
-        .send(json!({"category": "social", "to": {"users": ["u-1"]},
+        .send(json!({"category": "social", "to": {"users": users},
                      "content": {"push": {"title": "Hi", "body": "A message"}}}))
         .await;
-    // Routed (no worker yet), then no router, hence no relay, runs.
     p.env
         .eventually(Duration::from_secs(10), || async {
-            (p.status(&id).await["counts"] == json!({"pending": 1})).then_some(())
+            (p.status(&id).await["counts"] == json!({"pending": users.len()})).then_some(())
         })
         .await
         .expect("routed");
@@ -288,6 +289,16 @@ async fn events_wait_in_the_outbox_through_a_broker_outage_and_a_stopped_relay()
         client,
     } = p;
     router.stop().await;
+    (id, env, ingest, client)
+}
+
+#[tokio::test]
+async fn events_wait_in_the_outbox_through_a_broker_outage_and_a_stopped_relay() {
+    let p = Pipeline::start("200ms,400ms").await;
+    let tap = Tap::bind(&p.env, "acme.push.*").await;
+    p.user("u-1", json!({"name": "Ada"})).await;
+    p.device("u-1", "fcm-token-0001-abcdefghijkl", "fcm").await;
+    let (id, env, ingest, client) = routed_then_no_relay(p, &["u-1"]).await;
 
     // The delivery is sent meanwhile: delivery does not wait for events.
     let push = env.spawn_worker(Channel::Push, |_| {}).await;
@@ -343,26 +354,8 @@ async fn events_from_carried_columns_match_those_read_from_the_delivery() {
         p.user(user, json!({"name": "Ada"})).await;
         p.device(user, token, "fcm").await;
     }
-    let id = p
-        .send(
-            json!({"category": "social", "to": {"users": ["u-1", "u-2"]},
-                     "content": {"push": {"title": "Hi", "body": "A message"}}}),
-        )
-        .await;
-    p.env
-        .eventually(Duration::from_secs(10), || async {
-            (p.status(&id).await["counts"] == json!({"pending": 2})).then_some(())
-        })
-        .await
-        .expect("routed");
-    let Pipeline {
-        env,
-        ingest,
-        router,
-        ..
-    } = p;
     // No relay runs while the rows are written.
-    router.stop().await;
+    let (id, env, ingest, _) = routed_then_no_relay(p, &["u-1", "u-2"]).await;
     let rows: Vec<(chrono::DateTime<chrono::Utc>, uuid::Uuid, String)> = sqlx::query_as(
         "SELECT created_at, id, user_id FROM deliveries
          WHERE notification_id = $1::uuid ORDER BY user_id",
