@@ -155,6 +155,7 @@ mod tests {
         PendingEvent {
             seq: 7,
             event_id: Uuid::nil(),
+            created_at: "2026-12-01T09:59:00Z".parse().unwrap(),
             delivery_id: Uuid::from_u128(2),
             status: "failed".into(),
             reason: None,

@@ -292,6 +292,41 @@ async fn routed_then_no_relay(
     (id, env, ingest, client)
 }
 
+/// A pass over rows that carry their delivery's columns opens no delivery
+/// partition: a statement that merely names the partitioned table plans and
+/// opens every partition and its indexes, which cost each pass several
+/// times what its rows did (docs/benchmarks.md).
+#[tokio::test]
+async fn a_relay_pass_over_carried_rows_opens_no_delivery_partition() {
+    let p = Pipeline::start("200ms,400ms").await;
+    p.user("u-1", json!({"name": "Ada"})).await;
+    p.device("u-1", "fcm-token-0001-abcdefghijkl", "fcm").await;
+    let (id, env, _ingest, _) = routed_then_no_relay(p, &["u-1"]).await;
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', error_class = 'permanent', last_error = 'no'
+         WHERE notification_id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut tx = env.pool.begin().await.unwrap();
+    let rows = herald::db::events::lock_batch(&mut tx, 500).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].category.as_deref(), Some("social"));
+    assert_eq!(rows[0].user_id.as_deref(), Some("u-1"));
+    let opened: Vec<String> = sqlx::query_scalar(
+        "SELECT relation::regclass::text FROM pg_locks
+         WHERE pid = pg_backend_pid() AND relation IS NOT NULL
+           AND relation::regclass::text LIKE 'deliveries%'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert!(opened.is_empty(), "the pass opened {opened:?}");
+    tx.rollback().await.unwrap();
+}
+
 #[tokio::test]
 async fn events_wait_in_the_outbox_through_a_broker_outage_and_a_stopped_relay() {
     let p = Pipeline::start("200ms,400ms").await;
@@ -492,6 +527,7 @@ async fn events_nobody_binds_are_dropped_by_the_broker_not_returned() {
     let row = herald::db::events::PendingEvent {
         seq: 1,
         event_id: uuid::Uuid::now_v7(),
+        created_at: chrono::Utc::now(),
         delivery_id: uuid::Uuid::now_v7(),
         status: "sent".into(),
         reason: None,
