@@ -21,6 +21,7 @@ pub mod priority;
 pub mod providers;
 pub mod receipts;
 pub mod routing;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;

@@ -261,6 +261,8 @@ impl TestEnv {
     ) -> Spawned {
         let mut config = herald::routing::RouterConfig {
             common: self.common(),
+            // Unused in process: the test's own runtime runs it.
+            runtime: herald::runtime::RuntimeConfig::default(),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             delivery_retention_days: 30,
             // Test receivers listen on loopback.
@@ -285,6 +287,7 @@ impl TestEnv {
     ) -> Spawned {
         let mut config = herald::delivery::WorkerConfig {
             common: self.common(),
+            runtime: herald::runtime::RuntimeConfig::default(),
             http_addr: Some("127.0.0.1:0".parse().expect("addr")),
             push_rate_per_sec: 0,
             email_rate_per_sec: 0,

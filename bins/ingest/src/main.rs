@@ -9,12 +9,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use herald::{api, shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = api::IngestConfig::parse();
-    telemetry::init(&config.common, "ingest");
-    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    let stopped = api::run(config, listener, shutdown::on_signal()).await;
-    telemetry::traces::shutdown();
-    stopped
+    let runtime = config.runtime;
+    // One runtime thread unless told otherwise (herald::runtime).
+    runtime.block_on(1, async move {
+        telemetry::init(&config.common, "ingest");
+        let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+        let stopped = api::run(config, listener, shutdown::on_signal()).await;
+        telemetry::traces::shutdown();
+        stopped
+    })?
 }

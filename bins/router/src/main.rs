@@ -9,12 +9,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use herald::{routing, shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = routing::RouterConfig::parse();
-    telemetry::init(&config.common, "router");
-    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    let stopped = routing::run(config, listener, shutdown::on_signal()).await;
-    telemetry::traces::shutdown();
-    stopped
+    let runtime = config.runtime;
+    // One runtime thread per core unless told otherwise (herald::runtime).
+    runtime.block_on(0, async move {
+        telemetry::init(&config.common, "router");
+        let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+        let stopped = routing::run(config, listener, shutdown::on_signal()).await;
+        telemetry::traces::shutdown();
+        stopped
+    })?
 }

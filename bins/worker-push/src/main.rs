@@ -6,7 +6,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    herald::delivery::main(herald::model::Channel::Push).await
+fn main() -> anyhow::Result<()> {
+    herald::delivery::main(herald::model::Channel::Push)
 }

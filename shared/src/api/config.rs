@@ -17,6 +17,8 @@ use crate::config::CommonConfig;
 pub struct IngestConfig {
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub runtime: crate::runtime::RuntimeConfig,
     /// Listen address of the API (and /healthz, /readyz, /metrics).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

@@ -38,6 +38,8 @@ use engine::Engine;
 pub struct WorkerConfig {
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub runtime: crate::runtime::RuntimeConfig,
     /// Listen address of /healthz, /readyz and /metrics
     /// (default 0.0.0.0:9101 push, :9102 email, :9103 sms).
     #[arg(long, env = "HTTP_ADDR")]
@@ -109,21 +111,26 @@ pub fn prefetch(lane: Lane) -> u16 {
 /// The whole of a `worker-<channel>` binary: reads its settings, starts
 /// logging, builds the channel's providers and runs until SIGTERM. The three
 /// worker binaries differ only in the channel they pass.
-pub async fn main(channel: Channel) -> anyhow::Result<()> {
+pub fn main(channel: Channel) -> anyhow::Result<()> {
     let config = WorkerConfig::parse_for(channel);
-    crate::telemetry::init(&config.common, engine::source(channel));
-    let providers = Arc::new(crate::providers::config::build(channel, &config.providers)?);
-    let listener = TcpListener::bind(config.listen_addr(channel)).await?;
-    let stopped = run(
-        channel,
-        config,
-        providers,
-        listener,
-        crate::shutdown::on_signal(),
-    )
-    .await;
-    crate::telemetry::traces::shutdown();
-    stopped
+    let runtime = config.runtime;
+    // One runtime thread per core unless told otherwise: on one thread a
+    // `high` message waits behind a draining topic's tasks (crate::runtime).
+    runtime.block_on(0, async move {
+        crate::telemetry::init(&config.common, engine::source(channel));
+        let providers = Arc::new(crate::providers::config::build(channel, &config.providers)?);
+        let listener = TcpListener::bind(config.listen_addr(channel)).await?;
+        let stopped = run(
+            channel,
+            config,
+            providers,
+            listener,
+            crate::shutdown::on_signal(),
+        )
+        .await;
+        crate::telemetry::traces::shutdown();
+        stopped
+    })?
 }
 
 /// How often a worker re-reads its replica count and queue depths.

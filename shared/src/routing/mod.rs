@@ -50,6 +50,8 @@ use fanout::{Fanout, RouteError};
 pub struct RouterConfig {
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub runtime: crate::runtime::RuntimeConfig,
     /// Listen address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9100")]
     pub http_addr: SocketAddr,
