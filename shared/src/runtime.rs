@@ -52,7 +52,7 @@ impl RuntimeConfig {
     }
 
     /// Runs `main` to completion on a runtime built by [`Self::build`].
-    pub fn block_on<F: Future>(&self, default: usize, main: F) -> anyhow::Result<F::Output> {
+    pub fn block_on<F: Future>(self, default: usize, main: F) -> anyhow::Result<F::Output> {
         Ok(self.build(default)?.block_on(main))
     }
 }

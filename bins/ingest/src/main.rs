@@ -11,9 +11,8 @@ use herald::{api, shutdown, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let config = api::IngestConfig::parse();
-    let runtime = config.runtime;
     // One runtime thread unless told otherwise (herald::runtime).
-    runtime.block_on(1, async move {
+    config.runtime.block_on(1, async move {
         telemetry::init(&config.common, "ingest");
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
         let stopped = api::run(config, listener, shutdown::on_signal()).await;

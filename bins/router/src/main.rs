@@ -11,9 +11,8 @@ use herald::{routing, shutdown, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let config = routing::RouterConfig::parse();
-    let runtime = config.runtime;
     // One runtime thread per core unless told otherwise (herald::runtime).
-    runtime.block_on(0, async move {
+    config.runtime.block_on(0, async move {
         telemetry::init(&config.common, "router");
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
         let stopped = routing::run(config, listener, shutdown::on_signal()).await;

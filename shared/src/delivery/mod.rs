@@ -113,10 +113,9 @@ pub fn prefetch(lane: Lane) -> u16 {
 /// worker binaries differ only in the channel they pass.
 pub fn main(channel: Channel) -> anyhow::Result<()> {
     let config = WorkerConfig::parse_for(channel);
-    let runtime = config.runtime;
     // One runtime thread per core unless told otherwise: on one thread a
     // `high` message waits behind a draining topic's tasks (crate::runtime).
-    runtime.block_on(0, async move {
+    config.runtime.block_on(0, async move {
         crate::telemetry::init(&config.common, engine::source(channel));
         let providers = Arc::new(crate::providers::config::build(channel, &config.providers)?);
         let listener = TcpListener::bind(config.listen_addr(channel)).await?;

@@ -292,6 +292,19 @@ async fn routed_then_no_relay(
     (id, env, ingest, client)
 }
 
+/// Fails every delivery of notification `id` (`permanent`), so the trigger
+/// writes an outbox row for each.
+async fn fail_every_delivery(env: &TestEnv, id: &str) {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', error_class = 'permanent', last_error = 'no'
+         WHERE notification_id = $1::uuid",
+    )
+    .bind(id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
 /// A pass over rows that carry their delivery's columns opens no delivery
 /// partition: a statement that merely names the partitioned table plans and
 /// opens every partition and its indexes, which cost each pass several
@@ -302,14 +315,7 @@ async fn a_relay_pass_over_carried_rows_opens_no_delivery_partition() {
     p.user("u-1", json!({"name": "Ada"})).await;
     p.device("u-1", "fcm-token-0001-abcdefghijkl", "fcm").await;
     let (id, env, _ingest, _) = routed_then_no_relay(p, &["u-1"]).await;
-    sqlx::query(
-        "UPDATE deliveries SET status = 'failed', error_class = 'permanent', last_error = 'no'
-         WHERE notification_id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    fail_every_delivery(&env, &id).await;
     let mut tx = env.pool.begin().await.unwrap();
     let rows = herald::db::events::lock_batch(&mut tx, 500).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:#?}");
@@ -405,14 +411,7 @@ async fn events_from_carried_columns_match_those_read_from_the_delivery() {
     // Both fail (the trigger writes a row each, with the columns); the
     // first's change is written once more as an earlier version's trigger
     // did, without them; then the second delivery is deleted.
-    sqlx::query(
-        "UPDATE deliveries SET status = 'failed', error_class = 'permanent', last_error = 'no'
-         WHERE notification_id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    fail_every_delivery(&env, &id).await;
     sqlx::query(
         "INSERT INTO event_outbox (created_at, delivery_id, status, error_class, error, attempts)
          VALUES ($1, $2, 'failed', 'permanent', 'no', 0)",
