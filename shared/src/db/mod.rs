@@ -6,6 +6,7 @@ pub mod deliveries;
 pub mod events;
 pub mod idempotency;
 pub mod keys;
+pub mod kept;
 pub mod notifications;
 pub mod receipts;
 pub mod recipients;
@@ -46,6 +47,21 @@ pub fn connect_lazy_with(options: PgConnectOptions, max_connections: u32) -> PgP
         // A request must fail fast with 503 when the database is gone rather
         // than queue for the default 30 s.
         .acquire_timeout(Duration::from_secs(3))
+        // The pool pings every connection it hands out by default: a round
+        // trip for each statement run on the pool, as many as the
+        // statements themselves on the workers' claims (docs/benchmarks.md,
+        // "Round trips"). Only a connection idle for a while is pinged
+        // now; one that breaks in use fails its statement, as it would
+        // have anyway, and the pool closes it when it comes back.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= kept::IDLE_PING {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options)
 }
 

@@ -57,62 +57,72 @@ pub async fn insert_many<'e>(
     Ok(())
 }
 
+/// A pool for [`mark_published`], on the same database as `pool`, of
+/// `connections` connections whose settings its statement needs: commits
+/// that do not wait for the disk (a lost mark costs only a republish, see
+/// there), and lookups by primary key whatever the statistics say (a table
+/// they still think small, in a new deployment's first minutes before
+/// autovacuum's first `ANALYZE`, would otherwise be read whole for a batch
+/// of a few dozen ids, dozens of times a second). Set per session, the
+/// marks are one statement and one round trip, without a transaction to
+/// open and settings to make for each batch.
+pub fn marks_pool(pool: &PgPool, connections: u32) -> PgPool {
+    let options = (*pool.connect_options()).clone().options([
+        ("synchronous_commit", "off"),
+        ("enable_seqscan", "off"),
+    ]);
+    crate::db::connect_lazy_with(options, connections)
+}
+
 /// Records that the broker confirmed these notifications' routing messages
 /// (those the router has not routed yet: a routed one needs no mark), that
 /// the `routed` ones (routed inline by ingest) have their delivery messages
 /// confirmed, and that the requests behind these idempotency keys are
-/// durable. Committed asynchronously: if the marks are lost in a database
-/// crash the relay merely republishes (the router's fan-out key absorbs the
+/// durable. One statement, on a connection of a [`marks_pool`], so
+/// committed asynchronously: if the marks are lost in a database crash the
+/// relay merely republishes (the router's fan-out key absorbs the
 /// duplicate, and publishes an inline-routed notification's pending
 /// deliveries again), and a replay of the key waits for the relay's grace.
 pub async fn mark_published(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     ids: &[Uuid],
     routed: &[Uuid],
     keys: &[(String, String)],
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query!("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    // Every statement below finds its rows by primary key. A table the
-    // statistics still think small (a new deployment's first minutes, before
-    // autovacuum's first ANALYZE) would otherwise be read whole for a batch
-    // of a few dozen ids, dozens of times a second.
-    sqlx::query!("SET LOCAL enable_seqscan = off")
-        .execute(&mut *tx)
-        .await?;
-    if !ids.is_empty() {
-        sqlx::query!(
-            "UPDATE notifications SET published_at = now()
-             WHERE id = ANY($1) AND published_at IS NULL AND status = 'accepted'",
-            ids,
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !routed.is_empty() {
-        sqlx::query!(
-            "UPDATE notifications SET status = 'routed', routed_at = now(), updated_at = now()
-             WHERE id = ANY($1) AND status = 'accepted'",
-            routed,
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !keys.is_empty() {
-        let tenants: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-        let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        sqlx::query!(
-            "UPDATE idempotency_keys SET completed_at = now()
-             WHERE (tenant_id, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-            &tenants as &[&str],
-            &names as &[&str],
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await
+    let marked: Vec<Uuid> = ids.iter().chain(routed).copied().collect();
+    let inline: Vec<bool> = ids
+        .iter()
+        .map(|_| false)
+        .chain(routed.iter().map(|_| true))
+        .collect();
+    let tenants: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    // A notification is routed inline or by the router, never both, so no
+    // row is named twice; an inline-routed one is `routed` once its
+    // delivery messages are confirmed, another only `published`.
+    sqlx::query!(
+        "WITH marks AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::boolean[]) AS m(id, inline)
+         ), noted AS (
+             UPDATE notifications n
+                SET status = CASE WHEN m.inline THEN 'routed' ELSE n.status END,
+                    routed_at = CASE WHEN m.inline THEN now() ELSE n.routed_at END,
+                    updated_at = CASE WHEN m.inline THEN now() ELSE n.updated_at END,
+                    published_at = CASE WHEN m.inline THEN n.published_at ELSE now() END
+               FROM marks m
+              WHERE n.id = m.id AND n.status = 'accepted'
+                AND (m.inline OR n.published_at IS NULL)
+         )
+         UPDATE idempotency_keys SET completed_at = now()
+          WHERE (tenant_id, key) IN (SELECT * FROM UNNEST($3::text[], $4::text[]))",
+        &marked,
+        &inline,
+        &tenants as &[&str],
+        &names as &[&str],
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Withdraws notifications whose messages could not be published, with

@@ -36,7 +36,10 @@ use super::{
 };
 use crate::{
     broker::{Publisher, consumer::Incoming},
-    db::deliveries::{self, CLAIM_LEASE, Claim, ClaimRequest},
+    db::{
+        deliveries::{self, CLAIM_LEASE, Claim, ClaimRequest},
+        kept::Kept,
+    },
     dlq::{self, DeadLetterReason},
     model::{Channel, Lane, message::DeliveryMessage, user::mask},
     outage::{self, Held},
@@ -109,11 +112,12 @@ impl Engine {
         timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
-        // Connections of their own, for their planner settings.
-        let ledger_pool = deliveries::ledger_pool(&pool, ledger_connections);
+        // Connections of their own, for their planner settings, kept
+        // between statements by the ledgers' writers (their only users).
+        let kept = Kept::new(deliveries::ledger_pool(&pool, ledger_connections));
         let ledgers = [
-            Ledger::start(ledger_pool.clone(), CLAIM_LEASE, channel, Gather::Queued),
-            Ledger::start(ledger_pool, CLAIM_LEASE, channel, GATHER),
+            Ledger::start(kept.clone(), CLAIM_LEASE, channel, Gather::Queued),
+            Ledger::start(kept, CLAIM_LEASE, channel, GATHER),
         ];
         let settle_until = CancellationToken::new();
         {

@@ -8,11 +8,13 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
-    db::deliveries::{self, Claim, ClaimRequest, SettleRequest},
+    db::{
+        deliveries::{self, Claim, ClaimRequest, SettleRequest},
+        kept::Kept,
+    },
     model::Channel,
 };
 
@@ -56,21 +58,26 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Starts the two writer tasks on `pool`, a
+    /// Starts the two writer tasks on connections kept from a
     /// [`ledger_pool`](deliveries::ledger_pool), each filling its
     /// statements as `gather` says.
-    pub fn start(pool: PgPool, lease: Duration, channel: Channel, gather: Gather) -> Self {
+    pub fn start(kept: Kept, lease: Duration, channel: Channel, gather: Gather) -> Self {
         let (claims, claim_rx) = mpsc::channel(4 * BATCH);
         let (settles, settle_rx) = mpsc::channel(4 * BATCH);
-        let claim_pool = pool.clone();
+        let claim_kept = kept.clone();
         tokio::spawn(writer(
             channel,
             "claim",
             gather,
             claim_rx,
             move |requests: Vec<ClaimRequest>| {
-                let pool = claim_pool.clone();
-                async move { deliveries::claim_many(&pool, &requests, lease).await }
+                let kept = claim_kept.clone();
+                async move {
+                    let mut conn = kept.take().await?;
+                    let claims = deliveries::claim_many(&mut conn, &requests, lease).await?;
+                    conn.keep();
+                    Ok(claims)
+                }
             },
         ));
         tokio::spawn(writer(
@@ -79,10 +86,12 @@ impl Ledger {
             gather,
             settle_rx,
             move |requests: Vec<SettleRequest>| {
-                let pool = pool.clone();
+                let kept = kept.clone();
                 async move {
                     let n = requests.len();
-                    let recorded = deliveries::settle_many(&pool, &requests).await?;
+                    let mut conn = kept.take().await?;
+                    let recorded = deliveries::settle_many(&mut conn, &requests).await?;
+                    conn.keep();
                     // An outcome is dropped when its claim no longer holds the
                     // row: retried after its first commit went through, or
                     // taken over by another worker after the lease ran out.

@@ -5,7 +5,6 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Commitment;
@@ -13,6 +12,7 @@ use crate::{
     db::{
         self,
         idempotency::{self, Existing, KeyClaim},
+        kept::Kept,
         notifications::NewNotification,
     },
     model::notification::NotificationRequest,
@@ -73,7 +73,7 @@ const GROUP: usize = 64;
 /// keys are claimed in the same transaction, with one statement for all, and
 /// a request whose key was already used writes nothing.
 pub(super) async fn insert_batches(
-    pool: PgPool,
+    kept: Kept,
     inline: Option<Inline>,
     mut rx: tokio::sync::mpsc::Receiver<(Share, InsertReply)>,
 ) {
@@ -114,7 +114,7 @@ pub(super) async fn insert_batches(
         // commit began) writes nothing.
         group.retain(|(share, reply)| share.key.is_none() || !reply.is_closed());
         let (shares, replies): (Vec<Share>, Vec<InsertReply>) = group.into_iter().unzip();
-        match commit(&pool, inline.as_ref(), &shares, &replies).await {
+        match commit(&kept, inline.as_ref(), &shares, &replies).await {
             Ok(None) => {
                 // A keyed request was abandoned while the group ran: it
                 // must keep nothing, so the group is written again
@@ -170,12 +170,13 @@ fn lock_timeout(e: &sqlx::Error) -> bool {
 /// requests' commitments, commits. One answer per share, in order; `None`
 /// (and nothing written) when a keyed request stopped waiting meanwhile.
 async fn commit(
-    pool: &PgPool,
+    kept: &Kept,
     inline: Option<&Inline>,
     shares: &[Share],
     replies: &[InsertReply],
 ) -> Result<Option<Vec<Claimed>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut conn = kept.take().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     if shares.iter().any(|s| s.key.is_some()) {
         // Runtime query: SET takes no bind parameters, so the value is spliced in.
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -188,6 +189,7 @@ async fn commit(
     let keyed = shares.iter().zip(replies).filter(|(s, _)| s.key.is_some());
     if keyed.clone().any(|(_, reply)| reply.is_closed()) {
         tx.rollback().await?;
+        conn.keep();
         return Ok(None);
     }
     for (share, _) in keyed {
@@ -196,6 +198,7 @@ async fn commit(
         }
     }
     tx.commit().await?;
+    conn.keep();
     Ok(Some(answers))
 }
 
@@ -296,7 +299,7 @@ const MARK_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
 /// republish by the relay, or a replay answered "in progress" until the
 /// relay's grace has passed.
 pub(super) async fn mark_published_batches(
-    pool: PgPool,
+    kept: Kept,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Mark>,
 ) {
     let mut marks = Vec::with_capacity(1024);
@@ -333,7 +336,13 @@ pub(super) async fn mark_published_batches(
         if ids.is_empty() && keys.is_empty() && routed.is_empty() {
             continue;
         }
-        if let Err(e) = db::notifications::mark_published(&pool, &ids, &routed, &keys).await {
+        let marked = match kept.take().await {
+            Ok(mut conn) => db::notifications::mark_published(&mut conn, &ids, &routed, &keys)
+                .await
+                .map(|()| conn.keep()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = marked {
             tracing::warn!(error = %e, "could not mark notifications published; the relay will republish them");
         }
     }

@@ -33,6 +33,7 @@ use crate::{
     db::{
         self,
         idempotency::{self, KeyClaim},
+        kept::Kept,
         notifications::NewNotification,
     },
     model::{FieldError, IdempotencyKey, message::RouteMessage, notification::NotificationRequest},
@@ -46,6 +47,10 @@ use group::{Claimed, InsertReply, Mark, Share, insert_batches, mark_published_ba
 /// the same idempotency key to be published: about a second.
 const IN_PROGRESS_WAITS: usize = 20;
 const IN_PROGRESS_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Connections of ingest's marks (one batch is written at a time), besides
+/// `DATABASE_MAX_CONNECTIONS`.
+pub const MARK_CONNECTIONS: u32 = 1;
 
 /// How long a committed notification may stay unconfirmed before the relay
 /// takes it over. Long enough that the eager publish always wins normally.
@@ -169,9 +174,11 @@ impl Intake {
     pub fn new(pool: PgPool, publisher: Publisher, inline_max_users: usize) -> Self {
         let inline = Inline::new(pool.clone(), publisher.clone(), inline_max_users);
         let (marks, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(mark_published_batches(pool.clone(), rx));
+        let marks_pool = db::notifications::marks_pool(&pool, MARK_CONNECTIONS);
+        tokio::spawn(mark_published_batches(Kept::new(marks_pool), rx));
         let (inserts, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(insert_batches(pool.clone(), inline.clone(), rx));
+        // One group commits at a time, on a connection it keeps.
+        tokio::spawn(insert_batches(Kept::new(pool.clone()), inline.clone(), rx));
         Self {
             pool,
             publisher,

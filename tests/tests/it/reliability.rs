@@ -577,7 +577,8 @@ async fn claim(
                     token,
                 })
                 .collect();
-            deliveries::claim_many(pool, &requests, Duration::from_secs(120))
+            let mut conn = pool.acquire().await.unwrap();
+            deliveries::claim_many(&mut conn, &requests, Duration::from_secs(120))
                 .await
                 .unwrap()
         }
@@ -621,7 +622,10 @@ async fn settle(
         .map(|(created, id)| SettleRequest::new(*created, *id, token, &outcome))
         .collect();
     match ledger {
-        Ledger::Statements => deliveries::settle_many(pool, &requests).await.unwrap(),
+        Ledger::Statements => {
+            let mut conn = pool.acquire().await.unwrap();
+            deliveries::settle_many(&mut conn, &requests).await.unwrap()
+        }
         Ledger::Functions => sqlx::query_scalar::<_, i32>(
             "SELECT herald_settle_deliveries($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -729,7 +733,8 @@ async fn a_redelivered_copy_takes_over_only_its_own_claim() {
                 named,
                 token,
             };
-            deliveries::claim_many(&pool, &[request], Duration::from_secs(120))
+            let mut conn = pool.acquire().await.unwrap();
+            deliveries::claim_many(&mut conn, &[request], Duration::from_secs(120))
                 .await
                 .unwrap()
         }

@@ -1,10 +1,10 @@
 //! The workers' side: claims before the provider call, outcomes after it,
 //! expiry of what was never sent, deactivated device tokens.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// How long a claimed delivery is held before another worker may take it
@@ -141,10 +141,10 @@ pub struct ClaimRequest {
 /// version's) takes over any claim when redelivered, as before. A delivery
 /// asked for twice in one batch is claimed for the first request only.
 ///
-/// Run on a [`ledger_pool`]: its planner settings keep the statement a
-/// nested loop of primary-key probes (see [`by_partition`]).
+/// Run on a connection of a [`ledger_pool`]: its planner settings keep the
+/// statement a nested loop of primary-key probes (see [`ByPartition`]).
 pub async fn claim_many(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     requests: &[ClaimRequest],
     lease: Duration,
 ) -> Result<Vec<Claim>, sqlx::Error> {
@@ -170,20 +170,22 @@ pub async fn claim_many(
         let named: Vec<bool> = group.iter().map(|i| requests[*i].named).collect();
         let (created, ids, redelivered, tokens, named) =
             (&created, &ids, &redelivered, &tokens, &named);
-        let rows: Vec<(bool, Option<i32>, Option<String>)> =
-            by_partition(CLAIM, &table, |sql| async move {
-                // The table is a partition name made from a date.
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(created)
-                    .bind(ids)
-                    .bind(redelivered)
-                    .bind(lease.as_secs_f64())
-                    .bind(tokens)
-                    .bind(named)
-                    .fetch_all(pool)
-                    .await
-            })
-            .await?;
+        let mut target = ByPartition::new(CLAIM, table);
+        let rows: Vec<(bool, Option<i32>, Option<String>)> = loop {
+            // The table is a partition name made from a date.
+            let rows = sqlx::query_as(sqlx::AssertSqlSafe(target.sql()))
+                .bind(created)
+                .bind(ids)
+                .bind(redelivered)
+                .bind(lease.as_secs_f64())
+                .bind(tokens)
+                .bind(named)
+                .fetch_all(&mut *conn)
+                .await;
+            if !target.fall_back(&rows) {
+                break rows?;
+            }
+        };
         for (i, row) in group.iter().zip(rows) {
             answers[*i] = match row {
                 (true, Some(attempts), _) => Claim::Claimed { attempts },
@@ -280,7 +282,7 @@ fn partitions(rows: impl IntoIterator<Item = (usize, DateTime<Utc>)>) -> Vec<(St
         .collect()
 }
 
-/// Runs a statement against one delivery partition, or against the
+/// A statement run against one delivery partition, or against the
 /// partitioned table when that partition does not exist (rows kept in the
 /// default partition, or a partition already dropped by the retention).
 ///
@@ -295,21 +297,39 @@ fn partitions(rows: impl IntoIterator<Item = (usize, DateTime<Utc>)>) -> Vec<(St
 /// of its day (PostgreSQL refuses to create it while the default partition
 /// holds any), so the fallback is needed only where there is none.
 ///
-/// `statement` names the table `{deliveries}`; `run` runs it. A batch that
+/// `statement` names the table `{deliveries}`; the caller runs
+/// [`ByPartition::sql`] and runs it again while [`ByPartition::fall_back`]
+/// says so. A batch that
 /// spans two days is two statements and two commits: a failure of the
 /// second fails the whole batch while the first day's rows stay claimed or
 /// settled under their token: a redelivered message takes such a claim
 /// over, and a retried outcome finds its row already recorded.
-async fn by_partition<A, F, Fut>(statement: &str, table: &str, run: F) -> Result<A, sqlx::Error>
-where
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = Result<A, sqlx::Error>>,
-{
-    match run(statement.replace("{deliveries}", table)).await {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => {
-            run(statement.replace("{deliveries}", "deliveries")).await
+struct ByPartition<'s> {
+    statement: &'s str,
+    /// The partition, until it turned out not to exist.
+    partition: Option<String>,
+}
+
+impl<'s> ByPartition<'s> {
+    fn new(statement: &'s str, partition: String) -> Self {
+        Self {
+            statement,
+            partition: Some(partition),
         }
-        other => other,
+    }
+
+    /// The statement on the partition, or on the partitioned table.
+    fn sql(&self) -> String {
+        let table = self.partition.as_deref().unwrap_or("deliveries");
+        self.statement.replace("{deliveries}", table)
+    }
+
+    /// Whether `result` says the partition does not exist, in which case
+    /// the statement is to be run again on the partitioned table.
+    fn fall_back<T>(&mut self, result: &Result<T, sqlx::Error>) -> bool {
+        let missing = matches!(result, Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some(UNDEFINED_TABLE));
+        missing && self.partition.take().is_some()
     }
 }
 
@@ -388,8 +408,11 @@ impl SettleRequest {
 /// Records many outcomes in one statement per delivery partition (one
 /// commit for all, in the common batch of one day); each only while its
 /// claim still holds the row. Answers how many were recorded. Run on a
-/// [`ledger_pool`].
-pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<i32, sqlx::Error> {
+/// connection of a [`ledger_pool`].
+pub async fn settle_many(
+    conn: &mut PgConnection,
+    requests: &[SettleRequest],
+) -> Result<i32, sqlx::Error> {
     let mut recorded = 0;
     for (table, group) in partitions(requests.iter().map(|r| r.created_at).enumerate()) {
         let group: Vec<&SettleRequest> = group.iter().map(|i| &requests[*i]).collect();
@@ -404,8 +427,9 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<i3
         let tokens: Vec<Uuid> = group.iter().map(|r| r.token).collect();
         let (created, ids, statuses, classes) = (&created, &ids, &statuses, &classes);
         let (errors, provider_ids, refunds, tokens) = (&errors, &provider_ids, &refunds, &tokens);
-        recorded += by_partition(SETTLE, &table, |sql| async move {
-            sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql))
+        let mut target = ByPartition::new(SETTLE, table);
+        recorded += loop {
+            let n = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(target.sql()))
                 .bind(created)
                 .bind(ids)
                 .bind(statuses)
@@ -414,10 +438,12 @@ pub async fn settle_many(pool: &PgPool, requests: &[SettleRequest]) -> Result<i3
                 .bind(provider_ids)
                 .bind(refunds)
                 .bind(tokens)
-                .fetch_one(pool)
-                .await
-        })
-        .await?;
+                .fetch_one(&mut *conn)
+                .await;
+            if !target.fall_back(&n) {
+                break n?;
+            }
+        };
     }
     Ok(recorded)
 }
