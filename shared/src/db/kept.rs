@@ -38,12 +38,22 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// Keeps connections taken from `pool`.
+    /// Keeps connections taken from `pool`. Must be called on a Tokio
+    /// runtime: closing the pool waits for every connection to come back,
+    /// so a task gives the kept ones back as soon as the pool begins to
+    /// close.
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            idle: Arc::default(),
-        }
+        let idle: Arc<Mutex<Idle>> = Arc::default();
+        let closing = pool.close_event();
+        let kept = Arc::downgrade(&idle);
+        tokio::spawn(async move {
+            closing.await;
+            if let Some(idle) = kept.upgrade() {
+                let given_back = std::mem::take(&mut *idle.lock().expect("kept connections"));
+                drop(given_back);
+            }
+        });
+        Self { pool, idle }
     }
 
     /// The pool the connections come from.
@@ -89,8 +99,12 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Keeps the connection for the writers' next statements.
+    /// Keeps the connection for the writers' next statements, unless the
+    /// pool is closing (then it goes back to the pool).
     pub fn keep(mut self) {
+        if self.home.pool.is_closed() {
+            return;
+        }
         if let Some(conn) = self.conn.take() {
             self.home
                 .idle
@@ -117,7 +131,7 @@ impl DerefMut for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.conn.is_some() {
+        if self.conn.is_some() && !self.home.pool.is_closed() {
             // Not kept: a statement failed, perhaps because the database
             // went away. Every idle connection goes back to the pool too,
             // which pings each and closes those that are broken, instead

@@ -67,10 +67,9 @@ pub async fn insert_many<'e>(
 /// marks are one statement and one round trip, without a transaction to
 /// open and settings to make for each batch.
 pub fn marks_pool(pool: &PgPool, connections: u32) -> PgPool {
-    let options = (*pool.connect_options()).clone().options([
-        ("synchronous_commit", "off"),
-        ("enable_seqscan", "off"),
-    ]);
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off"), ("enable_seqscan", "off")]);
     crate::db::connect_lazy_with(options, connections)
 }
 

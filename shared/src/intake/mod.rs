@@ -203,7 +203,11 @@ impl Intake {
         commitment: &Commitment,
     ) -> Result<Accepted<Uuid>, IntakeError> {
         let now = Utc::now();
-        let hash = request_hash(&body);
+        // Only an idempotency record keeps the hash.
+        let hash = key
+            .as_ref()
+            .map(|_| request_hash(&body))
+            .unwrap_or_default();
         let req = NotificationRequest::parse(body, now).map_err(IntakeError::Invalid)?;
         let prepared = prepare(tenant, req, key.as_ref(), now, self.inline.as_ref());
         let id = prepared.row.id;
@@ -249,7 +253,10 @@ impl Intake {
         commitment: &Commitment,
     ) -> Result<Accepted<Vec<ItemOutcome>>, IntakeError> {
         let now = Utc::now();
-        let hash = request_hash(&Value::Array(items.clone()));
+        let hash = match &key {
+            Some(_) => request_hash(&Value::Array(items.clone())),
+            None => Vec::new(),
+        };
         let mut outcomes = Vec::with_capacity(items.len());
         let mut prepared = Vec::new();
         for item in items {

@@ -923,3 +923,91 @@ async fn a_topics_claims_probe_by_primary_key_among_single_sends() {
         );
     }
 }
+
+/// The backend process id of the connection `conn`.
+async fn backend(conn: &mut sqlx::PgConnection) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+}
+
+/// Ends backend `pid` and waits until PostgreSQL no longer lists it.
+async fn terminate(pool: &sqlx::PgPool, pid: i32) {
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(pool)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if !alive {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("backend {pid} still running");
+}
+
+/// The writers' kept connections (`herald::db::kept`): a connection kept
+/// after its statement serves the next one; one the database closed while
+/// it was kept fails that one statement, takes the other kept connections
+/// back to the pool with it, and the next statement gets a working
+/// connection; one kept idle past `IDLE_PING` is tested before use, so a
+/// closed one is replaced without failing a statement; and closing the
+/// pool does not wait for the connections kept from it.
+#[tokio::test]
+async fn kept_connections_serve_the_next_statement_and_closed_ones_are_replaced() {
+    use herald::db::kept::{IDLE_PING, Kept};
+    let env = herald_tests::TestEnv::new().await;
+    let pool = herald::db::connect_lazy_with((*env.pool.connect_options()).clone(), 4);
+    let kept = Kept::new(pool);
+    let mut a = kept.take().await.unwrap();
+    let mut b = kept.take().await.unwrap();
+    let (first, second) = (
+        backend(&mut a).await.unwrap(),
+        backend(&mut b).await.unwrap(),
+    );
+    assert_ne!(first, second);
+    b.keep();
+    a.keep();
+    assert_eq!(kept.idle(), 2);
+
+    // The connection kept last serves the next statement.
+    let mut c = kept.take().await.unwrap();
+    assert_eq!(backend(&mut c).await.unwrap(), first);
+    c.keep();
+
+    // Closed by the database while kept: one statement fails, and the
+    // connections kept with it go back to the pool.
+    terminate(&env.pool, first).await;
+    let mut d = kept.take().await.unwrap();
+    assert!(backend(&mut d).await.is_err());
+    drop(d);
+    assert_eq!(kept.idle(), 0);
+    let mut e = kept.take().await.unwrap();
+    let fresh = backend(&mut e).await.unwrap();
+    assert_ne!(fresh, first);
+    e.keep();
+
+    // Closed while kept idle past IDLE_PING: the ping finds out, and the
+    // statement runs on another connection.
+    terminate(&env.pool, fresh).await;
+    tokio::time::sleep(IDLE_PING + Duration::from_millis(200)).await;
+    let mut f = kept.take().await.unwrap();
+    let replaced = backend(&mut f).await.unwrap();
+    assert_ne!(replaced, fresh);
+    f.keep();
+    assert_eq!(kept.idle(), 1);
+
+    // Closing the pool (a process stopping) does not wait for the kept
+    // connection: it is given back as the close begins.
+    tokio::time::timeout(Duration::from_secs(5), kept.pool().close())
+        .await
+        .expect("the pool closes with a connection kept");
+    assert_eq!(kept.idle(), 0);
+}
