@@ -3,14 +3,14 @@
 //! A statement run on the pool pays two round trips besides its own: the
 //! pool pings a connection when it hands it out (unless told not to) and
 //! again when it takes it back, with `Sync` and a wait for
-//! `ReadyForQuery` each time. For the group commits that carry every
-//! notification (ingest's insert, the workers' claims and outcomes) that
-//! was two thirds of their round trips to the database at moderate load
-//! (docs/benchmarks.md, "Round trips"). A writer takes a connection from a
-//! [`Kept`], runs its statements, and keeps it for the next batch when
-//! they succeeded; after a failure the connection goes back to the pool,
-//! which tests it and closes it when it is broken, and so do the other
-//! connections kept with it, since the failure may be the database's.
+//! `ReadyForQuery` each time: two of the three round trips of each claim
+//! or outcome statement of the workers, and a third of ingest's at
+//! moderate load (docs/benchmarks.md, "Round trips"). A writer takes a
+//! connection from a [`Kept`], runs its statements, and keeps it for the
+//! next batch when they succeeded; after a failure the connection goes
+//! back to the pool, which tests it and closes it when it is broken, and
+//! so do the other connections kept with it, since the failure may be the
+//! database's.
 
 use std::{
     ops::{Deref, DerefMut},
