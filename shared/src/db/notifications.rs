@@ -63,13 +63,19 @@ pub async fn insert_many<'e>(
 /// there), and lookups by primary key whatever the statistics say (a table
 /// they still think small, in a new deployment's first minutes before
 /// autovacuum's first `ANALYZE`, would otherwise be read whole for a batch
-/// of a few dozen ids, dozens of times a second). Set per session, the
-/// marks are one statement and one round trip, without a transaction to
-/// open and settings to make for each batch.
+/// of a few dozen ids, dozens of times a second), planned once: with
+/// its arrays' lengths known, PostgreSQL's estimate of a custom plan was
+/// always below that of the generic one, so it planned the statement
+/// again on every call, and the planning cost more than the updates
+/// (docs/benchmarks.md, "Planned once"). Set per session, the marks are
+/// one statement and one round trip, without a transaction to open and
+/// settings to make for each batch.
 pub fn marks_pool(pool: &PgPool, connections: u32) -> PgPool {
-    let options = (*pool.connect_options())
-        .clone()
-        .options([("synchronous_commit", "off"), ("enable_seqscan", "off")]);
+    let options = (*pool.connect_options()).clone().options([
+        ("synchronous_commit", "off"),
+        ("enable_seqscan", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+    ]);
     crate::db::connect_lazy_with(options, connections)
 }
 

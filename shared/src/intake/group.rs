@@ -292,37 +292,57 @@ pub(super) enum Mark {
 /// How long a published mark waits: about the time the router needs.
 const MARK_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// How long a routed mark waits for company: at a few thousand sends a
+/// second, the marks of a few dozen group commits share one statement
+/// instead of one each. Nothing waits for a routed mark (the relay's grace
+/// is seconds), so only the statements' count changes.
+const ROUTED_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Past this many routed marks held, they are written at once.
+const ROUTED_BATCH: usize = 512;
+
 /// Notes published and inline-routed notifications and completed keys in
-/// batches: one
-/// transaction for everything confirmed in the last few milliseconds, not a
-/// commit per request. Committed asynchronously: a lost mark only costs a
-/// republish by the relay, or a replay answered "in progress" until the
-/// relay's grace has passed.
+/// batches: one statement for everything confirmed in the last few
+/// milliseconds, not a commit per request. Committed asynchronously: a lost
+/// mark only costs a republish by the relay, or a replay answered "in
+/// progress" until the relay's grace has passed.
 pub(super) async fn mark_published_batches(
     kept: Kept,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Mark>,
 ) {
+    use std::time::Instant;
     let mut marks = Vec::with_capacity(1024);
     // Published marks wait [`MARK_DELAY`]: most notifications are routed
     // meanwhile, and a routed one needs no mark (the update then writes
-    // nothing for it). Completed keys are written at once: a client's
-    // retry waits for them.
-    let mut held: std::collections::VecDeque<(std::time::Instant, Uuid)> = Default::default();
+    // nothing for it). Routed marks wait [`ROUTED_WAIT`]. Completed keys
+    // are written at once, with whatever else is held: a client's retry
+    // waits for them.
+    let mut held: std::collections::VecDeque<(Instant, Uuid)> = Default::default();
+    let mut routed: Vec<Uuid> = Vec::new();
+    let mut routed_since: Option<Instant> = None;
     let mut open = true;
-    while open || !held.is_empty() {
-        let due_at = held.front().map(|(at, _)| *at + MARK_DELAY);
+    while open || !held.is_empty() || !routed.is_empty() {
+        let due_at = [
+            held.front().map(|(at, _)| *at + MARK_DELAY),
+            routed_since.map(|at| at + ROUTED_WAIT),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             n = rx.recv_many(&mut marks, 1024), if open => open = n > 0,
-            _ = tokio::time::sleep_until(due_at.unwrap_or_else(std::time::Instant::now).into()),
+            _ = tokio::time::sleep_until(due_at.unwrap_or_else(Instant::now).into()),
                 if due_at.is_some() => {}
         }
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let mut keys = Vec::new();
-        let mut routed = Vec::new();
         for mark in marks.drain(..) {
             match mark {
                 Mark::Published(id) => held.push_back((now, id)),
-                Mark::Routed(id) => routed.push(id),
+                Mark::Routed(id) => {
+                    routed_since.get_or_insert(now);
+                    routed.push(id);
+                }
                 Mark::Completed { tenant, key } => keys.push((tenant, key)),
             }
         }
@@ -333,11 +353,21 @@ pub(super) async fn mark_published_batches(
         {
             ids.extend(held.pop_front().map(|(_, id)| id));
         }
-        if ids.is_empty() && keys.is_empty() && routed.is_empty() {
+        let routed_due = !open
+            || !keys.is_empty()
+            || routed.len() >= ROUTED_BATCH
+            || routed_since.is_some_and(|at| at + ROUTED_WAIT <= now);
+        let routed_now = if routed_due {
+            routed_since = None;
+            std::mem::take(&mut routed)
+        } else {
+            Vec::new()
+        };
+        if ids.is_empty() && keys.is_empty() && routed_now.is_empty() {
             continue;
         }
         let marked = match kept.take().await {
-            Ok(mut conn) => db::notifications::mark_published(&mut conn, &ids, &routed, &keys)
+            Ok(mut conn) => db::notifications::mark_published(&mut conn, &ids, &routed_now, &keys)
                 .await
                 .map(|()| conn.keep()),
             Err(e) => Err(e),
