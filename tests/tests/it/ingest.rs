@@ -175,6 +175,103 @@ async fn inline_routed_code_is_on_the_broker_when_ingest_is_killed_after_its_202
     broker.close().await;
 }
 
+/// Ingest's marks: a routed mark sets `routed`, a published one only
+/// `published_at`, a completed key its `completed_at`; and the statement is
+/// planned once per connection, whatever the lengths of its arrays (before,
+/// PostgreSQL planned it again on every call: a custom plan's estimate, with
+/// the arrays' lengths known, was always below the generic plan's).
+#[tokio::test]
+async fn marks_set_what_they_name_and_are_planned_once() {
+    let env = TestEnv::new().await;
+    env.key("acme", &[Scope::Send]).await;
+    let ids: Vec<uuid::Uuid> = (0..40).map(|_| uuid::Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO notifications (id, tenant_id, category, priority, request)
+         SELECT id, 'acme', 'x', 'normal', '{}' FROM UNNEST($1::uuid[]) AS id",
+    )
+    .bind(&ids)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response_status, response_body)
+         VALUES ('acme', 'k-1', '\\x00', 202, '{}')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let marks = herald::db::notifications::marks_pool(&env.pool, 1);
+    let mut conn = marks.acquire().await.unwrap();
+    // Twenty calls of 0 to 8 rows, routed and published ones mixed.
+    let keys = vec![("acme".to_owned(), "k-1".to_owned())];
+    let mut at = 0;
+    for n in 1..=8 {
+        let (routed, published) = ids[at..at + n].split_at(n / 2);
+        let keys = if n == 8 { &keys[..] } else { &[] };
+        herald::db::notifications::mark_published(&mut conn, published, routed, keys)
+            .await
+            .unwrap();
+        at += n;
+    }
+    let absent = [uuid::Uuid::now_v7()];
+    for _ in 0..12 {
+        herald::db::notifications::mark_published(&mut conn, &[], &absent, &[])
+            .await
+            .unwrap();
+    }
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+          WHERE statement LIKE '%WITH marks AS%'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        (generic, custom),
+        (20, 0),
+        "every call runs the one generic plan"
+    );
+
+    let rows: Vec<(uuid::Uuid, String, bool, bool)> = sqlx::query_as(
+        "SELECT id, status, routed_at IS NOT NULL, published_at IS NOT NULL
+           FROM notifications WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let mut at = 0;
+    let mut expected = std::collections::HashMap::new();
+    for n in 1..=8 {
+        let (routed, published) = ids[at..at + n].split_at(n / 2);
+        for id in routed {
+            expected.insert(*id, ("routed", true, false));
+        }
+        for id in published {
+            expected.insert(*id, ("accepted", false, true));
+        }
+        at += n;
+    }
+    for (id, status, routed_at, published_at) in rows {
+        let want = expected
+            .get(&id)
+            .copied()
+            .unwrap_or(("accepted", false, false));
+        assert_eq!(
+            (status.as_str(), routed_at, published_at),
+            want,
+            "notification {id}"
+        );
+    }
+    let completed: bool = sqlx::query_scalar(
+        "SELECT completed_at IS NOT NULL FROM idempotency_keys WHERE key = 'k-1'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(completed, "the completed key is marked");
+}
+
 #[tokio::test]
 async fn relay_republishes_committed_but_unconfirmed_notifications() {
     let env = TestEnv::new().await;
