@@ -338,6 +338,22 @@ async fn routing_again_settles_what_the_first_pass_left_pending() {
         })
         .await
         .expect("routed");
+    // Ingest marks it routed a few milliseconds after the confirm; the
+    // mark must have landed before the test takes it back, or it would
+    // undo the test's doing.
+    let notification: uuid::Uuid = id.parse().unwrap();
+    p.env
+        .eventually(Duration::from_secs(10), || async {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1")
+                    .bind(notification)
+                    .fetch_one(&p.env.pool)
+                    .await
+                    .unwrap();
+            (status == "routed").then_some(())
+        })
+        .await
+        .expect("marked routed");
     // As if the first pass had died between its insert and its publish.
     let broker = p.env.broker().await;
     broker
@@ -347,7 +363,6 @@ async fn routing_again_settles_what_the_first_pass_left_pending() {
         .queue_purge(queue.as_str().into(), Default::default())
         .await
         .unwrap();
-    let notification: uuid::Uuid = id.parse().unwrap();
     sqlx::query("UPDATE notifications SET status = 'accepted' WHERE id = $1")
         .bind(notification)
         .execute(&p.env.pool)
