@@ -192,14 +192,15 @@ impl FcmFake {
         self.state.send_script.clear();
     }
 
-    /// The requests after the first `from` (see [`Self::requests`]).
-    pub fn requests_since(&self, from: usize) -> Vec<Recorded> {
-        self.state.sends.since(from)
-    }
-
     /// How many `messages:send` requests arrived.
     pub fn request_count(&self) -> usize {
         self.state.sends.len()
+    }
+
+    /// Calls `f` with each request after the first `from`, without copying
+    /// them; answers how many there were (see [`Journal::each_since`]).
+    pub fn each_request_since(&self, from: usize, f: impl FnMut(&Recorded)) -> usize {
+        self.state.sends.each_since(from, f)
     }
 
     /// Every `messages:send` request (and any request to an unknown path).
@@ -251,8 +252,11 @@ async fn handle(state: &State, request: Request<Body>) -> Response<Body> {
         state.token_requests.record(recorded.clone());
         return token(state, &recorded).into_response().await;
     }
-    state.sends.record(recorded.clone());
-    send(state, &recorded).into_response().await
+    // Answered, then recorded (without a copy), then sent: the journal
+    // holds the request before its caller has the answer.
+    let answer = send(state, &recorded);
+    state.sends.record(recorded);
+    answer.into_response().await
 }
 
 fn token(state: &State, request: &Recorded) -> Scripted {

@@ -250,13 +250,15 @@ impl Journal {
         self.len() == 0
     }
 
-    /// The requests recorded after the first `from` (a benchmark reads a
-    /// long journal in steps instead of copying it whole each time).
-    pub fn since(&self, from: usize) -> Vec<Recorded> {
+    /// Calls `f` with each request recorded after the first `from`, in
+    /// order, without copying them; answers how many there were (a
+    /// benchmark reads a long journal in steps, and what it reads is on the
+    /// machine it measures).
+    pub fn each_since(&self, from: usize, mut f: impl FnMut(&Recorded)) -> usize {
         let all = self.0.lock().expect("journal");
-        all.get(from..)
-            .map(<[Recorded]>::to_vec)
-            .unwrap_or_default()
+        let new = all.get(from..).unwrap_or_default();
+        new.iter().for_each(&mut f);
+        new.len()
     }
 }
 

@@ -75,6 +75,38 @@ fn notification(user: &str, priority: &str) -> Value {
     })
 }
 
+/// The part of ingest's answer to a single send the benchmark reads.
+#[derive(serde::Deserialize)]
+struct Accepted1 {
+    id: Uuid,
+}
+
+/// The part of an FCM request the benchmark reads: the collapse key, which
+/// is the notification's id. Parsed into this, not into a `Value`: the
+/// load generator shares the machine it measures.
+#[derive(serde::Deserialize)]
+struct FcmSend<'a> {
+    #[serde(borrow)]
+    message: FcmMessage<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct FcmMessage<'a> {
+    #[serde(borrow)]
+    android: Option<FcmAndroid<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FcmAndroid<'a> {
+    collapse_key: Option<&'a str>,
+}
+
+/// The notification id an FCM request carries, if any.
+fn collapse_key(body: &[u8]) -> Option<Uuid> {
+    let send: FcmSend<'_> = serde_json::from_slice(body).ok()?;
+    send.message.android?.collapse_key?.parse().ok()
+}
+
 /// Accept times of a phase's notifications.
 /// Accepted notifications: when their request was sent, and when its answer came.
 type Accepted = Arc<Mutex<HashMap<Uuid, (Instant, Instant)>>>;
@@ -122,24 +154,29 @@ async fn send(
     let sent = Instant::now();
     let resp = req.send().await?;
     let status = resp.status().as_u16();
-    let answer: Value = resp.json().await?;
+    let answer = resp.bytes().await?;
     let answered = Instant::now();
     let ids: Vec<Uuid> = match mode {
-        Mode::Batch(_) => answer["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["id"].as_str()?.parse().ok())
-            .collect(),
-        _ => answer["id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
+        Mode::Batch(_) => serde_json::from_slice::<Value>(&answer).map_or_else(
+            |_| Vec::new(),
+            |a| {
+                a["results"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["id"].as_str()?.parse().ok())
+                    .collect()
+            },
+        ),
+        _ => serde_json::from_slice::<Accepted1>(&answer)
+            .map(|a| a.id)
             .into_iter()
             .collect(),
     };
     anyhow::ensure!(
         (status == 202 || status == 200) && ids.len() == users.len(),
-        "not accepted ({status}): {answer}"
+        "not accepted ({status}): {}",
+        String::from_utf8_lossy(&answer)
     );
     let mut map = accepted.lock().expect("accepted");
     for id in ids {
@@ -254,16 +291,11 @@ async fn watch(
             accepted.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let new = p.fcm.requests_since(read);
-        read += new.len();
-        for r in new {
-            let id = r.json()["message"]["android"]["collapse_key"]
-                .as_str()
-                .and_then(|s| s.parse::<Uuid>().ok());
-            if let Some(id) = id.filter(|id| accepted.contains_key(id)) {
+        read += p.fcm.each_request_since(read, |r| {
+            if let Some(id) = collapse_key(&r.body).filter(|id| accepted.contains_key(id)) {
                 seen.entry(id).or_insert(r.received);
             }
-        }
+        });
     }
     let last_call = seen.values().max().copied().unwrap_or(started);
     let latency = accepted
