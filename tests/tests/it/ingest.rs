@@ -203,7 +203,7 @@ async fn marks_set_what_they_name_and_are_planned_once() {
     let marks = herald::db::notifications::marks_pool(&env.pool, 1);
     let mut conn = marks.acquire().await.unwrap();
     // Twenty calls of 0 to 8 rows, routed and published ones mixed.
-    let keys = vec![("acme".to_owned(), "k-1".to_owned())];
+    let keys = [("acme".to_owned(), "k-1".to_owned())];
     let mut at = 0;
     for n in 1..=8 {
         let (routed, published) = ids[at..at + n].split_at(n / 2);
