@@ -204,6 +204,7 @@ async fn marks_set_what_they_name_and_are_planned_once() {
     let mut conn = marks.acquire().await.unwrap();
     // Twenty calls of 0 to 8 rows, routed and published ones mixed.
     let keys = [("acme".to_owned(), "k-1".to_owned())];
+    let mut expected = std::collections::HashMap::new();
     let mut at = 0;
     for n in 1..=8 {
         let (routed, published) = ids[at..at + n].split_at(n / 2);
@@ -211,6 +212,8 @@ async fn marks_set_what_they_name_and_are_planned_once() {
         herald::db::notifications::mark_published(&mut conn, published, routed, keys)
             .await
             .unwrap();
+        expected.extend(routed.iter().map(|id| (*id, ("routed", true, false))));
+        expected.extend(published.iter().map(|id| (*id, ("accepted", false, true))));
         at += n;
     }
     let absent = [uuid::Uuid::now_v7()];
@@ -240,18 +243,6 @@ async fn marks_set_what_they_name_and_are_planned_once() {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    let mut at = 0;
-    let mut expected = std::collections::HashMap::new();
-    for n in 1..=8 {
-        let (routed, published) = ids[at..at + n].split_at(n / 2);
-        for id in routed {
-            expected.insert(*id, ("routed", true, false));
-        }
-        for id in published {
-            expected.insert(*id, ("accepted", false, true));
-        }
-        at += n;
-    }
     for (id, status, routed_at, published_at) in rows {
         let want = expected
             .get(&id)

@@ -77,7 +77,7 @@ fn notification(user: &str, priority: &str) -> Value {
 
 /// The part of ingest's answer to a single send the benchmark reads.
 #[derive(serde::Deserialize)]
-struct Accepted1 {
+struct AcceptedOne {
     id: Uuid,
 }
 
@@ -168,7 +168,7 @@ async fn send(
                     .collect()
             },
         ),
-        _ => serde_json::from_slice::<Accepted1>(&answer)
+        _ => serde_json::from_slice::<AcceptedOne>(&answer)
             .map(|a| a.id)
             .into_iter()
             .collect(),
