@@ -176,15 +176,19 @@ async fn commit(
     replies: &[InsertReply],
 ) -> Result<Option<Vec<Claimed>>, sqlx::Error> {
     let mut conn = kept.take().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    if shares.iter().any(|s| s.key.is_some()) {
-        // Runtime query: SET takes no bind parameters, so the value is spliced in.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SET LOCAL lock_timeout = '{KEY_LOCK_TIMEOUT}'"
-        )))
-        .execute(&mut *tx)
-        .await?;
-    }
+    let mut tx = if shares.iter().any(|s| s.key.is_some()) {
+        // One round trip: the setting travels with the `BEGIN` (SET takes
+        // no bind parameters, so the constant is spliced in).
+        sqlx::Connection::begin_with(
+            &mut *conn,
+            sqlx::AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL lock_timeout = '{KEY_LOCK_TIMEOUT}'"
+            )),
+        )
+        .await?
+    } else {
+        sqlx::Connection::begin(&mut *conn).await?
+    };
     let answers = write(&mut tx, inline, shares).await?;
     let keyed = shares.iter().zip(replies).filter(|(s, _)| s.key.is_some());
     if keyed.clone().any(|(_, reply)| reply.is_closed()) {
@@ -292,14 +296,17 @@ pub(super) enum Mark {
 /// How long a published mark waits: about the time the router needs.
 const MARK_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
 
-/// How long a routed mark waits for company: at a few thousand sends a
-/// second, the marks of a few dozen group commits share one statement
-/// instead of one each. Nothing waits for a routed mark (the relay's grace
-/// is seconds), so only the statements' count changes.
-const ROUTED_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a routed mark or a completed key waits for company: at a few
+/// thousand sends a second, the marks of a few dozen group commits share
+/// one statement instead of one each. Nothing waits for a routed mark (the
+/// relay's grace is seconds). Only a client's retry with the same key
+/// waits for a completed one, and it waits up to a second
+/// (`IN_PROGRESS_WAITS` pauses of 50 ms) before it is told "in progress".
+const SOON_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Past this many routed marks held, they are written at once.
-const ROUTED_BATCH: usize = 512;
+/// Past this many routed marks and completed keys held, they are written
+/// at once.
+const SOON_BATCH: usize = 512;
 
 /// Notes published and inline-routed notifications and completed keys in
 /// batches: one statement for everything confirmed in the last few
@@ -314,17 +321,17 @@ pub(super) async fn mark_published_batches(
     let mut marks = Vec::with_capacity(1024);
     // Published marks wait [`MARK_DELAY`]: most notifications are routed
     // meanwhile, and a routed one needs no mark (the update then writes
-    // nothing for it). Routed marks wait [`ROUTED_WAIT`]. Completed keys
-    // are written at once, with whatever else is held: a client's retry
-    // waits for them.
+    // nothing for it). Routed marks and completed keys wait [`SOON_WAIT`],
+    // and published marks due by then go with them.
     let mut held: std::collections::VecDeque<(Instant, Uuid)> = Default::default();
     let mut routed: Vec<Uuid> = Vec::new();
-    let mut routed_since: Option<Instant> = None;
+    let mut keys: Vec<(String, String)> = Vec::new();
+    let mut soon_since: Option<Instant> = None;
     let mut open = true;
-    while open || !held.is_empty() || !routed.is_empty() {
+    while open || !held.is_empty() || !routed.is_empty() || !keys.is_empty() {
         let due_at = [
             held.front().map(|(at, _)| *at + MARK_DELAY),
-            routed_since.map(|at| at + ROUTED_WAIT),
+            soon_since.map(|at| at + SOON_WAIT),
         ]
         .into_iter()
         .flatten()
@@ -335,17 +342,22 @@ pub(super) async fn mark_published_batches(
                 if due_at.is_some() => {}
         }
         let now = Instant::now();
-        let mut keys = Vec::new();
         for mark in marks.drain(..) {
             match mark {
                 Mark::Published(id) => held.push_back((now, id)),
                 Mark::Routed(id) => {
-                    routed_since.get_or_insert(now);
+                    soon_since.get_or_insert(now);
                     routed.push(id);
                 }
-                Mark::Completed { tenant, key } => keys.push((tenant, key)),
+                Mark::Completed { tenant, key } => {
+                    soon_since.get_or_insert(now);
+                    keys.push((tenant, key));
+                }
             }
         }
+        let soon_due = !open
+            || routed.len() + keys.len() >= SOON_BATCH
+            || soon_since.is_some_and(|at| at + SOON_WAIT <= now);
         let mut ids = Vec::new();
         while held
             .front()
@@ -353,23 +365,21 @@ pub(super) async fn mark_published_batches(
         {
             ids.extend(held.pop_front().map(|(_, id)| id));
         }
-        let routed_due = !open
-            || !keys.is_empty()
-            || routed.len() >= ROUTED_BATCH
-            || routed_since.is_some_and(|at| at + ROUTED_WAIT <= now);
-        let routed_now = if routed_due {
-            routed_since = None;
-            std::mem::take(&mut routed)
+        let (routed_now, keys_now) = if soon_due {
+            soon_since = None;
+            (std::mem::take(&mut routed), std::mem::take(&mut keys))
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        if ids.is_empty() && keys.is_empty() && routed_now.is_empty() {
+        if ids.is_empty() && keys_now.is_empty() && routed_now.is_empty() {
             continue;
         }
         let marked = match kept.take().await {
-            Ok(mut conn) => db::notifications::mark_published(&mut conn, &ids, &routed_now, &keys)
-                .await
-                .map(|()| conn.keep()),
+            Ok(mut conn) => {
+                db::notifications::mark_published(&mut conn, &ids, &routed_now, &keys_now)
+                    .await
+                    .map(|()| conn.keep())
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = marked {

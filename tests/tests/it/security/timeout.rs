@@ -143,3 +143,58 @@ async fn a_send_past_its_commit_answers_what_happened() {
     assert_eq!(count, 1);
     app.stop().await;
 }
+
+/// A key held by a transaction that does not finish (another request with
+/// the same key, stuck) holds up only its own request: the group commit
+/// waits for the key's lock at most a second (`lock_timeout`, sent with
+/// its `BEGIN`), then commits the other sends without it.
+#[tokio::test]
+async fn a_key_held_elsewhere_does_not_hold_up_other_sends() {
+    let env = TestEnv::new().await;
+    let app = env
+        .spawn_ingest_with(|c| c.api_request_timeout = Duration::from_secs(30))
+        .await;
+    let key = env.key("acme", &[Scope::Send]).await;
+    let client = Client::new(&app, &key);
+    let mut holder = locked(
+        &env,
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response_status, response_body)
+         VALUES ('acme', 'k-held', '\\x00', 202, '{}')",
+    )
+    .await;
+    let keyed = tokio::spawn({
+        let req = client
+            .req(Method::POST, "/v1/notifications")
+            .header("idempotency-key", "k-held")
+            .json(&notification())
+            .timeout(Duration::from_secs(30));
+        async move { req.send().await.expect("answered") }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let plain = client
+        .req(Method::POST, "/v1/notifications")
+        .json(&notification())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(plain.status(), 202);
+    assert!(
+        took < Duration::from_secs(5),
+        "the plain send waited for the held key: {took:?}"
+    );
+    assert!(!keyed.is_finished(), "the keyed send waits for its key");
+
+    // The holder gives up: the keyed request goes through on its own.
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let keyed = keyed.await.unwrap();
+    assert_eq!(keyed.status(), 202);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    app.stop().await;
+}
