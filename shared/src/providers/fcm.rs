@@ -23,11 +23,6 @@ mod oauth;
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use reqwest::{Client, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
-
 pub use self::errors::classify;
 pub use self::oauth::{DEFAULT_TOKEN_URL, FCM_SCOPE, ServiceAccount};
 use self::{errors::error_code, oauth::TokenSource};
@@ -36,6 +31,9 @@ use super::{
     http::{Answer, client_builder, exchange, trace_headers},
 };
 use crate::model::Lane;
+use chrono::{DateTime, Utc};
+use reqwest::{Client, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 
 /// FCM's API host.
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
@@ -97,7 +95,7 @@ impl FcmProvider {
         classify(answer.status, &answer.body, answer.after)
     }
 
-    async fn post(&self, access: &SecretString, body: &Value) -> Result<Answer, Outcome> {
+    async fn post(&self, access: &SecretString, body: &SendRequest<'_>) -> Result<Answer, Outcome> {
         let request = self
             .http
             .post(&self.send_url)
@@ -123,54 +121,101 @@ impl ChannelProvider for FcmProvider {
 /// pipeline may send of one notification replace each other on the device
 /// instead of stacking up. The TTL is the time left until `expires_at`, so
 /// FCM drops what a phone that was off would get too late.
-pub fn message_body(
-    message: &PushMessage,
-    token: &str,
+pub fn message_body<'a>(
+    message: &'a PushMessage,
+    token: &'a str,
     ctx: &SendContext,
     now: DateTime<Utc>,
-) -> Value {
+) -> SendRequest<'a> {
     let high = ctx.lane == Lane::High;
     let ttl_secs = ctx
         .expires_at
         .map(|at| (at - now).num_seconds().clamp(0, MAX_TTL_SECS));
     let collapse = ctx.notification_id.to_string();
+    let (ttl, expiration) = match (ttl_secs, ctx.expires_at) {
+        (Some(ttl), Some(at)) => (
+            Some(format!("{ttl}s")),
+            Some(at.timestamp().max(1).to_string()),
+        ),
+        _ => (None, None),
+    };
+    let notification = (message.title.is_some() || message.body.is_some()).then_some(Notice {
+        title: message.title.as_deref(),
+        body: message.body.as_deref(),
+    });
+    SendRequest {
+        message: Message {
+            token,
+            notification,
+            data: (!message.data.is_empty()).then_some(&message.data),
+            android: Android {
+                priority: if high { "HIGH" } else { "NORMAL" },
+                collapse_key: collapse.clone(),
+                ttl,
+            },
+            apns: Apns {
+                headers: ApnsHeaders {
+                    priority: if high { "10" } else { "5" },
+                    collapse_id: collapse,
+                    expiration,
+                },
+            },
+        },
+    }
+}
 
-    let mut android = json!({
-        "priority": if high { "HIGH" } else { "NORMAL" },
-        "collapse_key": collapse,
-    });
-    let mut apns_headers = json!({
-        "apns-priority": if high { "10" } else { "5" },
-        "apns-collapse-id": collapse,
-    });
-    if let (Some(ttl), Some(at)) = (ttl_secs, ctx.expires_at) {
-        android["ttl"] = json!(format!("{ttl}s"));
-        apns_headers["apns-expiration"] = json!(at.timestamp().max(1).to_string());
-    }
+/// A `messages:send` request body, serialised as it is built: the worker
+/// builds one per delivery, so no JSON tree in between.
+#[derive(Debug, serde::Serialize)]
+pub struct SendRequest<'a> {
+    message: Message<'a>,
+}
 
-    let mut body = json!({
-        "token": token,
-        "android": android,
-        "apns": { "headers": apns_headers },
-    });
-    if message.title.is_some() || message.body.is_some() {
-        let mut notification = json!({});
-        if let Some(title) = &message.title {
-            notification["title"] = json!(title);
-        }
-        if let Some(text) = &message.body {
-            notification["body"] = json!(text);
-        }
-        body["notification"] = notification;
-    }
-    if !message.data.is_empty() {
-        body["data"] = json!(message.data);
-    }
-    json!({ "message": body })
+#[derive(Debug, serde::Serialize)]
+struct Message<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<Notice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a std::collections::BTreeMap<String, String>>,
+    android: Android,
+    apns: Apns,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Notice<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Android {
+    priority: &'static str,
+    collapse_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Apns {
+    headers: ApnsHeaders,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ApnsHeaders {
+    #[serde(rename = "apns-priority")]
+    priority: &'static str,
+    #[serde(rename = "apns-collapse-id")]
+    collapse_id: String,
+    #[serde(rename = "apns-expiration", skip_serializing_if = "Option::is_none")]
+    expiration: Option<String>,
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
     use uuid::Uuid;
 
     use super::*;
@@ -190,7 +235,7 @@ mod tests {
             body: None,
             data: [("k".to_owned(), "v".to_owned())].into(),
         };
-        let body = message_body(&msg, "tok", &ctx, now);
+        let body = serde_json::to_value(message_body(&msg, "tok", &ctx, now)).unwrap();
         let m = &body["message"];
         assert_eq!(m["token"], "tok");
         assert_eq!(m["notification"], json!({"title": "Hi"}));
@@ -208,7 +253,8 @@ mod tests {
             expires_at: None,
             ..ctx
         };
-        let body = message_body(&PushMessage::default(), "tok", &bulk, now);
+        let empty = PushMessage::default();
+        let body = serde_json::to_value(message_body(&empty, "tok", &bulk, now)).unwrap();
         assert_eq!(body["message"]["android"]["priority"], "NORMAL");
         assert!(body["message"]["android"].get("ttl").is_none());
         assert!(body["message"].get("notification").is_none());
