@@ -23,6 +23,11 @@ mod oauth;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use reqwest::{Client, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
 pub use self::errors::classify;
 pub use self::oauth::{DEFAULT_TOKEN_URL, FCM_SCOPE, ServiceAccount};
 use self::{errors::error_code, oauth::TokenSource};
@@ -31,9 +36,6 @@ use super::{
     http::{Answer, client_builder, exchange, trace_headers},
 };
 use crate::model::Lane;
-use chrono::{DateTime, Utc};
-use reqwest::{Client, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
 
 /// FCM's API host.
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
@@ -128,17 +130,13 @@ pub fn message_body<'a>(
     now: DateTime<Utc>,
 ) -> SendRequest<'a> {
     let high = ctx.lane == Lane::High;
-    let ttl_secs = ctx
+    let (ttl, expiration) = ctx
         .expires_at
-        .map(|at| (at - now).num_seconds().clamp(0, MAX_TTL_SECS));
-    let collapse = ctx.notification_id.to_string();
-    let (ttl, expiration) = match (ttl_secs, ctx.expires_at) {
-        (Some(ttl), Some(at)) => (
-            Some(format!("{ttl}s")),
-            Some(at.timestamp().max(1).to_string()),
-        ),
-        _ => (None, None),
-    };
+        .map(|at| {
+            let secs = (at - now).num_seconds().clamp(0, MAX_TTL_SECS);
+            (format!("{secs}s"), at.timestamp().max(1).to_string())
+        })
+        .unzip();
     let notification = (message.title.is_some() || message.body.is_some()).then_some(Notice {
         title: message.title.as_deref(),
         body: message.body.as_deref(),
@@ -150,13 +148,13 @@ pub fn message_body<'a>(
             data: (!message.data.is_empty()).then_some(&message.data),
             android: Android {
                 priority: if high { "HIGH" } else { "NORMAL" },
-                collapse_key: collapse.clone(),
+                collapse_key: ctx.notification_id,
                 ttl,
             },
             apns: Apns {
                 headers: ApnsHeaders {
                     priority: if high { "10" } else { "5" },
-                    collapse_id: collapse,
+                    collapse_id: ctx.notification_id,
                     expiration,
                 },
             },
@@ -193,7 +191,8 @@ struct Notice<'a> {
 #[derive(Debug, serde::Serialize)]
 struct Android {
     priority: &'static str,
-    collapse_key: String,
+    /// The notification id, hyphenated.
+    collapse_key: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl: Option<String>,
 }
@@ -208,7 +207,7 @@ struct ApnsHeaders {
     #[serde(rename = "apns-priority")]
     priority: &'static str,
     #[serde(rename = "apns-collapse-id")]
-    collapse_id: String,
+    collapse_id: Uuid,
     #[serde(rename = "apns-expiration", skip_serializing_if = "Option::is_none")]
     expiration: Option<String>,
 }
@@ -216,7 +215,6 @@ struct ApnsHeaders {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use uuid::Uuid;
 
     use super::*;
 

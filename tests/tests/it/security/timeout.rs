@@ -33,6 +33,14 @@ async fn locked(env: &TestEnv, statement: &str) -> sqlx::PgConnection {
     conn
 }
 
+/// Notifications stored.
+async fn stored(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_request_blocked_by_the_database_times_out_with_a_problem() {
     let (env, app, client) = setup().await;
@@ -136,11 +144,7 @@ async fn a_send_past_its_commit_answers_what_happened() {
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     let resp = send.await.unwrap();
     assert_eq!(resp.status(), 202, "accepted, and answered as accepted");
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(stored(&env).await, 1);
     app.stop().await;
 }
 
@@ -191,10 +195,6 @@ async fn a_key_held_elsewhere_does_not_hold_up_other_sends() {
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
     let keyed = keyed.await.unwrap();
     assert_eq!(keyed.status(), 202);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 2);
+    assert_eq!(stored(&env).await, 2);
     app.stop().await;
 }
