@@ -11,7 +11,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
-use super::{Pipeline, load};
+use super::{
+    Pipeline,
+    load::{self, Mode},
+};
 
 /// Clock ticks per second of `/proc` CPU times (USER_HZ on Linux).
 const TICKS: f64 = 100.0;
@@ -106,16 +109,22 @@ fn per_thousand(before: &Snapshot, after: &Snapshot, n: usize) -> BTreeMap<&'sta
     out
 }
 
-/// `rounds` rounds of single sends at `rate` per second for `secs`
+/// `rounds` rounds of single sends (`mode`: keyed or not) at `rate` per second for `secs`
 /// seconds each (every one delivered before the round ends); prints the
 /// CPU per 1,000 notifications as Markdown, median and range of the rounds.
-pub async fn run(p: &Pipeline, rate: f64, secs: u64, rounds: usize) -> anyhow::Result<String> {
+pub async fn run(
+    p: &Pipeline,
+    rate: f64,
+    secs: u64,
+    rounds: usize,
+    mode: Mode,
+) -> anyhow::Result<String> {
     let mut all: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {
         // Let the previous round's tail (relay, autovacuum) settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = snapshot();
-        let phase = load::open_loop(p, rate, secs, "normal").await?;
+        let phase = load::open_loop(p, rate, secs, "normal", mode).await?;
         let after = snapshot();
         let costs = per_thousand(&before, &after, phase.notifications);
         let l = &phase.latency;

@@ -241,6 +241,7 @@ pub async fn open_loop(
     per_sec: f64,
     secs: u64,
     priority: &str,
+    mode: Mode,
 ) -> anyhow::Result<Phase> {
     let n = (per_sec * secs as f64) as usize;
     let accepted: Accepted = Arc::default();
@@ -255,9 +256,7 @@ pub async fn open_loop(
         let (accepted, http, to) = (accepted.clone(), http.clone(), to.clone());
         let user = vec![p.users[i % p.users.len()].clone()];
         let priority = priority.to_owned();
-        tasks.spawn(
-            async move { send(&http, &to, Mode::Single, &user, &priority, &accepted).await },
-        );
+        tasks.spawn(async move { send(&http, &to, mode, &user, &priority, &accepted).await });
         while tasks.try_join_next().is_some() {}
     }
     while let Some(done) = tasks.join_next().await {

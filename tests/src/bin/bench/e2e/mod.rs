@@ -18,7 +18,9 @@
 //! `--inline-routing-max-users 0` sends every notification through the
 //! router (ingest's `INLINE_ROUTING_MAX_USERS`), for an A/B in one sitting.
 //! `--cost-at RATE` measures only what a notification costs the machine at
-//! a fixed rate (CPU per 1,000 notifications per process, [`cost`]).
+//! a fixed rate (CPU per 1,000 notifications per process, [`cost`]; keyed
+//! sends with `--keyed`). `--keyed-only` alternates closed-loop rounds of
+//! plain and keyed single sends, for the keyed / plain ratio alone.
 
 mod ceiling;
 mod cost;
@@ -66,11 +68,18 @@ pub struct Args {
     /// path; writes nothing).
     #[arg(long)]
     pub singles_only: bool,
+    /// Only single sends and keyed single sends, closed loop, alternating,
+    /// `rounds` times, with keyed / plain per round (writes nothing).
+    #[arg(long)]
+    pub keyed_only: bool,
     /// Only the cost of a notification: single sends at this rate per
     /// second, `rounds` rounds of `open_loop_secs`, and the CPU every
     /// process on the machine used per 1,000 of them (writes nothing).
     #[arg(long, value_name = "PER_SEC")]
     pub cost_at: Option<f64>,
+    /// With `--cost-at`: each send with an `Idempotency-Key` of its own.
+    #[arg(long, requires = "cost_at")]
+    pub keyed: bool,
     /// Where the JSON, Markdown and SVG go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -207,7 +216,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(rate) = args.cost_at {
         println!(
             "{}",
-            cost::run(&p, rate, args.open_loop_secs, args.rounds).await?
+            cost::run(
+                &p,
+                rate,
+                args.open_loop_secs,
+                args.rounds,
+                if args.keyed {
+                    load::Mode::Keyed
+                } else {
+                    load::Mode::Single
+                },
+            )
+            .await?
         );
         return Ok(());
     }
@@ -217,6 +237,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 load::closed_loop(&p, args.notifications, args.concurrency, load::Mode::Single)
                     .await?;
             eprintln!("round {round}: {singles:?}");
+        }
+        return Ok(());
+    }
+    if args.keyed_only {
+        for round in 1..=args.rounds {
+            let (n, c) = (args.notifications, args.concurrency);
+            let plain = load::closed_loop(&p, n, c, load::Mode::Single).await?;
+            let keyed = load::closed_loop(&p, n, c, load::Mode::Keyed).await?;
+            eprintln!(
+                "round {round}: keyed / plain {:.2}\n  plain: {plain:?}\n  keyed: {keyed:?}",
+                keyed.delivered_per_sec / plain.delivered_per_sec
+            );
         }
         return Ok(());
     }

@@ -126,7 +126,8 @@ pub async fn measure(p: &Pipeline, args: &Args) -> anyhow::Result<Summary> {
     let mut open_loop = Vec::new();
     for fraction in [0.25, 0.5, 0.75, 0.9] {
         let offered = delivered.median * fraction;
-        let phase = load::open_loop(p, offered, args.open_loop_secs, "normal").await?;
+        let phase =
+            load::open_loop(p, offered, args.open_loop_secs, "normal", Mode::Single).await?;
         eprintln!("open loop at {fraction}: {phase:?}");
         open_loop.push(OpenPoint {
             fraction,
@@ -235,7 +236,7 @@ pub async fn high_under_bulk(p: &Pipeline, args: &Args) -> anyhow::Result<HighUn
     }
     let during = p.fcm.request_count();
     let high_per_sec = 20.0;
-    let high = load::open_loop(p, high_per_sec, args.open_loop_secs, "high").await?;
+    let high = load::open_loop(p, high_per_sec, args.open_loop_secs, "high", Mode::Single).await?;
     Ok(HighUnderBulk {
         topic_subscribers: args.topic,
         high_per_sec,
