@@ -66,8 +66,23 @@ pub(super) type InsertReply = tokio::sync::oneshot::Sender<Result<Claimed, Strin
 /// 500 each.
 const GROUP: usize = 64;
 
+/// Group commits in flight at once. Under load, while one group waits for
+/// its commit to reach the disk, the next (full, or holding a `high`
+/// notification) is already executing, so requests do not queue behind a
+/// flush. Two groups never wait for each other's keys in a cycle: each
+/// claims its keys in one order ([`write`]).
+const GROUPS_IN_FLIGHT: usize = 2;
+
+/// Longest a group waits for the one in flight before it starts beside
+/// it anyway, though not full: a commit that slow means the database is in
+/// trouble, and the next group should not wait on it.
+const BESIDE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A share with the channel its answer goes to.
+type Queued = (Share, InsertReply);
+
 /// Group commit of accepted notifications: every request queued while the
-/// previous group was committing goes into the next one, so concurrent
+/// previous groups were committing goes into the next one, so concurrent
 /// requests share one transaction (and one fsync) instead of waiting for a
 /// connection each. Requests with an idempotency key take part too: their
 /// keys are claimed in the same transaction, with one statement for all, and
@@ -75,28 +90,65 @@ const GROUP: usize = 64;
 pub(super) async fn insert_batches(
     kept: Kept,
     inline: Option<Inline>,
-    mut rx: tokio::sync::mpsc::Receiver<(Share, InsertReply)>,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
+    // Shares a group hands back to be written again, in a later group.
+    let (again, mut again_rx) = tokio::sync::mpsc::unbounded_channel::<Queued>();
     let mut queued = Vec::with_capacity(GROUP);
     // Shares postponed to the next group: a key claimed twice in one group
     // (a client's retry racing its first try) would make the claim
     // statement touch one row twice, which PostgreSQL refuses.
-    let mut later: Vec<(Share, InsertReply)> = Vec::new();
+    let mut later: Vec<Queued> = Vec::new();
+    let mut open = true;
     loop {
-        queued.append(&mut later);
-        if queued.is_empty() && rx.recv_many(&mut queued, GROUP).await == 0 {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
+        };
+        while let Ok(share) = again_rx.try_recv() {
+            later.push(share);
+        }
+        queued.append(&mut later);
+        if queued.is_empty() {
+            tokio::select! {
+                n = rx.recv_many(&mut queued, GROUP), if open => open = n > 0,
+                Some(share) = again_rx.recv() => queued.push(share),
+                // Closed, and every group done: nothing can come back.
+                _ = slots.acquire_many(GROUPS_IN_FLIGHT as u32 - 1), if !open => {
+                    match again_rx.try_recv() {
+                        Ok(share) => queued.push(share),
+                        Err(_) => return,
+                    }
+                }
+            }
+            if queued.is_empty() {
+                continue;
+            }
+        }
+        let high = |q: &[Queued]| q.iter().any(|(share, _)| share.high());
+        if open && slots.available_permits() + 1 < GROUPS_IN_FLIGHT {
+            // Another group is in flight: this one starts beside it only
+            // when it is full or holds a `high` notification; otherwise it
+            // waits for that group, as many requests as arrive meanwhile
+            // sharing its commit (at moderate load, commits as few as with
+            // one group at a time).
+            tokio::select! {
+                _ = slots.acquire_many(GROUPS_IN_FLIGHT as u32 - 1) => {}
+                _ = crate::gather::more(&mut rx, &mut queued, GATHER_SHARES, GROUP, BESIDE_WAIT, high) => {}
+            }
         }
         // A one-time code does not wait for company.
-        crate::gather::more(
-            &mut rx,
-            &mut queued,
-            GATHER_SHARES,
-            GROUP,
-            GATHER_WAIT,
-            |q| q.iter().any(|(share, _)| share.high()),
-        )
-        .await;
+        if open {
+            crate::gather::more(
+                &mut rx,
+                &mut queued,
+                GATHER_SHARES,
+                GROUP,
+                GATHER_WAIT,
+                high,
+            )
+            .await;
+        }
         let mut keys = std::collections::HashSet::new();
         let mut group = Vec::with_capacity(queued.len());
         for (share, reply) in queued.drain(..) {
@@ -113,39 +165,56 @@ pub(super) async fn insert_batches(
         // A request that stopped waiting (its API timeout fired before its
         // commit began) writes nothing.
         group.retain(|(share, reply)| share.key.is_none() || !reply.is_closed());
-        let (shares, replies): (Vec<Share>, Vec<InsertReply>) = group.into_iter().unzip();
-        match commit(&kept, inline.as_ref(), &shares, &replies).await {
-            Ok(None) => {
-                // A keyed request was abandoned while the group ran: it
-                // must keep nothing, so the group is written again
-                // without it.
-                later.extend(
-                    shares
-                        .into_iter()
-                        .zip(replies)
-                        .filter(|(share, reply)| share.key.is_none() || !reply.is_closed()),
-                );
-            }
-            Ok(Some(claims)) => {
-                for (reply, claimed) in replies.into_iter().zip(claims) {
-                    let _ = reply.send(Ok(claimed));
+        if group.is_empty() {
+            continue;
+        }
+        let (kept, inline, again) = (kept.clone(), inline.clone(), again.clone());
+        tokio::spawn(async move {
+            commit_group(&kept, inline.as_ref(), group, &again).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commits one group and answers its shares, or hands back to be written
+/// again those it could not commit for a reason of another share's.
+async fn commit_group(
+    kept: &Kept,
+    inline: Option<&Inline>,
+    group: Vec<Queued>,
+    again: &tokio::sync::mpsc::UnboundedSender<Queued>,
+) {
+    let (shares, replies): (Vec<Share>, Vec<InsertReply>) = group.into_iter().unzip();
+    match commit(kept, inline, &shares, &replies).await {
+        Ok(None) => {
+            // A keyed request was abandoned while the group ran: it
+            // must keep nothing, so the group is written again
+            // without it.
+            for queued in shares.into_iter().zip(replies) {
+                if queued.0.key.is_none() || !queued.1.is_closed() {
+                    let _ = again.send(queued);
                 }
             }
-            Err(e) if lock_timeout(&e) => {
-                // Keyed requests go alone; the rest is written again at once.
-                for (share, reply) in shares.into_iter().zip(replies) {
-                    if share.key.is_some() {
-                        let _ = reply.send(Ok(Claimed::Alone(share)));
-                    } else {
-                        later.push((share, reply));
-                    }
+        }
+        Ok(Some(claims)) => {
+            for (reply, claimed) in replies.into_iter().zip(claims) {
+                let _ = reply.send(Ok(claimed));
+            }
+        }
+        Err(e) if lock_timeout(&e) => {
+            // Keyed requests go alone; the rest is written again at once.
+            for (share, reply) in shares.into_iter().zip(replies) {
+                if share.key.is_some() {
+                    let _ = reply.send(Ok(Claimed::Alone(share)));
+                } else {
+                    let _ = again.send((share, reply));
                 }
             }
-            Err(e) => {
-                let e = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            let e = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
@@ -214,10 +283,14 @@ pub(super) async fn write(
     inline: Option<&Inline>,
     shares: &[Share],
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let claims: Vec<KeyClaim> = shares
+    let mut claims: Vec<KeyClaim> = shares
         .iter()
         .filter_map(|s| s.key.as_ref().map(|k| k.0.clone()))
         .collect();
+    // In one order, so two groups in flight that share a key (a client's
+    // retry racing its first try) lock their keys in the same order and
+    // wait for each other instead of deadlocking.
+    claims.sort_by(|a, b| (&a.tenant, &a.key).cmp(&(&b.tenant, &b.key)));
     let mut taken: HashMap<(String, String), Existing> = HashMap::new();
     if !claims.is_empty() {
         let fresh: std::collections::HashSet<(String, String)> =

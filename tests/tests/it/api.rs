@@ -358,6 +358,57 @@ async fn idempotent_replay_and_conflict() {
     app.stop().await;
 }
 
+/// Clients retrying at once with the same keys, the keys of each request
+/// arriving in another order: group commits in flight together claim
+/// their keys in one order, so none waits for another in a cycle. Every
+/// key is committed once, every answer for it names the same
+/// notification, and no request fails.
+#[tokio::test]
+async fn racing_retries_commit_each_key_once_without_deadlock() {
+    let (env, app, client) = setup().await;
+    const KEYS: usize = 40;
+    const TRIES: usize = 4;
+    let mut sends = Vec::new();
+    for round in 0..TRIES {
+        for i in 0..KEYS {
+            // Each round sends the keys in another order.
+            let k = if round % 2 == 0 { i } else { KEYS - 1 - i };
+            let req = client
+                .req(Method::POST, "/v1/notifications")
+                .header("idempotency-key", format!("race-{k}"))
+                .json(&email_notification(&["u-1"]));
+            sends.push(async move { (k, req.send().await.unwrap()) });
+        }
+    }
+    let answers = futures::future::join_all(sends).await;
+    let mut ids: std::collections::HashMap<usize, std::collections::HashSet<String>> =
+        Default::default();
+    for (k, resp) in answers {
+        let status = resp.status().as_u16();
+        // 409 only as "still in progress" (a retry that waited a second
+        // for its first try): never a server error.
+        assert!(
+            status == 202 || status == 409,
+            "key {k}: {status} {}",
+            resp.text().await.unwrap()
+        );
+        if status == 202 {
+            let body: Value = resp.json().await.unwrap();
+            ids.entry(k)
+                .or_default()
+                .insert(body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), KEYS, "every key answered 202 at least once");
+    assert!(ids.values().all(|set| set.len() == 1), "{ids:?}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, KEYS as i64);
+    app.stop().await;
+}
+
 /// What an ingest killed between commit and confirm leaves behind: the
 /// notification and its key committed, the key never marked complete. A
 /// retry is told to come back (409 with `Retry-After`, a problem type of its
