@@ -358,13 +358,12 @@ async fn idempotent_replay_and_conflict() {
     app.stop().await;
 }
 
-/// Clients retrying at once with the same keys, the keys of each request
-/// arriving in another order: group commits in flight together claim
-/// their keys in one order, so none waits for another in a cycle. Every
-/// key is committed once, every answer for it names the same
-/// notification, and no request fails.
+/// Clients retrying at once with the same keys, each round of tries in
+/// another order, spread over group commits in flight together: every key
+/// is committed once, every 202 for it names the same notification, and no
+/// request fails.
 #[tokio::test]
-async fn racing_retries_commit_each_key_once_without_deadlock() {
+async fn racing_retries_commit_each_key_once() {
     let (env, app, client) = setup().await;
     const KEYS: usize = 40;
     const TRIES: usize = 4;
