@@ -132,9 +132,17 @@ pub(super) async fn insert_batches(
             // waits for that group, as many requests as arrive meanwhile
             // sharing its commit (at moderate load, commits as few as with
             // one group at a time).
+            let full = crate::gather::more(
+                &mut rx,
+                &mut queued,
+                GATHER_SHARES,
+                GROUP,
+                BESIDE_WAIT,
+                high,
+            );
             tokio::select! {
                 _ = slots.acquire_many(GROUPS_IN_FLIGHT as u32 - 1) => {}
-                _ = crate::gather::more(&mut rx, &mut queued, GATHER_SHARES, GROUP, BESIDE_WAIT, high) => {}
+                _ = full => {}
             }
         }
         // A one-time code does not wait for company.
