@@ -1,0 +1,12 @@
+-- The previous migration left a quarter of each page free for the
+-- completed mark; that keeps only about half of those updates on their
+-- page. A record is updated exactly once, so with half of each page free
+-- every record's second version fits beside the first and no index is
+-- touched (a heap-only tuple), since `completed_at` is in no index.
+-- Replaying the pattern (batches of 50 inserted, each batch marked
+-- completed in the next transaction): 19,950 of 19,950 updates were
+-- heap-only at fillfactor 50, 76% at 60, 47% at 75 and none at 100. The
+-- table is no larger for it: without room on the page each update left
+-- its old version behind anyway. Applies to pages filled from now on;
+-- taking SHARE UPDATE EXCLUSIVE, it blocks neither reads nor writes.
+ALTER TABLE idempotency_keys SET (fillfactor = 50);
