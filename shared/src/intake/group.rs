@@ -101,6 +101,9 @@ pub(super) async fn insert_batches(
     // statement touch one row twice, which PostgreSQL refuses.
     let mut later: Vec<Queued> = Vec::new();
     let mut open = true;
+    // Resolves once every other group in flight is done (while this loop
+    // holds a slot of its own).
+    let others_done = || slots.acquire_many(GROUPS_IN_FLIGHT as u32 - 1);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -114,7 +117,7 @@ pub(super) async fn insert_batches(
                 n = rx.recv_many(&mut queued, GROUP), if open => open = n > 0,
                 Some(share) = again_rx.recv() => queued.push(share),
                 // Closed, and every group done: nothing can come back.
-                _ = slots.acquire_many(GROUPS_IN_FLIGHT as u32 - 1), if !open => {
+                _ = others_done(), if !open => {
                     match again_rx.try_recv() {
                         Ok(share) => queued.push(share),
                         Err(_) => return,
@@ -141,7 +144,7 @@ pub(super) async fn insert_batches(
                 high,
             );
             tokio::select! {
-                _ = slots.acquire_many(GROUPS_IN_FLIGHT as u32 - 1) => {}
+                _ = others_done() => {}
                 _ = full => {}
             }
         }
@@ -198,9 +201,9 @@ async fn commit_group(
             // A keyed request was abandoned while the group ran: it
             // must keep nothing, so the group is written again
             // without it.
-            for queued in shares.into_iter().zip(replies) {
-                if queued.0.key.is_none() || !queued.1.is_closed() {
-                    let _ = again.send(queued);
+            for (share, reply) in shares.into_iter().zip(replies) {
+                if share.key.is_none() || !reply.is_closed() {
+                    let _ = again.send((share, reply));
                 }
             }
         }

@@ -109,9 +109,10 @@ fn per_thousand(before: &Snapshot, after: &Snapshot, n: usize) -> BTreeMap<&'sta
     out
 }
 
-/// `rounds` rounds of single sends (`mode`: keyed or not) at `rate` per second for `secs`
-/// seconds each (every one delivered before the round ends); prints the
-/// CPU per 1,000 notifications as Markdown, median and range of the rounds.
+/// `rounds` rounds of single sends (`mode`: keyed or not) at `rate` per
+/// second for `secs` seconds each (every one delivered before the round
+/// ends); prints the CPU per 1,000 notifications as Markdown, median and
+/// range of the rounds.
 pub async fn run(
     p: &Pipeline,
     rate: f64,
